@@ -1,0 +1,5 @@
+import sys
+
+from neobert.cli import main
+
+sys.exit(main())

@@ -1,0 +1,142 @@
+"""Bidirectional attention over (batch, length, heads, head_dim) tensors, with interchangeable backends.
+
+Names follow transformers' `attn_implementation`: "sdpa" (default), "eager" (the reference),
+"flex_attention" and "flash_attention_2". Every backend honours the same `AttentionLayout`: padded keys
+are never attended to and packed documents never see each other. No backend builds a
+(batch, heads, L, L) mask; only the eager reference materialises the score matrix itself.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+
+from neobert.model.inputs import AttentionLayout
+
+BACKENDS = ("sdpa", "eager", "flex_attention", "flash_attention_2")
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    layout: AttentionLayout,
+    backend: str | None,
+    need_weights: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Returns the attention output (batch, length, heads, head_dim) and, with `need_weights`, the
+    probabilities (batch, heads, length, length) from the eager reference."""
+    backend = backend or "sdpa"
+    if need_weights or backend == "eager":
+        return eager_attention(q, k, v, layout)
+    if backend == "sdpa":
+        return (sdpa_packed(q, k, v, layout) if layout.packed else sdpa_padded(q, k, v, layout)), None
+    if backend == "flex_attention":
+        return flex(q, k, v, layout), None
+    if backend.startswith("flash_attention"):
+        return flash_varlen(q, k, v, layout), None
+    raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")
+
+
+def eager_attention(q, k, v, layout: AttentionLayout) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference: explicit scores in float32, -inf on forbidden keys, softmax, weighted sum."""
+    qt, kt, vt = (t.transpose(1, 2).float() for t in (q, k, v))
+    scores = (qt @ kt.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    if layout.packed:
+        docs = layout.document_ids()
+        scores = scores.masked_fill((docs[:, None] != docs[None, :])[None, None], float("-inf"))
+    elif layout.key_mask is not None:
+        scores = scores.masked_fill(~layout.key_mask[:, None, None, :], float("-inf"))
+    probs = scores.softmax(dim=-1)
+    out = (probs @ vt).transpose(1, 2).to(q.dtype)
+    return out, probs.to(q.dtype)
+
+
+def sdpa_padded(q, k, v, layout: AttentionLayout) -> torch.Tensor:
+    # A (batch, 1, 1, L) key mask broadcasts over heads and queries; SDPA's fused CPU kernel takes it.
+    mask = None if layout.key_mask is None else layout.key_mask[:, None, None, :]
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
+    return out.transpose(1, 2)
+
+
+def sdpa_packed(q, k, v, layout: AttentionLayout) -> torch.Tensor:
+    """One SDPA call per document: no mask at all, and no work spent on cross-document pairs."""
+    out = torch.empty_like(q)
+    start = 0
+    for n in layout.seqlens:
+        piece = slice(start, start + n)
+        out[:, piece] = F.scaled_dot_product_attention(
+            q[:, piece].transpose(1, 2), k[:, piece].transpose(1, 2), v[:, piece].transpose(1, 2)
+        ).transpose(1, 2)
+        start += n
+    return out
+
+
+@functools.cache
+def _compiled_flex_attention():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def _block_mask(layout: AttentionLayout, device: torch.device):
+    if "block_mask" not in layout.cache:
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        if layout.packed:
+            docs = layout.document_ids()
+
+            def mask_mod(b, h, q_idx, kv_idx):
+                return docs[q_idx] == docs[kv_idx]
+
+            batch = None
+        else:
+            keys = layout.key_mask
+
+            def mask_mod(b, h, q_idx, kv_idx):
+                return keys[b, kv_idx]
+
+            batch = layout.batch_size
+        layout.cache["block_mask"] = create_block_mask(
+            mask_mod, batch, None, layout.length, layout.length, device=device
+        )
+    return layout.cache["block_mask"]
+
+
+def flex(q, k, v, layout: AttentionLayout) -> torch.Tensor:
+    qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    if not layout.packed and layout.key_mask is None:
+        return F.scaled_dot_product_attention(qt, kt, vt).transpose(1, 2)
+    out = _compiled_flex_attention()(qt, kt, vt, block_mask=_block_mask(layout, q.device))
+    return out.transpose(1, 2)
+
+
+def flash_varlen(q, k, v, layout: AttentionLayout) -> torch.Tensor:
+    """flash-attn's variable-length kernel; padded input is unpadded first and scattered back."""
+    try:
+        from flash_attn import flash_attn_varlen_func
+    except ImportError as error:
+        raise ImportError("attn_implementation='flash_attention_2' needs `pip install flash-attn`") from error
+    if q.device.type != "cuda" or q.dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError("flash-attn runs on CUDA in float16 or bfloat16 only; use 'sdpa' elsewhere")
+    batch, length, heads, dim = q.shape
+    if layout.packed:
+        cu, longest = layout.cu_seqlens, layout.max_seqlen
+        out = flash_attn_varlen_func(q[0], k[0], v[0], cu, cu, longest, longest, causal=False)
+        return out.unsqueeze(0)
+    keep = layout.key_mask
+    if keep is None:
+        keep = torch.ones(batch, length, dtype=torch.bool, device=q.device)
+    if "unpad" not in layout.cache:
+        lengths = keep.sum(dim=1, dtype=torch.int32)
+        cu = F.pad(torch.cumsum(lengths, 0, dtype=torch.int32), (1, 0))
+        layout.cache["unpad"] = (torch.nonzero(keep.flatten()).flatten(), cu, int(lengths.max()))
+    index, cu, longest = layout.cache["unpad"]
+    flat = [t.reshape(batch * length, heads, dim)[index] for t in (q, k, v)]
+    out = flash_attn_varlen_func(*flat, cu, cu, longest, longest, causal=False)
+    full = q.new_zeros(batch * length, heads, dim)
+    full[index] = out
+    return full.view(batch, length, heads, dim)

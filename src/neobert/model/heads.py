@@ -1,0 +1,165 @@
+"""Task heads on the NeoBERT encoder: masked LM, sequence classification, token classification."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.modeling_outputs import MaskedLMOutput, SequenceClassifierOutput, TokenClassifierOutput
+
+from neobert.config import NeoBERTConfig
+from neobert.model.encoder import NeoBERTModel, NeoBERTPreTrainedModel
+
+IGNORE_INDEX = -100
+
+
+def _check_labels(labels: torch.Tensor, shape: tuple[int, ...], what: str) -> None:
+    if tuple(labels.shape) != tuple(shape):
+        raise ValueError(f"{what} labels have shape {tuple(labels.shape)}, expected {tuple(shape)}")
+
+
+def _encoder_inputs(kwargs: dict) -> dict:
+    kwargs.setdefault("return_dict", True)
+    return kwargs
+
+
+class NeoBERTForMaskedLM(NeoBERTPreTrainedModel):
+    """The released `NeoBERTLMHead`: an untied linear decoder with bias on the final hidden states.
+
+    With `labels` in training mode, the decoder runs only where the label is not -100 and `logits` holds
+    just those rows (n_masked, vocab); in eval mode the logits are dense (batch, length, vocab).
+    """
+
+    def __init__(self, config: NeoBERTConfig):
+        super().__init__(config)
+        self.model = NeoBERTModel(config)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=True)
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.decoder
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.decoder = value
+
+    def forward(self, input_ids=None, attention_mask=None, labels: torch.Tensor | None = None, **kwargs):
+        return_dict = kwargs.get("return_dict", self.config.return_dict)
+        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, **_encoder_inputs(kwargs))
+        hidden = outputs.last_hidden_state
+        loss = None
+        if labels is not None:
+            if labels.dim() == 1 and labels.numel() == hidden.shape[0] * hidden.shape[1]:
+                labels = labels.view(hidden.shape[:2])  # packed input given as one flat row
+            _check_labels(labels, hidden.shape[:2], "masked-LM")
+            labels = labels.to(hidden.device)
+            if self.training:
+                selected = labels != IGNORE_INDEX
+                hidden, labels = hidden[selected], labels[selected]
+            logits = self.decoder(hidden)
+            flat_logits = logits.reshape(-1, logits.shape[-1]).float()
+            flat_labels = labels.reshape(-1)
+            # Sum over the masked positions divided by their count: a batch without any masked
+            # position gives a zero loss rather than NaN.
+            total = F.cross_entropy(flat_logits, flat_labels, ignore_index=IGNORE_INDEX, reduction="sum")
+            loss = total / (flat_labels != IGNORE_INDEX).sum().clamp(min=1)
+        else:
+            logits = self.decoder(hidden)
+        if not return_dict:
+            rest = tuple(t for t in (outputs.hidden_states, outputs.attentions) if t is not None)
+            return ((loss,) if loss is not None else ()) + (logits,) + rest
+        return MaskedLMOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+
+
+def sequence_classification_loss(config: NeoBERTConfig, logits: torch.Tensor, labels: torch.Tensor):
+    """Regression (MSE), single-label (cross-entropy) or multi-label (BCE), chosen as transformers does."""
+    num_labels = logits.shape[-1]
+    if config.problem_type is None:
+        if num_labels == 1:
+            config.problem_type = "regression"
+        elif labels.dtype in (torch.long, torch.int):
+            config.problem_type = "single_label_classification"
+        else:
+            config.problem_type = "multi_label_classification"
+    if config.problem_type == "regression":
+        if num_labels == 1:
+            return F.mse_loss(logits.squeeze(-1).float(), labels.reshape(-1).float())
+        return F.mse_loss(logits.float(), labels.float())
+    if config.problem_type == "single_label_classification":
+        return F.cross_entropy(logits.reshape(-1, num_labels).float(), labels.reshape(-1).long())
+    if labels.shape != logits.shape:
+        raise ValueError(f"multi-label labels must have shape {tuple(logits.shape)}, got {tuple(labels.shape)}")
+    return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+
+
+class NeoBERTForSequenceClassification(NeoBERTPreTrainedModel):
+    """The released head: first token -> dropout -> dense -> tanh -> dropout -> classifier.
+
+    With packed input (`cu_seqlens`), each document gets its own row of logits.
+    """
+
+    _keys_to_ignore_on_load_unexpected = [r"^decoder\."]
+
+    def __init__(self, config: NeoBERTConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.model = NeoBERTModel(config)
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, labels: torch.Tensor | None = None, **kwargs):
+        return_dict = kwargs.get("return_dict", self.config.return_dict)
+        cu_seqlens = kwargs.get("cu_seqlens")
+        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, **_encoder_inputs(kwargs))
+        hidden = outputs.last_hidden_state
+        if cu_seqlens is not None:
+            first = hidden[0, cu_seqlens[:-1].long().to(hidden.device)]
+        else:
+            first = hidden[:, 0]
+        pooled = torch.tanh(self.dense(self.dropout(first)))
+        logits = self.classifier(self.dropout(pooled))
+        loss = None
+        if labels is not None:
+            loss = sequence_classification_loss(self.config, logits, labels.to(logits.device))
+        if not return_dict:
+            rest = tuple(t for t in (outputs.hidden_states, outputs.attentions) if t is not None)
+            return ((loss,) if loss is not None else ()) + (logits,) + rest
+        return SequenceClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+
+
+class NeoBERTForTokenClassification(NeoBERTPreTrainedModel):
+    """A per-token linear classifier (for NER and tagging); not part of the release."""
+
+    _keys_to_ignore_on_load_unexpected = [r"^decoder\."]
+
+    def __init__(self, config: NeoBERTConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.model = NeoBERTModel(config)
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, labels: torch.Tensor | None = None, **kwargs):
+        return_dict = kwargs.get("return_dict", self.config.return_dict)
+        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, **_encoder_inputs(kwargs))
+        logits = self.classifier(self.dropout(outputs.last_hidden_state))
+        loss = None
+        if labels is not None:
+            _check_labels(labels, logits.shape[:2], "token-classification")
+            loss = F.cross_entropy(
+                logits.reshape(-1, self.num_labels).float(),
+                labels.reshape(-1).to(logits.device),
+                ignore_index=IGNORE_INDEX,
+            )
+        if not return_dict:
+            rest = tuple(t for t in (outputs.hidden_states, outputs.attentions) if t is not None)
+            return ((loss,) if loss is not None else ()) + (logits,) + rest
+        return TokenClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
