@@ -18,9 +18,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "neobert-120m": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
     # The paper's M7 width is 1056; the released repo's 250M.yaml says 1008. We follow the paper.
     "neobert-m7": dict(hidden_size=1056, num_hidden_layers=16, num_attention_heads=12, intermediate_size=4224),
-    "tiny": dict(
-        hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512, max_length=1024
-    ),
+    "tiny": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512, max_length=1024),
     # The BERT-like baseline M0 of the ablation: learned positions, LayerNorm (eps 1e-8), GELU.
     "bert-like-m0": dict(
         hidden_size=768,

@@ -38,8 +38,10 @@ def run(args: argparse.Namespace) -> int:
         with torch.inference_mode():
             same = torch.equal(reloaded(**batch).logits, logits)
     parameters = sum(p.numel() for p in model.parameters())
-    print(f"preset {args.preset}: {parameters:,} parameters, {len(batch['input_ids'][0])} tokens, "
-          f"forward {elapsed * 1000:.1f} ms")
+    print(
+        f"preset {args.preset}: {parameters:,} parameters, {len(batch['input_ids'][0])} tokens, "
+        f"forward {elapsed * 1000:.1f} ms"
+    )
     print(f"top predictions for {tokenizer.mask_token} (random weights): {tokenizer.convert_ids_to_tokens(top)}")
     print(f"save_pretrained -> AutoModelForMaskedLM.from_pretrained gives identical logits: {same}")
     return 0 if same else 1

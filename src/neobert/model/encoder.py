@@ -72,8 +72,14 @@ class NeoBERTPreTrainedModel(PreTrainedModel):
         # The released recipe (spec A.9): every encoder and decoder matrix uniform(-r, r), biases zero,
         # the embedding uniform too (its padding row included), norms at one; task heads normal(0, r_cls).
         config = self.config
+        # transformers calls this with `self` the innermost PreTrainedModel owning `module`, so a task
+        # head's `dense` / `classifier` are recognised as attributes of `self`.
+        is_task_head = any(module is getattr(self, name, None) for name in ("dense", "classifier"))
         if isinstance(module, nn.Linear):
-            init.uniform_(module.weight, -config.decoder_init_range, config.decoder_init_range)
+            if is_task_head:
+                init.normal_(module.weight, 0.0, config.classifier_init_range)
+            else:
+                init.uniform_(module.weight, -config.decoder_init_range, config.decoder_init_range)
             if module.bias is not None:
                 init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
@@ -83,12 +89,6 @@ class NeoBERTPreTrainedModel(PreTrainedModel):
                 init.ones_(module.weight)
             if getattr(module, "bias", None) is not None:
                 init.zeros_(module.bias)
-        for name in ("dense", "classifier"):
-            head = getattr(module, name, None)
-            if isinstance(head, nn.Linear) and isinstance(module, NeoBERTPreTrainedModel):
-                init.normal_(head.weight, 0.0, config.classifier_init_range)
-                if head.bias is not None:
-                    init.zeros_(head.bias)
 
 
 class NeoBERTModel(NeoBERTPreTrainedModel):

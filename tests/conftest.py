@@ -1,0 +1,38 @@
+import pytest
+import torch
+
+from neobert import NeoBERTConfig, load_tokenizer
+
+
+def small_config(**overrides) -> NeoBERTConfig:
+    """Big enough to exercise every code path (several heads, two layers), small enough to be instant."""
+    fields = dict(
+        vocab_size=30522,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=96,
+        max_length=256,
+        classifier_dropout=0.0,
+    )
+    fields.update(overrides)
+    return NeoBERTConfig(**fields)
+
+
+@pytest.fixture
+def config() -> NeoBERTConfig:
+    return small_config()
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return load_tokenizer()
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def random_ids(batch: int, length: int, low: int = 1000, high: int = 30000) -> torch.Tensor:
+    return torch.randint(low, high, (batch, length))

@@ -1,0 +1,93 @@
+"""All attention backends agree, on padded and on packed input."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import random_ids, small_config
+from neobert import NeoBERTModel
+
+LENGTHS = [9, 3, 14, 6]
+
+
+def padded_and_packed():
+    width = max(LENGTHS)
+    ids = torch.zeros(len(LENGTHS), width, dtype=torch.long)
+    mask = torch.zeros(len(LENGTHS), width, dtype=torch.bool)
+    for row, n in enumerate(LENGTHS):
+        ids[row, :n] = random_ids(1, n)[0]
+        mask[row, :n] = True
+    cu = torch.tensor([0, *torch.tensor(LENGTHS).cumsum(0).tolist()], dtype=torch.int32)
+    return ids, mask, ids[mask][None], cu
+
+
+def outputs(model, backend, inputs):
+    model.config._attn_implementation = backend
+    ids, mask, flat, cu = inputs
+    with torch.no_grad():
+        padded = model(input_ids=ids, attention_mask=mask).last_hidden_state[mask]
+        packed = model(input_ids=flat, cu_seqlens=cu, max_seqlen=max(LENGTHS)).last_hidden_state[0]
+    return padded, packed
+
+
+@pytest.fixture
+def model():
+    return NeoBERTModel(small_config()).eval()
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "flex_attention"])
+def test_backend_agrees_with_the_eager_reference(model, backend):
+    inputs = padded_and_packed()
+    ref_padded, ref_packed = outputs(model, "eager", inputs)
+    torch.testing.assert_close(ref_packed, ref_padded, atol=1e-5, rtol=1e-5)
+    padded, packed = outputs(model, backend, inputs)
+    torch.testing.assert_close(padded, ref_padded, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(packed, ref_packed, atol=1e-5, rtol=1e-5)
+
+
+def test_sdpa_gets_a_key_mask_never_a_square_one(model, monkeypatch):
+    seen = []
+    original = F.scaled_dot_product_attention
+
+    def recording_sdpa(q, k, v, attn_mask=None, **kwargs):
+        seen.append(None if attn_mask is None else tuple(attn_mask.shape))
+        return original(q, k, v, attn_mask=attn_mask, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", recording_sdpa)
+    outputs(model, "sdpa", padded_and_packed())
+    batch, width = len(LENGTHS), max(LENGTHS)
+    padded_calls = seen[: model.config.num_hidden_layers]
+    packed_calls = seen[model.config.num_hidden_layers :]
+    assert padded_calls == [(batch, 1, 1, width)] * model.config.num_hidden_layers
+    # Packed input runs one unmasked call per document and layer.
+    assert packed_calls == [None] * (len(LENGTHS) * model.config.num_hidden_layers)
+
+
+def test_unknown_backend_is_named(model):
+    model.config._attn_implementation = "bogus"
+    with pytest.raises(ValueError, match="unknown attention backend 'bogus'"):
+        model(input_ids=random_ids(1, 4))
+
+
+def test_flash_attention_outside_cuda_is_a_clear_error(model):
+    model.config._attn_implementation = "flash_attention_2"
+    with pytest.raises((ImportError, ValueError), match="flash"):
+        model(input_ids=random_ids(1, 4))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_flash_and_sdpa_agree_on_cuda():
+    pytest.importorskip("flash_attn")
+    model = NeoBERTModel(small_config()).eval().cuda().bfloat16()
+    ids, mask, flat, cu = (t.cuda() for t in padded_and_packed())
+    results = {}
+    for backend in ("sdpa", "flash_attention_2"):
+        model.config._attn_implementation = backend
+        with torch.no_grad():
+            results[backend] = (
+                model(input_ids=ids, attention_mask=mask).last_hidden_state[mask].float(),
+                model(input_ids=flat, cu_seqlens=cu).last_hidden_state[0].float(),
+            )
+    for a, b in zip(results["sdpa"], results["flash_attention_2"], strict=True):
+        torch.testing.assert_close(a, b, atol=3e-2, rtol=3e-2)
