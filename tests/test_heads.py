@@ -108,3 +108,21 @@ def test_head_initialisation_follows_the_release():
     assert dense.abs().max() > cfg.classifier_init_range and abs(dense.std().item() - 0.02) < 1e-3
     assert torch.all(model.dense.bias == 0) and torch.all(model.classifier.bias == 0)
     assert torch.all(model.model.layer_norm.weight == 1)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    ids = random_ids(2, 9)
+    labels = masked_labels(ids, [(0, 2), (1, 4), (1, 8)])
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = NeoBERTForMaskedLM(small_config()).train()
+        if checkpointing:
+            model.activation_checkpointing_enable()
+        calls = []
+        model.model.transformer_encoder[0].qkv.register_forward_hook(lambda *args, calls=calls: calls.append(1))
+        model(input_ids=ids, labels=labels).loss.backward()
+        assert len(calls) == (2 if checkpointing else 1)  # recomputed in the backward pass
+        grads.append(model.model.transformer_encoder[0].qkv.weight.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1])
+    assert grads[0].abs().sum() > 0

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput
 
 from neobert.config import NeoBERTConfig
@@ -19,8 +20,11 @@ from neobert.model.inputs import AttentionLayout, build_layout
 from neobert.model.layers import RotaryTable, apply_rotary, make_ffn, make_norm
 
 
-class EncoderBlock(nn.Module):
-    """x + Wo(Attention(RoPE(qkv(norm(x))))), then h + FFN(norm(h))."""
+class EncoderBlock(GradientCheckpointingLayer):
+    """x + Wo(Attention(RoPE(qkv(norm(x))))), then h + FFN(norm(h)).
+
+    `model.activation_checkpointing_enable()` recomputes each block in the backward pass.
+    """
 
     def __init__(self, config: NeoBERTConfig):
         super().__init__()
@@ -61,7 +65,7 @@ class NeoBERTPreTrainedModel(PreTrainedModel):
     config: NeoBERTConfig
     base_model_prefix = "model"
     main_input_name = "input_ids"
-    supports_gradient_checkpointing = False
+    supports_gradient_checkpointing = True
     _no_split_modules = ["EncoderBlock"]
     _supports_sdpa = True
     _supports_flex_attn = True
