@@ -18,13 +18,15 @@ def tune_cpu_allocator(threshold_bytes: int = 1 << 30) -> bool:
     is page-faulted and zeroed again on every forward pass; on two cores that costs 5-10% of a
     transformer's matrix-product time. Returns False (and changes nothing) where glibc is absent.
     """
+    if not 0 < threshold_bytes < 2**31:
+        raise ValueError("threshold_bytes must fit in a C int (mallopt's argument)")
     name = ctypes.util.find_library("c")
     if name is None:
         return False
     try:
         libc = ctypes.CDLL(name)
         return bool(
-            libc.mallopt(_M_MMAP_THRESHOLD, threshold_bytes) and libc.mallopt(_M_TRIM_THRESHOLD, 2 * threshold_bytes)
+            libc.mallopt(_M_MMAP_THRESHOLD, threshold_bytes) and libc.mallopt(_M_TRIM_THRESHOLD, threshold_bytes)
         )
     except (OSError, AttributeError):
         return False
