@@ -85,7 +85,12 @@ def test_packed_sequence_classification_gives_one_row_per_document():
     with torch.no_grad():
         packed = model(input_ids=torch.cat([a, b], 1), cu_seqlens=torch.tensor([0, 5, 13], dtype=torch.int32))
         separate = torch.cat([model(input_ids=a).logits, model(input_ids=b).logits])
+        positions = torch.cat([torch.arange(5), torch.arange(8)])[None]
+        by_positions = model(input_ids=torch.cat([a, b], 1), position_ids=positions)
+        as_tuple = model(input_ids=a, return_dict=False)
     torch.testing.assert_close(packed.logits, separate, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(by_positions.logits, separate, atol=1e-5, rtol=1e-5)
+    assert isinstance(as_tuple, tuple) and torch.equal(as_tuple[0], separate[:1])
 
 
 def test_token_classifier_logits_and_ignored_labels():

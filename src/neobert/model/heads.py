@@ -9,6 +9,7 @@ from transformers.modeling_outputs import MaskedLMOutput, SequenceClassifierOutp
 
 from neobert.config import NeoBERTConfig
 from neobert.model.encoder import NeoBERTModel, NeoBERTPreTrainedModel
+from neobert.model.inputs import cu_seqlens_from_positions
 
 IGNORE_INDEX = -100
 
@@ -18,9 +19,14 @@ def _check_labels(labels: torch.Tensor, shape: tuple[int, ...], what: str) -> No
         raise ValueError(f"{what} labels have shape {tuple(labels.shape)}, expected {tuple(shape)}")
 
 
-def _encoder_inputs(kwargs: dict) -> dict:
-    kwargs.setdefault("return_dict", True)
-    return kwargs
+def _as_output(return_dict: bool | None, config: NeoBERTConfig, output_class, loss, logits, encoded):
+    """The transformers output object, or the usual tuple (loss first when there is one)."""
+    if return_dict if return_dict is not None else config.return_dict:
+        return output_class(
+            loss=loss, logits=logits, hidden_states=encoded.hidden_states, attentions=encoded.attentions
+        )
+    rest = tuple(t for t in (encoded.hidden_states, encoded.attentions) if t is not None)
+    return ((loss,) if loss is not None else ()) + (logits,) + rest
 
 
 class NeoBERTForMaskedLM(NeoBERTPreTrainedModel):
@@ -42,10 +48,33 @@ class NeoBERTForMaskedLM(NeoBERTPreTrainedModel):
     def set_output_embeddings(self, value: nn.Linear) -> None:
         self.decoder = value
 
-    def forward(self, input_ids=None, attention_mask=None, labels: torch.Tensor | None = None, **kwargs):
-        return_dict = kwargs.get("return_dict", self.config.return_dict)
-        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, **_encoder_inputs(kwargs))
-        hidden = outputs.last_hidden_state
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        cu_seqlens: torch.Tensor | None = None,
+        max_seqlen: int | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ):
+        encoded = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            cu_seqlens=cu_seqlens,
+            max_seqlen=max_seqlen,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            return_dict=True,
+        )
+        hidden = encoded.last_hidden_state
         loss = None
         if labels is not None:
             if labels.dim() == 1 and labels.numel() == hidden.shape[0] * hidden.shape[1]:
@@ -64,12 +93,7 @@ class NeoBERTForMaskedLM(NeoBERTPreTrainedModel):
             loss = total / (flat_labels != IGNORE_INDEX).sum().clamp(min=1)
         else:
             logits = self.decoder(hidden)
-        if not return_dict:
-            rest = tuple(t for t in (outputs.hidden_states, outputs.attentions) if t is not None)
-            return ((loss,) if loss is not None else ()) + (logits,) + rest
-        return MaskedLMOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
-        )
+        return _as_output(return_dict, self.config, MaskedLMOutput, loss, logits, encoded)
 
 
 def sequence_classification_loss(config: NeoBERTConfig, logits: torch.Tensor, labels: torch.Tensor):
@@ -110,11 +134,38 @@ class NeoBERTForSequenceClassification(NeoBERTPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
-    def forward(self, input_ids=None, attention_mask=None, labels: torch.Tensor | None = None, **kwargs):
-        return_dict = kwargs.get("return_dict", self.config.return_dict)
-        cu_seqlens = kwargs.get("cu_seqlens")
-        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, **_encoder_inputs(kwargs))
-        hidden = outputs.last_hidden_state
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        cu_seqlens: torch.Tensor | None = None,
+        max_seqlen: int | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ):
+        encoded = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            cu_seqlens=cu_seqlens,
+            max_seqlen=max_seqlen,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            return_dict=True,
+        )
+        hidden = encoded.last_hidden_state
+        if cu_seqlens is None and position_ids is not None and attention_mask is None:
+            # Documents packed as transformers' flattening collator does: positions restart at 0.
+            cu_seqlens = cu_seqlens_from_positions(
+                position_ids.view(1, -1) if position_ids.dim() == 1 else position_ids
+            )
         if cu_seqlens is not None:
             first = hidden[0, cu_seqlens[:-1].long().to(hidden.device)]
         else:
@@ -124,12 +175,7 @@ class NeoBERTForSequenceClassification(NeoBERTPreTrainedModel):
         loss = None
         if labels is not None:
             loss = sequence_classification_loss(self.config, logits, labels.to(logits.device))
-        if not return_dict:
-            rest = tuple(t for t in (outputs.hidden_states, outputs.attentions) if t is not None)
-            return ((loss,) if loss is not None else ()) + (logits,) + rest
-        return SequenceClassifierOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
-        )
+        return _as_output(return_dict, self.config, SequenceClassifierOutput, loss, logits, encoded)
 
 
 class NeoBERTForTokenClassification(NeoBERTPreTrainedModel):
@@ -145,10 +191,33 @@ class NeoBERTForTokenClassification(NeoBERTPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
-    def forward(self, input_ids=None, attention_mask=None, labels: torch.Tensor | None = None, **kwargs):
-        return_dict = kwargs.get("return_dict", self.config.return_dict)
-        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, **_encoder_inputs(kwargs))
-        logits = self.classifier(self.dropout(outputs.last_hidden_state))
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        cu_seqlens: torch.Tensor | None = None,
+        max_seqlen: int | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ):
+        encoded = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            cu_seqlens=cu_seqlens,
+            max_seqlen=max_seqlen,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            return_dict=True,
+        )
+        logits = self.classifier(self.dropout(encoded.last_hidden_state))
         loss = None
         if labels is not None:
             _check_labels(labels, logits.shape[:2], "token-classification")
@@ -157,9 +226,4 @@ class NeoBERTForTokenClassification(NeoBERTPreTrainedModel):
                 labels.reshape(-1).to(logits.device),
                 ignore_index=IGNORE_INDEX,
             )
-        if not return_dict:
-            rest = tuple(t for t in (outputs.hidden_states, outputs.attentions) if t is not None)
-            return ((loss,) if loss is not None else ()) + (logits,) + rest
-        return TokenClassifierOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
-        )
+        return _as_output(return_dict, self.config, TokenClassifierOutput, loss, logits, encoded)

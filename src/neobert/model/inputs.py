@@ -99,7 +99,7 @@ def _check_cu_seqlens(cu_seqlens: torch.Tensor, total: int, max_seqlen: int | No
     return seqlens, longest
 
 
-def _cu_seqlens_from_positions(position_ids: torch.Tensor) -> torch.Tensor | None:
+def cu_seqlens_from_positions(position_ids: torch.Tensor) -> torch.Tensor | None:
     """Documents packed in one row whose positions restart at 0 (transformers' flattening collator)."""
     if position_ids.shape[0] != 1 or position_ids.shape[1] < 2 or int(position_ids[0, 0]) != 0:
         return None
@@ -130,7 +130,7 @@ def build_layout(
             raise ValueError("position_ids must be non-negative integers")
         position_ids = position_ids.to(device)
         if cu_seqlens is None and attention_mask is None:
-            cu_seqlens = _cu_seqlens_from_positions(position_ids)
+            cu_seqlens = cu_seqlens_from_positions(position_ids)
 
     if cu_seqlens is not None:
         if batch != 1:
