@@ -17,6 +17,7 @@ valid manifest is never read, so `kill -9` at any point leaves the previous chec
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -312,10 +313,9 @@ def apply_retention(root: str | os.PathLike, keep_last: int, keep_every: int | N
     keep = {folder for _, folder in complete[-keep_last:]}
     keep |= {folder for step, folder in complete if keep_every and step % keep_every == 0}
     pointer = root / LATEST
-    try:
+    # No pointer yet, or one naming a folder that is gone: nothing extra to protect.
+    with contextlib.suppress(CheckpointError, OSError):
         keep.add(resolve_checkpoint(pointer, "marker"))
-    except (CheckpointError, OSError):
-        pass  # no pointer yet, or it names a folder that is gone: nothing extra to protect
     newest = complete[-1][0] if complete else -1
     deleted = []
     for step, folder in list_checkpoints(root):
