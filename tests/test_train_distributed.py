@@ -44,46 +44,44 @@ def fresh_model():
     return NeoBERTForMaskedLM(small_config(num_hidden_layers=1))
 
 
-def worker(rank: int, port: int, out: str, strategy: str) -> None:
+def gradients_on_my_rows(model, context, strategy):
+    model = wrap_model(model, context, strategy)
+    ids, labels = global_batch()
+    rows = slice(2 * context.rank, 2 * context.rank + 2)
+    # Each rank's loss is the mean over its masked tokens; weight it so that averaging the gradients over
+    # ranks gives the gradient of the mean over the whole global batch.
+    local = int((labels[rows] != -100).sum())
+    weight = local * WORLD / int((labels != -100).sum())
+    (model(input_ids=ids[rows], labels=labels[rows]).loss * weight).backward()
+    grads = {
+        name.removeprefix("module."): (p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad).clone()
+        for name, p in model.named_parameters()
+    }
+    model_state, _ = full_state_dicts(model, torch.optim.AdamW(model.parameters()))
+    return grads, sorted(model_state)
+
+
+def worker(rank: int, port: int, out: str) -> None:
     os.environ.update(
         RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
     )
     torch.set_num_threads(1)
     context = init_distributed(device="cpu")
     try:
-        mean = all_reduce_mean(torch.tensor([rank + 1.0]), context)
-        gathered = gather_objects({"rank": rank}, context)
-        shared = broadcast_object("from rank 0" if rank == 0 else None, context)
-        model = wrap_model(fresh_model(), context, strategy)
-        ids, labels = global_batch()
-        rows = slice(2 * rank, 2 * rank + 2)
-        # Each rank's loss is the mean over its masked tokens; weight it so that averaging the gradients
-        # over ranks gives the gradient of the mean over the whole global batch.
-        local = int((labels[rows] != -100).sum())
-        weight = local * WORLD / int((labels != -100).sum())
-        (model(input_ids=ids[rows], labels=labels[rows]).loss * weight).backward()
-        grads = {
-            name: p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad
-            for name, p in model.named_parameters()
+        result = {
+            "mean": all_reduce_mean(torch.tensor([rank + 1.0]), context),
+            "gathered": gather_objects({"rank": rank}, context),
+            "shared": broadcast_object("from rank 0" if rank == 0 else None, context),
         }
-        model_state, _ = full_state_dicts(model, torch.optim.AdamW(model.parameters()))
-        torch.save(
-            {
-                "mean": mean,
-                "gathered": gathered,
-                "shared": shared,
-                "grads": {k.removeprefix("module."): v.clone() for k, v in grads.items()},
-                "state_keys": sorted(model_state),
-            },
-            os.path.join(out, f"rank{rank}.pt"),
-        )
+        for strategy in ("ddp", "fsdp"):
+            result[strategy] = gradients_on_my_rows(fresh_model(), context, strategy)
+        torch.save(result, os.path.join(out, f"rank{rank}.pt"))
     finally:
         teardown(context)
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_two_processes_average_gradients_like_one_process_on_the_global_batch(tmp_path, strategy):
-    mp.spawn(worker, args=(free_port(), str(tmp_path), strategy), nprocs=WORLD, join=True)
+def test_two_processes_average_gradients_like_one_process_on_the_global_batch(tmp_path):
+    mp.spawn(worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     assert all(r["mean"].item() == 1.5 for r in results)
     assert results[0]["gathered"] == [{"rank": 0}, {"rank": 1}] and results[1]["gathered"] is None
@@ -93,11 +91,14 @@ def test_two_processes_average_gradients_like_one_process_on_the_global_batch(tm
     ids, labels = global_batch()
     reference(input_ids=ids, labels=labels).loss.backward()
     for rank_result in results:
-        assert set(rank_result["grads"]) == {name for name, _ in reference.named_parameters()}
-        for name, parameter in reference.named_parameters():
-            torch.testing.assert_close(rank_result["grads"][name], parameter.grad, atol=1e-6, rtol=1e-5)
-    # Full state dicts carry the plain parameter names, without DDP's "module." prefix.
-    assert results[0]["state_keys"] == sorted(reference.state_dict())
+        for strategy in ("ddp", "fsdp"):
+            grads, state_keys = rank_result[strategy]
+            assert set(grads) == {name for name, _ in reference.named_parameters()}
+            for name, parameter in reference.named_parameters():
+                torch.testing.assert_close(grads[name], parameter.grad, atol=1e-6, rtol=1e-5)
+            # Full state dicts carry the plain parameter names, without DDP's "module." prefix.
+            if rank_result is results[0]:
+                assert state_keys == sorted(reference.state_dict()), strategy
 
 
 def test_single_process_needs_no_process_group(monkeypatch):

@@ -125,3 +125,12 @@ def test_loss_curve_png_is_written(tmp_path):
     empty.write_text('{"step": 1}\n')
     with pytest.raises(ValueError, match="no train/loss or eval/loss"):
         plot_loss_curve(empty, tmp_path / "x.png")
+
+
+def test_other_ranks_print_nothing(capsys):
+    progress = ConsoleProgress(total=3, enabled=True, quiet=True)
+    progress.update(1)
+    progress.message("rank 1 speaking")
+    progress.close()
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""

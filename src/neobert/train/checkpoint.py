@@ -173,7 +173,8 @@ def save_checkpoint(
     temporary = root / f".tmp-{final.name}-{os.getpid()}"
     temporary.mkdir()
     try:
-        unwrap_model(model).save_pretrained(temporary, state_dict=model_state)
+        with _quiet_transformers():
+            unwrap_model(model).save_pretrained(temporary, state_dict=model_state)
         if not (temporary / MODEL_FILE).is_file():
             raise CheckpointError(f"save_pretrained did not write {MODEL_FILE} (sharded models are not supported)")
         torch.save({"format": FORMAT_VERSION, **_plain(trainer_state), "step": step}, temporary / TRAINER_FILE)
@@ -194,6 +195,20 @@ def save_checkpoint(
         raise
     _point_latest(root, final.name)
     return final
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """No "Writing model shards" bar in the middle of the training progress bar."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _write_manifest(folder: Path, step: int, world_size: int) -> None:

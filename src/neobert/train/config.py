@@ -22,6 +22,7 @@ from neobert.train.typed import build_dataclass, coerce, field_types, to_plain
 
 ATTENTION_BACKENDS = ("sdpa", "eager", "flex_attention", "flash_attention_2")
 LOG_SINKS = ("jsonl", "tensorboard", "wandb")
+_BUDGET_DRIVERS = ("steps", "tokens", "hours")
 
 
 @dataclass
@@ -348,12 +349,11 @@ def load_config(paths: list[str | os.PathLike] | str | os.PathLike = (), overrid
         tree = _deep_merge(tree, read_yaml(path))
     for assignment in overrides:
         apply_override(tree, assignment)
-    # A budget given on the command line replaces the file's: `budget.hours=2` must not clash with the
-    # preset's `budget.steps`.
-    budget_keys = ("steps", "tokens", "hours")
-    given_now = [a.split("=", 1)[0].strip().split(".")[-1] for a in overrides if a.strip().startswith("budget.")]
-    if any(key in budget_keys for key in given_now):
-        for key in budget_keys:
-            if key not in given_now and key in tree.get("budget", {}):
-                tree["budget"][key] = None
+        # A budget given later replaces the one before it: `budget.hours=2` on the command line overrides
+        # the preset's `budget.steps` instead of clashing with it.
+        dotted = assignment.split("=", 1)[0].strip().split(".")
+        if len(dotted) == 2 and dotted[0] == "budget" and dotted[1] in _BUDGET_DRIVERS:
+            for other in _BUDGET_DRIVERS:
+                if other != dotted[1] and other in tree["budget"]:
+                    tree["budget"][other] = None
     return build_dataclass(PretrainConfig, tree)

@@ -202,11 +202,13 @@ class WandbSink:
 
 
 class ConsoleProgress:
-    """A tqdm progress bar over optimiser steps, showing the latest metrics; silent when disabled."""
+    """A tqdm progress bar over optimiser steps, showing the latest metrics. Without the bar, messages are
+    printed as lines; `quiet` (the other ranks) silences both."""
 
-    def __init__(self, total: int | None, initial: int = 0, enabled: bool = True):
+    def __init__(self, total: int | None, initial: int = 0, enabled: bool = True, quiet: bool = False):
         self._bar = None
-        if enabled:
+        self.quiet = quiet
+        if enabled and not quiet:
             from tqdm.auto import tqdm
 
             self._bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
@@ -226,7 +228,7 @@ class ConsoleProgress:
     def message(self, text: str) -> None:
         if self._bar is not None:
             self._bar.write(text)
-        else:
+        elif not self.quiet:
             print(text, flush=True)
 
     def close(self) -> None:
