@@ -1,5 +1,6 @@
 """The pre-training loop on a synthetic in-memory loader: exact resume, accumulation, signals, NaN, budgets."""
 
+import math
 import os
 import signal
 
@@ -12,6 +13,7 @@ from neobert.train.metrics import read_jsonl
 from neobert.train.pretrain import PretrainResult, TrainingDiverged, build_model, pretrain
 
 LENGTH = 16
+VOCAB = 2000  # a small vocabulary keeps the embedding and decoder (most of a tiny model) cheap
 CLS, SEP, MASK = 101, 102, 103
 
 
@@ -28,7 +30,7 @@ class SyntheticLoader:
 
     def global_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
-        ids = torch.randint(1000, 30000, (self.global_rows, LENGTH), generator=generator)
+        ids = torch.randint(1000, VOCAB, (self.global_rows, LENGTH), generator=generator)
         ids[:, 0], ids[:, -1] = CLS, SEP
         selected = torch.rand(ids.shape, generator=generator) < 0.2
         selected[:, 0] = selected[:, -1] = False
@@ -69,7 +71,7 @@ def tiny_config(out, *overrides) -> PretrainConfig:
     base = [
         "model.preset=tiny",
         "model.overrides={hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2,"
-        " intermediate_size: 64, max_length: 64}",
+        f" intermediate_size: 64, max_length: 64, vocab_size: {VOCAB}}}",
         f"data.max_length={LENGTH}",
         "data.batch_size=4",
         "data.eval_batches=2",
@@ -224,3 +226,15 @@ def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path, stra
     evals = [r for r in read_jsonl(tmp_path / "two" / "metrics.jsonl") if "eval/loss" in r]
     assert evals[-1]["eval/loss"] == pytest.approx(one.last_eval["eval/loss"], rel=1e-5)
     assert evals[-1]["eval/masked_tokens"] == one.last_eval["eval/masked_tokens"]
+
+
+def test_resume_honours_a_changed_learning_rate_and_budget(tmp_path, capsys):
+    pretrain(tiny_config(tmp_path), make_loader, stop_at_step=3)
+    capsys.readouterr()
+    result = pretrain(tiny_config(tmp_path, "budget.steps=10", "train.lr=1e-3"), make_loader, resume=True)
+    assert result.step == 10
+    assert "budget.steps: 6 -> 10" in capsys.readouterr().out
+    lr_at = {r["step"]: r["train/lr"] for r in read_jsonl(tmp_path / "metrics.jsonl") if "train/lr" in r}
+    # Step 4 is the first after resuming: 1e-3 x cosine at (3 - 2 warmup) / (9 - 2) of the decay.
+    assert lr_at[4] == pytest.approx(1e-3 * (0.1 + 0.45 * (1 + math.cos(math.pi / 7))))
+    assert read_checkpoint(result.checkpoint).trainer_state["scheduler"]["lr_lambdas"][0]["total_steps"] == 10

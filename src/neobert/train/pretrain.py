@@ -128,6 +128,18 @@ def _weights_from(path: str) -> dict[str, torch.Tensor]:
     return load_file(folder / "model.safetensors")
 
 
+def config_changes(before: dict[str, Any], after: dict[str, Any], prefix: str = "") -> list[str]:
+    """`key: old -> new` for every dotted key whose value differs between two resolved configurations."""
+    changes = []
+    for key in sorted(set(before) | set(after)):
+        old, new = before.get(key), after.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            changes += config_changes(old, new, f"{prefix}{key}.")
+        elif old != new:
+            changes.append(f"{prefix}{key}: {old!r} -> {new!r}")
+    return changes
+
+
 def resolve_precision(choice: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype, or None for plain fp32."""
     if choice == "auto":
@@ -178,6 +190,8 @@ class Trainer:
         self.lr = self.optimizer.param_groups[0]["lr"]
         self.nonfinite = torch.zeros((), device=context.device)
         self.last_good_step: int | None = None
+        self.changed_on_resume: list[str] = []
+        self.wrapped.train()  # the sparse MLM decoder (masked rows only) runs in training mode
 
     # ---- resume -----------------------------------------------------------------------------------------
 
@@ -201,7 +215,28 @@ class Trainer:
         self.elapsed_before = float(saved.trainer_state.get("elapsed_seconds", 0.0))
         self.tokens_seen = float(saved.trainer_state.get("tokens_seen", 0.0))
         self.last_good_step = saved.step
+        self.changed_on_resume = config_changes(saved.config or {}, self.config.resolved())
+        self._apply_current_recipe(saved.config or {})
         return folder
+
+    def _apply_current_recipe(self, saved_config: dict[str, Any]) -> None:
+        """Optimiser and scheduler state dicts carry their own hyperparameters; the run's configuration wins,
+        so a run resumed with another lr, weight decay or budget uses the new values (and an unchanged one
+        continues exactly)."""
+        train, budget = self.config.train, self.config.budget
+        reference = build_optimizer(self.wrapped, train)
+        for group, wanted in zip(self.optimizer.param_groups, reference.param_groups, strict=True):
+            group.update({k: v for k, v in wanted.items() if k not in ("params", "lr", "initial_lr")})
+        fresh = schedule_from(train, budget.total_steps(self.config.tokens_per_step))
+        if budget.hours is not None and saved_config.get("budget", {}).get("hours") == budget.hours:
+            fresh.total_steps = self.schedule.total_steps  # keep the step count calibrated earlier
+        fresh.check_total(fresh.total_steps)
+        vars(self.schedule).update(vars(fresh))
+        self.scheduler.base_lrs = [train.lr] * len(self.optimizer.param_groups)
+        for group in self.optimizer.param_groups:
+            group["lr"] = train.lr * self.schedule(self.scheduler.last_epoch)
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+        self.lr = self.optimizer.param_groups[0]["lr"]
 
     # ---- one optimiser step -----------------------------------------------------------------------------
 
@@ -338,6 +373,8 @@ def _run(trainer: Trainer, resume: bool | str, stop_at_step: int | None) -> Pret
     loop = _Loop(trainer, logger, progress, stop_at_step)
     if resumed_from is not None:
         progress.message(f"resumed from {resumed_from} at step {trainer.step}")
+        for change in trainer.changed_on_resume:
+            progress.message(f"  changed since the checkpoint: {change}")
     try:
         with StopSignals() as signals:
             status = loop.run(signals)
