@@ -3,9 +3,11 @@
 import math
 import os
 import signal
+from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoModelForMaskedLM
 
 from neobert.train.checkpoint import CheckpointError, find_latest_good, read_checkpoint
 from neobert.train.config import PretrainConfig, load_config
@@ -13,6 +15,7 @@ from neobert.train.metrics import read_jsonl
 from neobert.train.pretrain import PretrainResult, TrainingDiverged, build_model, pretrain
 
 LENGTH = 16
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "pretrain"
 VOCAB = 2000  # a small vocabulary keeps the embedding and decoder (most of a tiny model) cheap
 CLS, SEP, MASK = 101, 102, 103
 
@@ -23,6 +26,7 @@ class SyntheticLoader:
 
     def __init__(self, config: PretrainConfig, micro_batch: int, rank: int = 0, world_size: int = 1, on_batch=None):
         self.seed, self.micro, self.rank = config.data.seed, micro_batch, rank
+        self.length = config.data.max_length
         self.global_rows = config.data.global_batch_sequences
         self.accumulation = self.global_rows // world_size // micro_batch
         self.served = 0
@@ -30,7 +34,7 @@ class SyntheticLoader:
 
     def global_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
-        ids = torch.randint(1000, VOCAB, (self.global_rows, LENGTH), generator=generator)
+        ids = torch.randint(1000, VOCAB, (self.global_rows, self.length), generator=generator)
         ids[:, 0], ids[:, -1] = CLS, SEP
         selected = torch.rand(ids.shape, generator=generator) < 0.2
         selected[:, 0] = selected[:, -1] = False
@@ -238,3 +242,20 @@ def test_resume_honours_a_changed_learning_rate_and_budget(tmp_path, capsys):
     # Step 4 is the first after resuming: 1e-3 x cosine at (3 - 2 warmup) / (9 - 2) of the decay.
     assert lr_at[4] == pytest.approx(1e-3 * (0.1 + 0.45 * (1 + math.cos(math.pi / 7))))
     assert read_checkpoint(result.checkpoint).trainer_state["scheduler"]["lr_lambdas"][0]["total_steps"] == 10
+
+
+def test_the_demo_preset_runs_a_few_steps(tmp_path):
+    config = load_config(
+        CONFIGS / "demo.yaml",
+        [
+            f"system.output_dir={tmp_path}",
+            "budget.steps=3",
+            "train.warmup_steps=1",
+            "system.progress_bar=false",
+            "system.device=cpu",
+        ],
+    )
+    result = pretrain(config, make_loader, make_eval_batches)
+    assert result.status == "completed" and result.step == 3
+    assert result.last_metrics["train/tokens"] == 3 * 32 * 128 and math.isfinite(result.last_eval["eval/loss"])
+    assert AutoModelForMaskedLM.from_pretrained(tmp_path / "checkpoints" / "latest").config.hidden_size == 128
