@@ -20,6 +20,16 @@ VOCAB = 2000  # a small vocabulary keeps the embedding and decoder (most of a ti
 CLS, SEP, MASK = 101, 102, 103
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny models gain nothing from a second thread, and on a shared machine a busy core stalls every
+    # two-thread operation at its barrier (10x slower); one thread keeps these tests fast either way.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class SyntheticLoader:
     """Random token rows with 20% all-[MASK] masking, a pure function of (seed, step): the global batch of
     step s is the same whatever the world size and micro-batch, each process taking its own rows."""
@@ -253,6 +263,7 @@ def test_the_demo_preset_runs_a_few_steps(tmp_path):
             "train.warmup_steps=1",
             "system.progress_bar=false",
             "system.device=cpu",
+            "data.eval_batches=1",
         ],
     )
     result = pretrain(config, make_loader, make_eval_batches)
