@@ -270,3 +270,13 @@ def test_the_demo_preset_runs_a_few_steps(tmp_path):
     assert result.status == "completed" and result.step == 3
     assert result.last_metrics["train/tokens"] == 3 * 32 * 128 and math.isfinite(result.last_eval["eval/loss"])
     assert AutoModelForMaskedLM.from_pretrained(tmp_path / "checkpoints" / "latest").config.hidden_size == 128
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(tmp_path):
+    """About 30 s of inductor compilation on two CPU cores."""
+    compiled = pretrain(tiny_config(tmp_path / "c", "train.compile=true", "budget.steps=4"), make_loader)
+    eager = pretrain(tiny_config(tmp_path / "e", "budget.steps=4"), make_loader)
+    assert compiled.last_metrics["train/loss"] == pytest.approx(eager.last_metrics["train/loss"], rel=1e-5)
+    for name, tensor in weights(eager).items():
+        torch.testing.assert_close(weights(compiled)[name], tensor, atol=1e-5, rtol=1e-4)
