@@ -1,0 +1,1 @@
+"""Pre-training: typed configuration, optimiser and schedule, checkpoints, distributed helpers, metrics."""

@@ -1,0 +1,359 @@
+"""The pre-training configuration: five typed sections (model, data, train, system, budget).
+
+A run is described by one or more YAML files merged in order, then dotted overrides from the command line
+(`train.lr=6e-4 budget.hours=2`). A YAML file may name a parent with `inherit: other.yaml` (relative to its
+own folder), which is how the cumulative ablations M0-M9 are written. Every key is checked against the
+dataclass annotations before training starts; the resolved configuration is saved with each checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from neobert.config import PRESETS, NeoBERTConfig
+from neobert.train.typed import build_dataclass, coerce, field_types, to_plain
+
+ATTENTION_BACKENDS = ("sdpa", "eager", "flex_attention", "flash_attention_2")
+LOG_SINKS = ("jsonl", "tensorboard", "wandb")
+_BUDGET_DRIVERS = ("steps", "tokens", "hours")
+
+
+@dataclass
+class ModelSection:
+    preset: str = "tiny"
+    # NeoBERTConfig fields applied on top of the preset, e.g. {"max_length": 4096}.
+    overrides: dict[str, Any] = field(default_factory=dict)
+    attention: str = "sdpa"
+    activation_checkpointing: bool = False
+    # A checkpoint folder (or a `checkpoints` folder, whose latest good one is used) whose model weights
+    # start this run: stage 2 starts from stage 1. Optimiser, schedule and data position start afresh.
+    init_from: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise ValueError(f"model.preset {self.preset!r} is not a preset; choose one of {sorted(PRESETS)}")
+        if self.attention not in ATTENTION_BACKENDS:
+            raise ValueError(f"model.attention must be one of {list(ATTENTION_BACKENDS)}, got {self.attention!r}")
+        hints = field_types(NeoBERTConfig)
+        for name, value in list(self.overrides.items()):
+            if name not in hints:
+                raise ValueError(
+                    f"unknown config key model.overrides.{name}; NeoBERTConfig fields are: {', '.join(sorted(hints))}"
+                )
+            self.overrides[name] = coerce(value, hints[name], f"model.overrides.{name}")
+
+    def neobert_config(self) -> NeoBERTConfig:
+        config = NeoBERTConfig.from_preset(self.preset, **self.overrides)
+        config._attn_implementation = self.attention
+        return config
+
+
+@dataclass
+class LengthBucket:
+    """Phase 2 draws each batch from documents of at least `min_length` tokens with this probability."""
+
+    min_length: int
+    probability: float
+
+
+@dataclass
+class DataSection:
+    # A folder written by `neobert prepare`; None only for configs that are completed at run time (the demo).
+    path: str | None = None
+    train_split: str = "train"
+    eval_split: str | None = "validation"
+    max_length: int = 1024
+    # "truncate": one document per sequence, its tail dropped (the paper). "pack": documents end to end,
+    # each attending only to itself.
+    sequence: Literal["truncate", "pack"] = "truncate"
+    mlm_probability: float = 0.2
+    # "all": every selected token becomes [MASK] (the paper); "bert": 80% [MASK], 10% random, 10% kept.
+    mask_mode: Literal["all", "bert"] = "all"
+    # The global batch (over all ranks and accumulation steps), in sequences or in tokens (tokens are
+    # counted as sequences of max_length, so they must divide evenly).
+    batch_size: int = 32
+    batch_unit: Literal["sequences", "tokens"] = "sequences"
+    # Sequences per rank in one forward pass; None: the whole per-rank share in one pass.
+    micro_batch_size: int | None = None
+    length_mixture: list[LengthBucket] = field(default_factory=list)
+    eval_batches: int = 20
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_length <= 0:
+            raise ValueError(f"data.max_length must be positive, got {self.max_length}")
+        if not 0 < self.mlm_probability < 1:
+            raise ValueError(f"data.mlm_probability must lie in (0, 1), got {self.mlm_probability}")
+        if self.batch_size <= 0:
+            raise ValueError(f"data.batch_size must be positive, got {self.batch_size}")
+        if self.micro_batch_size is not None and self.micro_batch_size <= 0:
+            raise ValueError(f"data.micro_batch_size must be positive, got {self.micro_batch_size}")
+        if self.eval_batches < 0:
+            raise ValueError(f"data.eval_batches must be non-negative, got {self.eval_batches}")
+        if self.batch_unit == "tokens" and self.batch_size % self.max_length:
+            raise ValueError(
+                f"data.batch_size of {self.batch_size} tokens is not a whole number of "
+                f"{self.max_length}-token sequences"
+            )
+        if self.length_mixture:
+            total = sum(bucket.probability for bucket in self.length_mixture)
+            if any(bucket.probability < 0 for bucket in self.length_mixture) or not math.isclose(total, 1.0):
+                raise ValueError(f"data.length_mixture probabilities must be non-negative and sum to 1, got {total}")
+            for bucket in self.length_mixture:
+                if not 0 <= bucket.min_length < self.max_length:
+                    raise ValueError(
+                        f"data.length_mixture min_length {bucket.min_length} must lie in [0, {self.max_length})"
+                    )
+
+    @property
+    def global_batch_sequences(self) -> int:
+        if self.batch_unit == "tokens":
+            return self.batch_size // self.max_length
+        return self.batch_size
+
+
+@dataclass
+class TrainSection:
+    lr: float = 6e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    # The released code decays every parameter; True exempts norm weights and biases (common practice).
+    no_decay_norms_and_biases: bool = False
+    warmup_steps: int = 2000
+    # "cosine": to final_lr_fraction of the peak over decay_fraction of the steps, then constant (paper).
+    # "linear": the same shape with a straight line. "constant": the peak after warmup (stage 2 sets lr
+    # itself to 10% of stage 1's peak).
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    final_lr_fraction: float = 0.1
+    decay_fraction: float = 0.9
+    # None: derived from data.batch_size, data.micro_batch_size and the world size.
+    grad_accumulation: int | None = None
+    clip_grad_norm: float | None = 1.0
+    compile: bool = False
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 1000
+    checkpoint_every: int = 1000
+    keep_last: int = 3
+    # Also keep every checkpoint whose step is a multiple of this (None: keep only the last ones).
+    keep_every: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ValueError(f"train.lr must be positive, got {self.lr}")
+        if not all(0 <= beta < 1 for beta in self.betas):
+            raise ValueError(f"train.betas must lie in [0, 1), got {self.betas}")
+        if self.eps <= 0 or self.weight_decay < 0:
+            raise ValueError("train.eps must be positive and train.weight_decay non-negative")
+        if self.warmup_steps < 0:
+            raise ValueError(f"train.warmup_steps must be non-negative, got {self.warmup_steps}")
+        if not 0 <= self.final_lr_fraction <= 1:
+            raise ValueError(f"train.final_lr_fraction must lie in [0, 1], got {self.final_lr_fraction}")
+        if not 0 < self.decay_fraction <= 1:
+            raise ValueError(f"train.decay_fraction must lie in (0, 1], got {self.decay_fraction}")
+        if self.grad_accumulation is not None and self.grad_accumulation <= 0:
+            raise ValueError(f"train.grad_accumulation must be positive, got {self.grad_accumulation}")
+        if self.clip_grad_norm is not None and self.clip_grad_norm <= 0:
+            raise ValueError(f"train.clip_grad_norm must be positive or null, got {self.clip_grad_norm}")
+        for name in ("log_every", "eval_every", "checkpoint_every", "keep_last"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"train.{name} must be positive, got {getattr(self, name)}")
+        if self.keep_every is not None and self.keep_every <= 0:
+            raise ValueError(f"train.keep_every must be positive or null, got {self.keep_every}")
+
+
+@dataclass
+class SystemSection:
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # "auto": bf16 autocast on CUDA, fp32 on CPU (bf16 matrix products are ~15x slower on AVX2 CPUs).
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # "auto": DDP when launched by torchrun with more than one process, otherwise a single process.
+    distributed: Literal["auto", "none", "ddp", "fsdp"] = "auto"
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    num_workers: int = 0
+    output_dir: str = "runs/pretrain"
+    log_sinks: list[str] = field(default_factory=lambda: ["jsonl", "tensorboard"])
+    wandb_project: str | None = None
+    progress_bar: bool = True
+    # The accelerator's dense peak in FLOP/s for MFU; None: looked up for known GPUs, else MFU not reported.
+    peak_flops: float | None = None
+
+    def __post_init__(self) -> None:
+        unknown = [sink for sink in self.log_sinks if sink not in LOG_SINKS]
+        if unknown:
+            raise ValueError(f"system.log_sinks: unknown sink {unknown[0]!r}; choose from {list(LOG_SINKS)}")
+        if self.num_workers < 0:
+            raise ValueError(f"system.num_workers must be non-negative, got {self.num_workers}")
+
+
+@dataclass
+class BudgetSection:
+    """Exactly one of these sets the length of the run, and with it the learning-rate schedule."""
+
+    steps: int | None = None
+    tokens: int | None = None
+    hours: float | None = None
+    # With an hours budget, the number of steps is estimated from the speed of these first steps.
+    calibration_steps: int = 20
+
+    def __post_init__(self) -> None:
+        given = [name for name in ("steps", "tokens", "hours") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "the budget needs exactly one of budget.steps, budget.tokens or budget.hours; "
+                + (f"got {', '.join('budget.' + name for name in given)}" if given else "none is set")
+            )
+        value = getattr(self, given[0])
+        if value <= 0:
+            raise ValueError(f"budget.{given[0]} must be positive, got {value}")
+        if self.calibration_steps <= 0:
+            raise ValueError(f"budget.calibration_steps must be positive, got {self.calibration_steps}")
+
+    @property
+    def kind(self) -> str:
+        return next(name for name in ("steps", "tokens", "hours") if getattr(self, name) is not None)
+
+    def total_steps(self, tokens_per_step: int) -> int | None:
+        """Steps the budget allows; None for an hours budget (estimated while running)."""
+        if self.steps is not None:
+            return self.steps
+        if self.tokens is not None:
+            return max(1, math.ceil(self.tokens / tokens_per_step))
+        return None
+
+
+@dataclass
+class PretrainConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    system: SystemSection = field(default_factory=SystemSection)
+    budget: BudgetSection = field(default_factory=lambda: BudgetSection(steps=1_000_000))
+
+    def __post_init__(self) -> None:
+        model_max = self.model.neobert_config().max_length
+        if self.data.max_length > model_max:
+            raise ValueError(
+                f"data.max_length ({self.data.max_length}) exceeds the model's max_length ({model_max}); "
+                "raise model.overrides.max_length"
+            )
+        from neobert.train.optim import schedule_from  # optim needs TrainSection from here
+
+        # The schedule must fit the budget: the decay has to end after the warmup.
+        schedule_from(self.train, self.budget.total_steps(self.tokens_per_step))
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Token slots per optimiser step (sequences x max_length): the paper's 'theoretical' count."""
+        return self.data.global_batch_sequences * self.data.max_length
+
+    def resolved(self) -> dict[str, Any]:
+        return to_plain(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.resolved(), sort_keys=False)
+
+
+def batch_split(data: DataSection, train: TrainSection, world_size: int) -> tuple[int, int]:
+    """(sequences per rank per forward pass, accumulation steps) that make up the global batch exactly."""
+    sequences = data.global_batch_sequences
+    if sequences % world_size:
+        raise ValueError(f"the global batch of {sequences} sequences does not split over {world_size} processes")
+    per_rank = sequences // world_size
+    if train.grad_accumulation is not None:
+        if per_rank % train.grad_accumulation:
+            raise ValueError(
+                f"{per_rank} sequences per process do not split into {train.grad_accumulation} accumulation steps"
+            )
+        micro = per_rank // train.grad_accumulation
+        if data.micro_batch_size is not None and data.micro_batch_size != micro:
+            raise ValueError(
+                f"data.micro_batch_size ({data.micro_batch_size}) contradicts train.grad_accumulation "
+                f"({train.grad_accumulation}): {sequences} sequences over {world_size} processes need {micro}"
+            )
+        return micro, train.grad_accumulation
+    micro = data.micro_batch_size or per_rank
+    if per_rank % micro:
+        raise ValueError(
+            f"data.micro_batch_size ({micro}) does not divide the {per_rank} sequences each of "
+            f"{world_size} processes takes per step"
+        )
+    return micro, per_rank // micro
+
+
+# ---- loading ---------------------------------------------------------------------------------------------
+
+
+def _deep_merge(base: dict, update: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def read_yaml(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML config with its `inherit:` chain resolved (parents first, this file on top)."""
+    path = Path(path).resolve()
+    if path in _seen:
+        raise ValueError(f"config inheritance loops back to {path.name}")
+    if not path.is_file():
+        raise ValueError(f"config file {path} does not exist")
+    with open(path, encoding="utf-8") as handle:
+        content = yaml.safe_load(handle) or {}
+    if not isinstance(content, dict):
+        raise ValueError(f"config file {path.name} must hold a mapping at the top level")
+    parent = content.pop("inherit", None)
+    if parent is None:
+        return content
+    return _deep_merge(read_yaml(path.parent / parent, (*_seen, path)), content)
+
+
+def apply_override(tree: dict[str, Any], assignment: str) -> None:
+    """Apply one `section.key=value` (the value read as YAML, so `[0.9, 0.95]` and `null` work)."""
+    if "=" not in assignment:
+        raise ValueError(f"override {assignment!r} must look like section.key=value")
+    dotted, raw = assignment.split("=", 1)
+    keys = dotted.strip().split(".")
+    if len(keys) < 2 or not all(keys):
+        raise ValueError(f"override {assignment!r} must name a section and a key, e.g. train.lr=6e-4")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    node = tree
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ValueError(f"override {assignment!r}: {key} is a value, not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def load_config(paths: list[str | os.PathLike] | str | os.PathLike = (), overrides: list[str] = ()) -> PretrainConfig:
+    """YAML files merged in order, then `section.key=value` overrides, checked against the dataclasses."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    tree: dict[str, Any] = {}
+    for path in paths:
+        tree = _deep_merge(tree, read_yaml(path))
+    for assignment in overrides:
+        apply_override(tree, assignment)
+        # A budget given later replaces the one before it: `budget.hours=2` on the command line overrides
+        # the preset's `budget.steps` instead of clashing with it.
+        dotted = assignment.split("=", 1)[0].strip().split(".")
+        if len(dotted) == 2 and dotted[0] == "budget" and dotted[1] in _BUDGET_DRIVERS:
+            for other in _BUDGET_DRIVERS:
+                if other != dotted[1] and other in tree["budget"]:
+                    tree["budget"][other] = None
+    return build_dataclass(PretrainConfig, tree)

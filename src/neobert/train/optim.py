@@ -1,0 +1,107 @@
+"""AdamW with optional decay exemptions, and the paper's learning-rate schedule as a pure function of the step.
+
+The schedule (spec B.5): linear warmup to the peak, then cosine (or linear) decay to `final_fraction` of
+the peak, reached at `decay_fraction` of the run's steps, then constant. Step numbers count optimiser
+updates already taken: the first update uses step 0.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from neobert.train.config import TrainSection
+
+SCHEDULES = ("cosine", "linear", "constant")
+
+
+@dataclass
+class LRSchedule:
+    """Multiplier of the peak learning rate at each step.
+
+    A callable object rather than a closure so that `LambdaLR.state_dict()` stores its fields: an hours
+    budget fixes `total_steps` after calibration, and a resumed run must see the same value.
+    `total_steps=None` means "not known yet": the schedule holds the peak after warmup.
+    """
+
+    warmup_steps: int
+    total_steps: int | None
+    kind: str = "cosine"
+    final_fraction: float = 0.1
+    decay_fraction: float = 0.9
+
+    def __post_init__(self) -> None:
+        if self.kind not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.kind!r}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be non-negative, got {self.warmup_steps}")
+        self.check_total(self.total_steps)
+
+    def check_total(self, total_steps: int | None) -> None:
+        if total_steps is None or self.kind == "constant":
+            return
+        if self.decay_end(total_steps) <= self.warmup_steps:
+            raise ValueError(
+                f"the decay would end at step {self.decay_end(total_steps)} ({self.decay_fraction:.0%} of "
+                f"{total_steps}), not after the {self.warmup_steps} warmup steps: lower train.warmup_steps or "
+                "raise the budget"
+            )
+
+    def decay_end(self, total_steps: int) -> int:
+        return round(self.decay_fraction * total_steps)
+
+    def set_total_steps(self, total_steps: int) -> None:
+        self.check_total(total_steps)
+        self.total_steps = total_steps
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.kind == "constant" or self.total_steps is None:
+            return 1.0
+        end = self.decay_end(self.total_steps)
+        progress = min(1.0, (step - self.warmup_steps) / (end - self.warmup_steps))
+        if self.kind == "cosine":
+            shape = 0.5 * (1.0 + math.cos(math.pi * progress))
+        else:
+            shape = 1.0 - progress
+        return self.final_fraction + (1.0 - self.final_fraction) * shape
+
+
+def schedule_from(train: TrainSection, total_steps: int | None) -> LRSchedule:
+    return LRSchedule(
+        warmup_steps=train.warmup_steps,
+        total_steps=total_steps,
+        kind=train.schedule,
+        final_fraction=train.final_lr_fraction,
+        decay_fraction=train.decay_fraction,
+    )
+
+
+def parameter_groups(model: nn.Module, weight_decay: float, exempt_norms_and_biases: bool) -> list[dict]:
+    """One group, or two when norms and biases (the parameters with fewer than two dimensions) are exempt
+    from weight decay. Embedding and decoder matrices are always decayed, as in the released code."""
+    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if not trainable:
+        raise ValueError("the model has no trainable parameters")
+    if not exempt_norms_and_biases:
+        return [{"params": [p for _, p in trainable], "weight_decay": weight_decay}]
+    decayed = [p for _, p in trainable if p.dim() >= 2]
+    exempt = [p for _, p in trainable if p.dim() < 2]
+    return [
+        {"params": decayed, "weight_decay": weight_decay},
+        {"params": exempt, "weight_decay": 0.0},
+    ]
+
+
+def build_optimizer(model: nn.Module, train: TrainSection) -> torch.optim.AdamW:
+    groups = parameter_groups(model, train.weight_decay, train.no_decay_norms_and_biases)
+    # The fused kernel is the fastest on CUDA and on CPU too (about 8x the default per-tensor loop for `tiny`).
+    return torch.optim.AdamW(groups, lr=train.lr, betas=tuple(train.betas), eps=train.eps, fused=True)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, schedule: LRSchedule) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=schedule)

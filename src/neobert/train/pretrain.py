@@ -1,0 +1,260 @@
+"""The pre-training loop: one explicit loop over optimiser steps, from one CPU to many GPUs.
+
+It is written against a minimal loader protocol (`trainer.Loader`), so it knows nothing of files: the caller
+passes a factory that builds the loader for this process. This module decides when to stop, log, evaluate
+and save; `trainer.Trainer` does the steps.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from neobert.model.heads import NeoBERTForMaskedLM
+from neobert.train import distributed as dist_utils
+from neobert.train.checkpoint import CheckpointError, find_latest_good
+from neobert.train.config import PretrainConfig
+from neobert.train.metrics import ConsoleProgress, MetricsLogger, plot_loss_curve
+from neobert.train.trainer import (
+    EvalFactory,
+    Loader,
+    LoaderFactory,
+    Trainer,
+    TrainingDiverged,
+    build_model,
+)
+
+__all__ = [
+    "EvalFactory",
+    "Loader",
+    "LoaderFactory",
+    "PretrainResult",
+    "StopSignals",
+    "Trainer",
+    "TrainingDiverged",
+    "build_model",
+    "pretrain",
+]
+
+
+@dataclass
+class PretrainResult:
+    status: str  # "completed", "interrupted" (signal), "paused" (stop_at_step) or "data_exhausted"
+    step: int
+    output_dir: Path
+    checkpoint: Path | None
+    last_metrics: dict[str, float] = field(default_factory=dict)
+    last_eval: dict[str, float] = field(default_factory=dict)
+
+
+class StopSignals:
+    """SIGINT / SIGTERM ask the loop to save and stop at the next step boundary; a second one aborts."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for number in (signal.SIGINT, signal.SIGTERM):
+                self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def _handle(self, number: int, frame: Any) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt(f"second signal {number}: stopping without a checkpoint")
+        self.received = number
+
+    def __exit__(self, *exc: Any) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+
+
+def pretrain(
+    config: PretrainConfig,
+    make_loader: LoaderFactory,
+    make_eval_batches: EvalFactory | None = None,
+    resume: bool | str = False,
+    stop_at_step: int | None = None,
+    model: NeoBERTForMaskedLM | None = None,
+) -> PretrainResult:
+    """Train until the budget is spent. `resume=True` continues from the run's latest good checkpoint
+    (starting afresh when there is none); a path resumes from that checkpoint. `stop_at_step` checkpoints
+    and returns at that step without changing the schedule (a job that must end before the run does)."""
+    context = dist_utils.init_distributed(config.system.device, config.system.backend)
+    try:
+        return _run(Trainer(config, make_loader, make_eval_batches, context, model), resume, stop_at_step)
+    finally:
+        dist_utils.teardown(context)
+
+
+def _run(trainer: Trainer, resume: bool | str, stop_at_step: int | None) -> PretrainResult:
+    config, context, system = trainer.config, trainer.context, trainer.config.system
+    resumed_from = trainer.resume(resume) if resume else None
+    if resumed_from is None and find_latest_good(trainer.checkpoint_root) is not None:
+        raise CheckpointError(
+            f"{trainer.checkpoint_root} already holds checkpoints of another run: resume it or choose another "
+            "system.output_dir"
+        )
+    if context.is_main:
+        trainer.output_dir.mkdir(parents=True, exist_ok=True)
+        (trainer.output_dir / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
+    logger = MetricsLogger(
+        trainer.output_dir, system.log_sinks, context.is_main, system.wandb_project, config.resolved()
+    )
+    progress = ConsoleProgress(trainer.schedule.total_steps, trainer.step, system.progress_bar, not context.is_main)
+    loop = _Loop(trainer, logger, progress, stop_at_step)
+    if resumed_from is not None:
+        progress.message(f"resumed from {resumed_from} at step {trainer.step}")
+        for change in trainer.changed_on_resume:
+            progress.message(f"  changed since the checkpoint: {change}")
+    try:
+        with StopSignals() as signals:
+            status = loop.run(signals)
+        checkpoint = None
+        if trainer.step != loop.last_saved_step:
+            checkpoint = trainer.save(loop.elapsed())
+        elif trainer.last_good_step is not None:
+            checkpoint = find_latest_good(trainer.checkpoint_root)
+        if status == "completed" and loop.last_eval.get("step") != trainer.step:
+            loop.log_eval()
+        if loop.pending_window:
+            loop.log_window()
+        if status == "interrupted":
+            progress.message(f"stopped by a signal at step {trainer.step}; checkpoint saved")
+    finally:
+        logger.close()
+        progress.close()
+    if context.is_main and "jsonl" in system.log_sinks and (loop.last_metrics or loop.last_eval):
+        plot_loss_curve(trainer.output_dir / "metrics.jsonl", trainer.output_dir / "loss_curve.png")
+    return PretrainResult(status, trainer.step, trainer.output_dir, checkpoint, loop.last_metrics, loop.last_eval)
+
+
+class _Loop:
+    """The step loop's bookkeeping: when to stop, log, evaluate and save."""
+
+    def __init__(self, trainer: Trainer, logger: MetricsLogger, progress: ConsoleProgress, stop_at_step: int | None):
+        self.trainer, self.logger, self.progress, self.stop_at_step = trainer, logger, progress, stop_at_step
+        self.session_start = time.perf_counter()
+        self.window_start = self.session_start
+        self.calibration: tuple[int, float] | None = None
+        self.last_saved_step = trainer.step if trainer.last_good_step is not None else None
+        self.last_metrics: dict[str, float] = {}
+        self.last_eval: dict[str, float] = {}
+        self.pending_window = False
+
+    def elapsed(self) -> float:
+        return self.trainer.elapsed_before + time.perf_counter() - self.session_start
+
+    def run(self, signals: StopSignals) -> str:
+        trainer, train = self.trainer, self.trainer.config.train
+        while True:
+            total = trainer.schedule.total_steps
+            if total is not None and trainer.step >= total:
+                return "completed"
+            if self.stop_at_step is not None and trainer.step >= self.stop_at_step:
+                return "paused"
+            reason = self._agreed_stop(signals)
+            if reason is not None:
+                return reason
+            try:
+                trainer.train_step()
+            except StopIteration:
+                self.progress.message(f"the training data ran out at step {trainer.step}")
+                return "data_exhausted"
+            self.pending_window = True
+            self.progress.update(1, self.last_metrics and {"loss": self.last_metrics["train/loss"]})
+            self._calibrate()
+            step = trainer.step
+            if step % train.log_every == 0:
+                self.log_window()
+            if step % train.eval_every == 0:
+                self.log_eval()
+            if step % train.checkpoint_every == 0:
+                trainer.save(self.elapsed())
+                self.last_saved_step = step
+
+    def _agreed_stop(self, signals: StopSignals) -> str | None:
+        """Stop for a signal or a spent hours budget. Ranks must agree, so with several processes this is
+        decided (one small collective) only every log_every steps."""
+        trainer = self.trainer
+        if trainer.context.enabled and trainer.step % trainer.config.train.log_every:
+            return None
+        hours = trainer.config.budget.hours
+        flags = torch.tensor(
+            [float(signals.received is not None), float(hours is not None and self.elapsed() >= hours * 3600)],
+            device=trainer.context.device,
+        )
+        interrupted, out_of_time = dist_utils.all_reduce_max(flags, trainer.context).tolist()
+        if interrupted:
+            return "interrupted"
+        return "completed" if out_of_time else None
+
+    def _calibrate(self) -> None:
+        """With an hours budget, fix the step count (and so the schedule) from the speed of the first steps;
+        the first step of a session is left out of the timing (allocation, compilation)."""
+        trainer, budget = self.trainer, self.trainer.config.budget
+        if budget.hours is None or trainer.schedule.total_steps is not None:
+            return
+        now = time.perf_counter()
+        if self.calibration is None:
+            self.calibration = (trainer.step, now)
+            return
+        first_step, started = self.calibration
+        if trainer.step - first_step < budget.calibration_steps:
+            return
+        per_step = (now - started) / (trainer.step - first_step)
+        remaining = max(0.0, budget.hours * 3600 - self.elapsed())
+        estimate = dist_utils.broadcast_object(trainer.step + max(1, int(remaining / per_step)), trainer.context)
+        try:
+            trainer.schedule.set_total_steps(estimate)
+        except ValueError as error:
+            raise ValueError(f"budget.hours={budget.hours} allows about {estimate} steps here: {error}") from None
+        self.progress.set_total(estimate)
+        self.progress.message(f"hours budget: {per_step:.3f} s a step, so {estimate} steps in all")
+
+    def log_window(self) -> None:
+        trainer = self.trainer
+        sums = trainer.metrics.read(trainer.context)
+        trainer.check_finite()
+        seconds = max(time.perf_counter() - self.window_start, 1e-9)
+        self.window_start = time.perf_counter()
+        self.pending_window = False
+        if not sums:
+            return
+        trainer.tokens_seen += sums["tokens"]
+        masked = max(sums["masked"], 1.0)
+        efficiency = getattr(trainer.loader, "packing_efficiency", None)
+        record = {
+            "step": trainer.step,
+            "train/loss": sums["loss_x_masked"] / masked,
+            "train/accuracy": sums["correct"] / masked,
+            "train/lr": trainer.lr,
+            "train/grad_norm": sums["grad_norm"] / sums["steps"],
+            "train/tokens_per_s": sums["tokens"] / seconds,
+            "train/tokens": trainer.tokens_seen,
+            "train/packing_efficiency": efficiency if efficiency is not None else sums["tokens"] / sums["slots"],
+            "train/flops_per_s": sums["flops"] / seconds,
+            "time/elapsed_s": self.elapsed(),
+        }
+        utilisation = sums["flops"] / seconds / trainer.peak if trainer.peak else None
+        if utilisation is not None:
+            record["train/mfu"] = utilisation
+        self.last_metrics = record
+        self.logger.log(record)
+
+    def log_eval(self) -> None:
+        record = self.trainer.evaluate()
+        if record:
+            self.last_eval = record
+            self.logger.log(record)
+            self.progress.message(
+                f"step {record['step']}: held-out loss {record['eval/loss']:.4f}, "
+                f"accuracy {record['eval/accuracy']:.4f}"
+            )

@@ -1,0 +1,295 @@
+"""One optimiser step and the state around it: model, optimiser, schedule, loader, checkpoints, evaluation.
+
+Every step takes the global batch (`data.batch_size`, split over processes and accumulation steps) and
+weights each micro-batch by its share of the masked tokens, so the gradient is that of the mean loss over
+the whole global batch whatever the world size or accumulation. The loop that drives it is in pretrain.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from neobert.model.heads import NeoBERTForMaskedLM
+from neobert.train import distributed as dist_utils
+from neobert.train.checkpoint import (
+    CheckpointError,
+    RankState,
+    apply_retention,
+    find_latest_good,
+    read_checkpoint,
+    resolve_checkpoint,
+    restore_rank_state,
+    save_checkpoint,
+    unwrap_model,
+)
+from neobert.train.config import PretrainConfig, batch_split
+from neobert.train.distributed import DistributedContext
+from neobert.train.evaluate import evaluate_mlm, masked_targets, model_inputs
+from neobert.train.metrics import (
+    MetricAccumulator,
+    batch_shape_stats,
+    forward_flops,
+    non_embedding_parameters,
+    peak_flops,
+)
+from neobert.train.optim import build_optimizer, build_scheduler, schedule_from
+
+
+class Loader(Protocol):
+    """Endless (or long) iterator of batches ready for `NeoBERTForMaskedLM(**batch)` (with `labels`), on
+    the CPU, whose position can be saved and restored."""
+
+    def __iter__(self) -> Iterator[dict[str, Any]]: ...
+
+    def __next__(self) -> dict[str, Any]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+# (config, sequences per forward pass on this process, this process's place) -> its loader.
+LoaderFactory = Callable[[PretrainConfig, int, DistributedContext], Loader]
+# The same for held-out batches: a fresh, identical iterable each time it is called.
+EvalFactory = Callable[[PretrainConfig, int, DistributedContext], Iterable[dict[str, Any]]]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or gradient norm became NaN or infinite."""
+
+
+def build_model(config: PretrainConfig) -> NeoBERTForMaskedLM:
+    """A freshly initialised model, or one holding the weights named by `model.init_from`."""
+    model = NeoBERTForMaskedLM(config.model.neobert_config())
+    if config.model.init_from:
+        model.load_state_dict(_weights_from(config.model.init_from), strict=True)
+    if config.model.activation_checkpointing:
+        model.gradient_checkpointing_enable()
+    return model
+
+
+def _weights_from(path: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        folder = resolve_checkpoint(path)
+    except CheckpointError:
+        folder = Path(path)  # an exported model folder has weights but no manifest
+        if not (folder / "model.safetensors").is_file():
+            raise CheckpointError(f"model.init_from: {path} is neither a checkpoint nor a model folder") from None
+    return load_file(folder / "model.safetensors")
+
+
+def config_changes(before: dict[str, Any], after: dict[str, Any], prefix: str = "") -> list[str]:
+    """`key: old -> new` for every dotted key whose value differs between two resolved configurations."""
+    changes = []
+    for key in sorted(set(before) | set(after)):
+        old, new = before.get(key), after.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            changes += config_changes(old, new, f"{prefix}{key}.")
+        elif old != new:
+            changes.append(f"{prefix}{key}: {old!r} -> {new!r}")
+    return changes
+
+
+def resolve_precision(choice: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for plain fp32."""
+    if choice == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return torch.bfloat16 if choice == "bf16" else None
+
+
+class Trainer:
+    def __init__(
+        self,
+        config: PretrainConfig,
+        make_loader: LoaderFactory,
+        make_eval_batches: EvalFactory | None,
+        context: DistributedContext,
+        model: NeoBERTForMaskedLM | None = None,
+    ):
+        self.config, self.context = config, context
+        self.make_eval_batches = make_eval_batches
+        train, system = config.train, config.system
+        self.micro_batch, self.accumulation = batch_split(config.data, train, context.world_size)
+        self.output_dir = Path(system.output_dir)
+        self.checkpoint_root = self.output_dir / "checkpoints"
+
+        # Same seed on every rank for the weights (FSDP shards what each rank built), then per rank.
+        torch.manual_seed(train.seed)
+        model = model if model is not None else build_model(config)
+        self.model_config = model.config
+        self.parameters_for_flops = non_embedding_parameters(self.model_config)
+        torch.manual_seed(train.seed + 1000 * context.rank)
+        model.to(context.device)
+        # `wrapped` is the DDP / FSDP2 module (no_sync, state dicts and clipping need it); `model` is what
+        # runs forward, compiled on top when asked.
+        self.wrapped = dist_utils.wrap_model(model, context, system.distributed)
+        self.model = torch.compile(self.wrapped) if train.compile else self.wrapped
+        self.strategy = dist_utils.resolve_strategy(system.distributed, context)
+        self.optimizer = build_optimizer(self.wrapped, train)
+        self.schedule = schedule_from(train, config.budget.total_steps(config.tokens_per_step))
+        self.scheduler = build_scheduler(self.optimizer, self.schedule)
+        self.loader = make_loader(config, self.micro_batch, context)
+        dtype = resolve_precision(system.precision, context.device)
+        self.autocast = (lambda: torch.autocast(context.device.type, dtype=dtype)) if dtype else contextlib.nullcontext
+        self.peak = peak_flops(context.device, system.peak_flops)
+
+        self.step = 0
+        self.elapsed_before = 0.0  # wall-clock seconds of earlier sessions (hours budget)
+        self.tokens_seen = 0.0
+        self.metrics = MetricAccumulator(context.device, shared=("grad_norm", "steps"))
+        self.lr = self.optimizer.param_groups[0]["lr"]
+        self.nonfinite = torch.zeros((), device=context.device)
+        self.last_good_step: int | None = None
+        self.changed_on_resume: list[str] = []
+        self.wrapped.train()  # the sparse MLM decoder (masked rows only) runs in training mode
+
+    # ---- resume -----------------------------------------------------------------------------------------
+
+    def resume(self, source: str | bool) -> Path | None:
+        """Restore everything from `source` (a path) or, with True, the latest good checkpoint of this run."""
+        folder = find_latest_good(self.checkpoint_root) if source is True else resolve_checkpoint(source)
+        if folder is None:
+            return None
+        saved = read_checkpoint(folder, rank=self.context.rank)
+        if saved.world_size != self.context.world_size:
+            raise CheckpointError(
+                f"{folder} was written by {saved.world_size} process(es); resume with the same number "
+                f"(this run has {self.context.world_size}), since each one's data position is its own"
+            )
+        dist_utils.load_full_state_dicts(
+            self.wrapped, self.optimizer, saved.model_state, saved.trainer_state["optimizer"]
+        )
+        self.scheduler.load_state_dict(saved.trainer_state["scheduler"])
+        restore_rank_state(saved.rank_state, self.loader)
+        self.step = saved.step
+        self.elapsed_before = float(saved.trainer_state.get("elapsed_seconds", 0.0))
+        self.tokens_seen = float(saved.trainer_state.get("tokens_seen", 0.0))
+        self.last_good_step = saved.step
+        self.changed_on_resume = config_changes(saved.config or {}, self.config.resolved())
+        self._apply_current_recipe(saved.config or {})
+        return folder
+
+    def _apply_current_recipe(self, saved_config: dict[str, Any]) -> None:
+        """Optimiser and scheduler state dicts carry their own hyperparameters; the run's configuration wins,
+        so a run resumed with another lr, weight decay or budget uses the new values (and an unchanged one
+        continues exactly)."""
+        train, budget = self.config.train, self.config.budget
+        reference = build_optimizer(self.wrapped, train)
+        for group, wanted in zip(self.optimizer.param_groups, reference.param_groups, strict=True):
+            group.update({k: v for k, v in wanted.items() if k not in ("params", "lr", "initial_lr")})
+        fresh = schedule_from(train, budget.total_steps(self.config.tokens_per_step))
+        if budget.hours is not None and saved_config.get("budget", {}).get("hours") == budget.hours:
+            fresh.total_steps = self.schedule.total_steps  # keep the step count calibrated earlier
+        fresh.check_total(fresh.total_steps)
+        vars(self.schedule).update(vars(fresh))
+        self.scheduler.base_lrs = [train.lr] * len(self.optimizer.param_groups)
+        for group in self.optimizer.param_groups:
+            group["lr"] = train.lr * self.schedule(self.scheduler.last_epoch)
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+        self.lr = self.optimizer.param_groups[0]["lr"]
+
+    # ---- one optimiser step -----------------------------------------------------------------------------
+
+    def train_step(self) -> None:
+        batches = [next(self.loader) for _ in range(self.accumulation)]
+        stats = [batch_shape_stats(batch) for batch in batches]
+        # The global number of masked tokens, so every micro-batch's mean loss gets its exact weight; the
+        # tensor stays on the device (no host sync), and DDP's averaging over ranks is undone by `world`.
+        total_masked = torch.tensor(sum(s["masked"] for s in stats), device=self.context.device)
+        dist_utils.all_reduce_sum(total_masked, self.context)
+        scale = self.context.world_size / total_masked.clamp(min=1)
+        loss_x_masked = torch.zeros((), device=self.context.device)  # this rank's sum of token losses
+        correct = torch.zeros((), device=self.context.device)
+        for index, (batch, stat) in enumerate(zip(batches, stats, strict=True)):
+            last = index == len(batches) - 1
+            inputs = model_inputs(batch, self.context.device)
+            targets = masked_targets(batch, self.context.device)
+            with dist_utils.no_sync(self.wrapped, skip=not last):
+                with self.autocast():
+                    output = self.model(**inputs)
+                (output.loss * (stat["masked"] * scale)).backward()
+            loss_x_masked += output.loss.detach().float() * stat["masked"]
+            correct += (output.logits.detach().argmax(dim=-1) == targets).sum()
+        clip = self.config.train.clip_grad_norm
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.wrapped.parameters(), clip if clip else math.inf)
+        if hasattr(grad_norm, "full_tensor"):  # FSDP2 returns a DTensor
+            grad_norm = grad_norm.full_tensor()
+        self.lr = self.optimizer.param_groups[0]["lr"]  # the rate this step used
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+
+        self.nonfinite += (~torch.isfinite(loss_x_masked) | ~torch.isfinite(grad_norm)).float()
+        self.metrics.add("loss_x_masked", loss_x_masked)
+        self.metrics.add("correct", correct)
+        self.metrics.add("grad_norm", grad_norm)
+        self.metrics.add("steps", 1)
+        for key in ("tokens", "slots", "masked"):
+            self.metrics.add(key, sum(s[key] for s in stats))
+        flops = sum(
+            forward_flops(self.model_config, s["tokens"], s["sum_sq"], s["masked"], self.parameters_for_flops)
+            for s in stats
+        )
+        self.metrics.add("flops", 3.0 * flops)
+
+    def check_finite(self) -> None:
+        """Raise if any step since the last check had a non-finite loss or gradient norm (reads one scalar)."""
+        bad = dist_utils.all_reduce_max(self.nonfinite.clone(), self.context)
+        if bool(bad.item()):
+            where = (
+                f"the last good checkpoint is step {self.last_good_step} in {self.checkpoint_root}"
+                if self.last_good_step is not None
+                else "no checkpoint was written"
+            )
+            raise TrainingDiverged(
+                f"the loss or gradient norm became NaN or infinite by step {self.step}; training stopped "
+                f"without saving, and {where}. Lower train.lr, raise train.warmup_steps or check the data."
+            )
+
+    # ---- saving and evaluating --------------------------------------------------------------------------
+
+    def save(self, elapsed: float) -> Path | None:
+        self.check_finite()
+        model_state, optimizer_state = dist_utils.full_state_dicts(self.wrapped, self.optimizer)
+        rank_states = dist_utils.gather_objects(RankState.capture(self.loader), self.context)
+        folder = None
+        if self.context.is_main:
+            trainer_state = {
+                "optimizer": optimizer_state,
+                "scheduler": self.scheduler.state_dict(),
+                "elapsed_seconds": elapsed,
+                "tokens_seen": self.tokens_seen,
+            }
+            folder = save_checkpoint(
+                self.checkpoint_root,
+                self.step,
+                self.wrapped,
+                trainer_state,
+                rank_states,
+                self.config.resolved(),
+                model_state=model_state,
+            )
+            apply_retention(self.checkpoint_root, self.config.train.keep_last, self.config.train.keep_every)
+        dist_utils.barrier(self.context)
+        self.last_good_step = self.step
+        return folder
+
+    def evaluate(self) -> dict[str, float]:
+        if self.make_eval_batches is None or self.config.data.eval_batches == 0:
+            return {}
+        batches = self.make_eval_batches(self.config, self.micro_batch, self.context)
+        # DDP's forward would broadcast buffers; the inner module computes the same without collectives.
+        model = self.wrapped if self.strategy == "fsdp" else unwrap_model(self.wrapped)
+        result = evaluate_mlm(
+            model, batches, self.context.device, self.config.data.eval_batches, self.autocast(), self.context
+        )
+        return {"step": self.step, **result.as_record()}
