@@ -118,3 +118,18 @@ def test_inputs_longer_than_max_length_work():
     assert out.shape == (1, 5000, 64) and torch.isfinite(out).all()
     model.config._attn_implementation = "eager"
     torch.testing.assert_close(run(model, input_ids=ids).last_hidden_state, out, atol=1e-5, rtol=1e-5)
+
+
+def test_unchecked_inputs_give_the_same_outputs(model):
+    """With checks off (training loops, torch.compile) every mask convention still means the same."""
+    ids, mask = padded_batch([7, 4, 9])
+    positions = torch.arange(9).expand(3, 9)
+    reference = run(model, input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state
+    unmasked = run(model, input_ids=ids, position_ids=positions).last_hidden_state
+    additive = torch.zeros(mask.shape).masked_fill(mask == 0, float("-inf"))
+    model.check_inputs = False
+    for variant in (mask, mask.bool(), mask.float(), additive):
+        out = run(model, input_ids=ids, attention_mask=variant, position_ids=positions).last_hidden_state
+        torch.testing.assert_close(out[mask.bool()], reference[mask.bool()], atol=1e-6, rtol=1e-6)
+    all_ones = run(model, input_ids=ids, attention_mask=torch.ones_like(mask), position_ids=positions)
+    torch.testing.assert_close(all_ones.last_hidden_state, unmasked, atol=1e-6, rtol=1e-6)

@@ -109,6 +109,10 @@ class NeoBERTModel(NeoBERTPreTrainedModel):
         self.transformer_encoder = nn.ModuleList(EncoderBlock(config) for _ in range(config.num_hidden_layers))
         self.layer_norm = make_norm(config)
         self.rotary = RotaryTable(config.hidden_size // config.num_attention_heads, config.rope_theta)
+        # Validate input values (token ids, mask values, positions) on every call. Training loops may turn
+        # this off: the checks read values back from the device, a sync per step on a GPU. It is off by
+        # itself under torch.compile.
+        self.check_inputs = True
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -176,9 +180,10 @@ class NeoBERTModel(NeoBERTPreTrainedModel):
                     f"got shape {tuple(inputs_embeds.shape)}"
                 )
             shape, device = tuple(inputs_embeds.shape[:2]), inputs_embeds.device
-        layout = build_layout(shape, device, attention_mask, position_ids, cu_seqlens, max_seqlen)
+        check = self.check_inputs and not torch.compiler.is_compiling()
+        layout = build_layout(shape, device, attention_mask, position_ids, cu_seqlens, max_seqlen, check)
         if input_ids is not None:
-            low, high = torch.aminmax(input_ids)
+            low, high = torch.aminmax(input_ids) if check else (0, 0)
             if int(low) < 0 or int(high) >= self.config.vocab_size:
                 raise ValueError(
                     f"input_ids must lie in [0, {self.config.vocab_size}) (the vocabulary); "
@@ -189,7 +194,7 @@ class NeoBERTModel(NeoBERTPreTrainedModel):
             positions = layout.position_ids
             if positions is None:
                 positions = torch.arange(layout.length, device=device)[None]
-            if int(positions.max()) >= self.config.max_length:
+            if check and int(positions.max()) >= self.config.max_length:
                 raise ValueError(
                     f"learned position embeddings cover {self.config.max_length} positions; "
                     f"the input reaches position {int(positions.max())}"
@@ -203,4 +208,8 @@ class NeoBERTModel(NeoBERTPreTrainedModel):
         if layout.position_ids is None:
             return self.rotary.get(layout.length, device)[: layout.length][None, :, None, None]
         positions = layout.position_ids
-        return self.rotary.get(int(positions.max()) + 1, device)[positions][:, :, None, None]
+        if self.check_inputs and not torch.compiler.is_compiling():
+            needed = int(positions.max()) + 1
+        else:  # no read-back: packed positions stay below the length, user positions below max_length
+            needed = max(layout.length, self.config.max_length)
+        return self.rotary.get(needed, device)[positions][:, :, None, None]

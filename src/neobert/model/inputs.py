@@ -44,14 +44,19 @@ class AttentionLayout:
         return self.cache["document_ids"]
 
 
-def keep_mask_from(attention_mask: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor | None:
+def keep_mask_from(attention_mask: torch.Tensor, shape: tuple[int, int], check: bool = True) -> torch.Tensor | None:
     """A boolean keep-mask from an HF 1/0 mask (bool, int or float) or the official additive float
-    mask (0 = keep, -inf = pad). Returns None when every position is kept."""
+    mask (0 = keep, -inf = pad). With `check`, values are validated and None means every position is
+    kept; without it, nothing is read back from the device (for training loops and torch.compile)."""
     if tuple(attention_mask.shape) != tuple(shape):
         raise ValueError(
             f"attention_mask has shape {tuple(attention_mask.shape)} but the input has shape {tuple(shape)}; "
             "pass a (batch, length) mask"
         )
+    if not check:
+        keep = _keep_mask_unchecked(attention_mask)
+        keep[:, 0] |= ~keep.any(dim=1)
+        return keep
     if attention_mask.dtype == torch.bool:
         keep = attention_mask
     elif attention_mask.is_floating_point():
@@ -79,6 +84,16 @@ def keep_mask_from(attention_mask: torch.Tensor, shape: tuple[int, int]) -> torc
     keep = keep.clone()
     keep[:, 0] |= ~keep.any(dim=1)
     return keep
+
+
+def _keep_mask_unchecked(attention_mask: torch.Tensor) -> torch.Tensor:
+    if attention_mask.dtype == torch.bool:
+        return attention_mask.clone()
+    if not attention_mask.is_floating_point():
+        return attention_mask != 0
+    # Decided on the device: an additive mask has negatives (or is all zeros), a keep-mask has ones.
+    additive = (attention_mask < 0).any() | ~(attention_mask > 0).any()
+    return torch.where(additive, attention_mask == 0, attention_mask > 0.5)
 
 
 def _check_cu_seqlens(cu_seqlens: torch.Tensor, total: int, max_seqlen: int | None) -> tuple[list[int], int]:
@@ -117,6 +132,7 @@ def build_layout(
     position_ids: torch.Tensor | None,
     cu_seqlens: torch.Tensor | None,
     max_seqlen: int | None,
+    check: bool = True,
 ) -> AttentionLayout:
     batch, length = shape
     if batch == 0 or length == 0:
@@ -126,7 +142,7 @@ def build_layout(
             position_ids = position_ids.unsqueeze(0)
         if position_ids.shape[-1] != length or position_ids.shape[0] not in (1, batch):
             raise ValueError(f"position_ids has shape {tuple(position_ids.shape)}, expected ({batch}, {length})")
-        if position_ids.is_floating_point() or int(position_ids.min()) < 0:
+        if position_ids.is_floating_point() or (check and int(position_ids.min()) < 0):
             raise ValueError("position_ids must be non-negative integers")
         position_ids = position_ids.to(device)
         if cu_seqlens is None and attention_mask is None:
@@ -135,7 +151,7 @@ def build_layout(
     if cu_seqlens is not None:
         if batch != 1:
             raise ValueError(f"packed input (cu_seqlens) must have batch size 1, got {batch}")
-        if attention_mask is not None and keep_mask_from(attention_mask, shape) is not None:
+        if attention_mask is not None and check and keep_mask_from(attention_mask, shape) is not None:
             raise ValueError("packed input must not contain padding: drop it or leave out cu_seqlens")
         seqlens, longest = _check_cu_seqlens(cu_seqlens, length, max_seqlen)
         cu_seqlens = cu_seqlens.to(device=device, dtype=torch.int32)
@@ -146,5 +162,5 @@ def build_layout(
         layout.position_ids = position_ids
         return layout
 
-    key_mask = keep_mask_from(attention_mask.to(device), shape) if attention_mask is not None else None
+    key_mask = keep_mask_from(attention_mask.to(device), shape, check) if attention_mask is not None else None
     return AttentionLayout(batch, length, key_mask=key_mask, position_ids=position_ids)
