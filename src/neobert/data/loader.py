@@ -15,6 +15,7 @@ and do not depend on how many data workers there are.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -229,7 +230,7 @@ class PretrainingLoader:
         config = asdict(self.config)
         for volatile in ("path", "verify", "epochs", "drop_last"):
             config.pop(volatile)
-        return {
+        identity = {
             "config": config,
             "max_length": self.max_length,
             "units": len(self.units),
@@ -237,6 +238,7 @@ class PretrainingLoader:
             "world_size": self.world_size,
             "stream": self.stream,
         }
+        return json.loads(json.dumps(identity))  # as a checkpoint file gives it back (tuples become lists)
 
     def state_dict(self) -> dict[str, Any]:
         return {
