@@ -117,4 +117,9 @@ def test_real_demo_corpus_fetch_prepare_and_split(tmp_path):
     source = demo_corpus.DemoSource(archives)
     summary = prepare([source], tmp_path / "demo", tokenizer(), PrepareConfig(progress=False))
     assert summary.manifest["splits"]["train"]["tokens"] > 3_000_000
+    # Every document holds exactly the tokenizer's ids (the word path included).
+    texts = list(demo_corpus.pretraining_documents(archives))
+    expected = sorted(map(tuple, tokenizer()(texts, add_special_tokens=False)["input_ids"]))
+    stored = [TokenCorpus(tmp_path / "demo", split) for split in ("train", "heldout")]
+    assert sorted(tuple(c.document(i).tolist()) for c in stored for i in range(len(c))) == expected
     assert assert_no_reserved_text(tmp_path / "demo", archives) > 50_000

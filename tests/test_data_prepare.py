@@ -37,14 +37,17 @@ def test_shards_hold_the_tokenizers_ids_without_specials(tmp_path):
     assert np.load(tmp_path / "out" / "train" / "shard_00000.tokens.npy").dtype == np.uint16
 
 
-def test_lean_ascii_path_matches_the_full_normaliser():
+def test_word_path_matches_the_tokenizer():
     rng = random.Random(1)
     alphabet = [chr(c) for c in range(32, 127)] + ["\t", "\n", "\r", " "] * 8
     texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 300))) for _ in range(300)]
     texts += [t.upper() for t in sample_texts(20, seed=3)]
+    texts += ["x" * 150 + " long words become [UNK]", "Added tokens: [CLS] [SEP] [MASK] stay whole", "a\x0bb"]
     encoder = DocumentEncoder(TokenizerSpec.from_tokenizer(tokenizer()))
-    assert encoder.lean is not None
+    assert encoder.words is not None
     assert encoder.token_ids(texts) == content_ids(texts)
+    assert encoder.token_ids(texts) == content_ids(texts)  # again, from the word cache
+    assert len(encoder.cache) > 100
 
 
 def test_heldout_split_is_by_text_and_stable(tmp_path):

@@ -1,6 +1,9 @@
 """A guard that keeps evaluation text out of pre-training text, beyond the exact split itself.
 
-Texts are compared after normalisation (lower case, URLs dropped, punctuation as spaces). A pre-training
+Texts are compared after normalisation: lower case, accents dropped, every character other than a-z and
+0-9 a word break. That is at least as coarse as what the uncased WordPiece tokenizer
+keeps, so two texts the model would see as the same word sequence are the same here too (a URL counts as
+the words it is made of, as it does for the tokenizer). A pre-training
 document is rejected when its normalised text equals a reserved text, or when it shares any run of
 `ngram` consecutive words with one (the contamination test of GPT-3's paper, there with 13 words). A
 reserved text shorter than `ngram` words (down to `min_words`) is looked for whole inside the documents.
@@ -12,19 +15,21 @@ once with numpy (a collision would only drop a document too many).
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-_URL = re.compile(r"https?://\S+|www\.\S+")
-_NON_WORD = re.compile(r"[\W_]+")
+_NON_WORD = re.compile(r"[^a-z0-9]+")
+# Combining marks left by NFKD decomposition (accents): dropped, as the uncased tokenizer drops them.
+_COMBINING = re.compile("[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]")
 _MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)  # odd, so the hash is a bijection on each word position
 _UNKNOWN = np.uint64(0)  # words absent from every reserved text: a run holding one can never match
 
 
 def normalise(text: str) -> str:
-    """Lower case, URLs removed, every run of non-alphanumeric characters turned into one space."""
-    return _NON_WORD.sub(" ", _URL.sub(" ", text.lower())).strip()
+    """Lower case, accents stripped, every run of characters other than a-z and 0-9 one space."""
+    return _NON_WORD.sub(" ", _COMBINING.sub("", unicodedata.normalize("NFKD", text.lower()))).strip()
 
 
 def _window_hashes(ids: np.ndarray, n: int) -> np.ndarray:
