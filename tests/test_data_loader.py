@@ -20,6 +20,7 @@ from neobert.data.loader import (
 )
 from neobert.data.sequences import TokenCorpus
 from neobert.data.shards import DataError
+from neobert.data.workers import MultiWorkerLoader
 from test_data_packing import sequences_of
 
 
@@ -173,3 +174,27 @@ def test_too_few_long_documents_for_a_bucket_is_named(corpus_dir):
     config = LoaderConfig(str(corpus_dir), scheme="pack", layout="packed", min_document_tokens=10**6)
     with pytest.raises(DataError, match="at least 1000000 tokens"):
         PretrainingLoader(config)
+
+
+def test_dataloader_workers_give_the_same_batches_and_resume_state(corpus_dir):
+    config = LoaderConfig(
+        str(corpus_dir), scheme="pack", layout="packed", batch_size=3, pack_window=50, seed=9
+    )
+    reference = PretrainingLoader(config)
+    expected = take(reference, 10)
+    multi = MultiWorkerLoader(PretrainingLoader(config), num_workers=2)
+    got = []
+    for batch in multi:
+        got.append(batch)
+        if len(got) == 7:
+            break
+    state = multi.state_dict()
+    for batch in multi:  # a second pass continues where the first stopped
+        got.append(batch)
+        if len(got) == 10:
+            break
+    assert same_batches(got, expected)
+    assert multi.state_dict() == reference.state_dict()
+    resumed = PretrainingLoader(config)
+    resumed.load_state_dict(state)
+    assert same_batches(take(resumed, 3), expected[7:])

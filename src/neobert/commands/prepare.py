@@ -83,4 +83,19 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(summary.describe())
+    if args.demo:
+        print(_demo_table(summary.manifest["sources"][0].get("datasets", {})))
     return 0
+
+
+def _demo_table(datasets: dict) -> str:
+    lines = [
+        "  demo datasets (pre-training side; evaluation texts kept out by the split and the guard):",
+        f"    {'dataset':26s} {'documents':>9s} {'Mchars':>6s} {'reserved':>9s} {'guarded':>8s}",
+    ]
+    for name, counts in datasets.items():
+        lines.append(
+            f"    {name:26s} {counts['documents']:9,d} {counts['characters'] / 1e6:6.2f} "
+            f"{counts['reserved']:9,d} {counts['contaminated']:8,d}"
+        )
+    return "\n".join(lines)

@@ -216,6 +216,14 @@ class PretrainingLoader:
         self.stats["masked"] += int((batch["labels"] != -100).sum())
         return batch
 
+    def skip(self, count: int) -> None:
+        """Moves past `count` batches without building them (only document lengths are touched)."""
+        for _ in range(count):
+            samples = self._next_samples()
+            if not samples or (self.config.drop_last and len(samples) < self.config.batch_size):
+                return
+            self._batches += 1
+
     @property
     def packing_efficiency(self) -> float:
         """Real tokens over token slots (pack budgets, or padded batch area) so far."""
@@ -302,16 +310,21 @@ class MixtureLoader:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return self
 
-    def __next__(self) -> dict[str, Any]:
+    def _draw(self) -> int:
         draw = np.random.default_rng(
             np.random.SeedSequence([self.config.seed, MIXTURE_STREAM, self._batches])
         )
-        component = min(
-            int(np.searchsorted(self.cumulative, draw.random(), side="right")), len(self.components) - 1
-        )
+        component = int(np.searchsorted(self.cumulative, draw.random(), side="right"))
         self._batches += 1
-        self.last_component = component
-        return next(self.components[component])
+        self.last_component = min(component, len(self.components) - 1)
+        return self.last_component
+
+    def __next__(self) -> dict[str, Any]:
+        return next(self.components[self._draw()])
+
+    def skip(self, count: int) -> None:
+        for _ in range(count):
+            self.components[self._draw()].skip(1)
 
     def state_dict(self) -> dict[str, Any]:
         return {"batches": self._batches, "components": [c.state_dict() for c in self.components]}

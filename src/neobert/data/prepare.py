@@ -113,6 +113,13 @@ class PrepareSummary:
             f"truncation (the official scheme) would drop {stats['tokens_beyond_max_length']:,} tokens "
             f"({100 * stats['tokens_beyond_max_length'] / max(1, stats['tokens']):.1f}%); packing keeps them"
         )
+        forecast = stats.get("sequences_at_max_length") or {}
+        if forecast:
+            packed, padded = forecast["packing_efficiency"], forecast["truncate_pad_to_max_efficiency"]
+            lines.append(
+                f"  token slots filled at {max_length}: packing {100 * packed:.1f}%, "
+                f"truncating and padding to {max_length} {100 * padded:.1f}%"
+            )
         return "\n".join(lines)
 
 
@@ -338,12 +345,28 @@ def _progress_bar(enabled: bool):
     )
 
 
+def _sequence_forecast(root: Path, records: list[dict[str, Any]], max_length: int) -> dict[str, float]:
+    """How the two sequence schemes would use the training documents at `max_length` (on a fixed sample of
+    at most 200,000 documents, so the forecast stays quick on large corpora)."""
+    from neobert.data.sequences import packing_efficiency
+
+    lengths = np.concatenate([np.diff(np.load(root / r["train"]["offsets_file"])) for r in records])
+    if len(lengths) > 200_000:
+        lengths = np.random.default_rng(0).choice(lengths, 200_000, replace=False)
+    if not lengths.any():
+        return {}
+    forecast = packing_efficiency(lengths, max_length)
+    forecast.pop("packs")
+    return {key: round(value, 4) for key, value in forecast.items()}
+
+
 def _manifest(
     spec: TokenizerSpec,
     config: PrepareConfig,
     sources: list[Source],
     records: list[dict[str, Any]],
     documents_cut: int,
+    forecast: dict[str, float],
 ) -> dict[str, Any]:
     splits = {}
     for split in SPLITS:
@@ -360,6 +383,7 @@ def _manifest(
         undecodable_lines=sum(s.counts.undecodable_lines for s in sources),
         empty_documents=sum(s.counts.empty_documents for s in sources),
         documents_cut=documents_cut,
+        sequences_at_max_length=forecast,
     )
     from neobert import __version__
 
@@ -444,6 +468,7 @@ def prepare(
     if not records or all(r["train"]["documents"] + r["heldout"]["documents"] == 0 for r in records):
         raise DataError(f"no text found in {', '.join(s.spec for s in sources)}")
     summary.seconds = time.perf_counter() - started
-    summary.manifest = _manifest(spec, config, sources, records, stream.documents_cut)
+    forecast = _sequence_forecast(out, records, config.max_length)
+    summary.manifest = _manifest(spec, config, sources, records, stream.documents_cut, forecast)
     write_json_atomically(out / MANIFEST, summary.manifest)
     return summary
