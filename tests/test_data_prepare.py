@@ -39,15 +39,31 @@ def test_shards_hold_the_tokenizers_ids_without_specials(tmp_path):
 
 def test_word_path_matches_the_tokenizer():
     rng = random.Random(1)
-    alphabet = [chr(c) for c in range(32, 127)] + ["\t", "\n", "\r", " "] * 8
-    texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 300))) for _ in range(300)]
+    ascii_chars = [chr(c) for c in range(32, 127)] + ["\t", "\n", "\r", " "] * 8
+    texts = ["".join(rng.choice(ascii_chars) for _ in range(rng.randint(0, 300))) for _ in range(300)]
     texts += [t.upper() for t in sample_texts(20, seed=3)]
     texts += ["x" * 150 + " long words become [UNK]", "Added tokens: [CLS] [SEP] [MASK] stay whole", "a\x0bb"]
+    # Unicode: accents, Greek (capital sigma), Cyrillic, CJK, Hangul, punctuation, symbols, emoji, combining
+    # marks, spaces, format and control characters, the replacement character.
+    unicode_chars = list(
+        "éÉàçñøßÆœĳŁİıΣσςΑθЖжщ中文字日本語한국어’‘“”…—–¡¿«»·•£€©™°½²µ😀🙂👍🏽"
+        "\u0301\u0308\u0327\u0903\u0f71\u00a0\u2009\u3000\u2028\u200b\u200f\ufeff\u0085\ufffd\u00ad\U0001d165"
+    )
+    pool = ascii_chars + unicode_chars * 3
+    texts += ["".join(rng.choice(pool) for _ in range(rng.randint(1, 200))) for _ in range(400)]
+    texts += ["ΣΟΦΙΑ ΚΑΙ ΛΟΓΟΣ", "Crème brûlée at the Café", "한국어 텍스트", "naïve coöperation"]
     encoder = DocumentEncoder(TokenizerSpec.from_tokenizer(tokenizer()))
     assert encoder.words is not None
-    assert encoder.token_ids(texts) == content_ids(texts)
-    assert encoder.token_ids(texts) == content_ids(texts)  # again, from the word cache
-    assert len(encoder.cache) > 100
+    expected = content_ids(texts)
+    assert encoder.token_ids(texts) == expected
+    assert encoder.token_ids(texts) == expected  # again, from the word cache and learned characters
+    # It really went through the word path where it could.
+    assert all(
+        map(encoder.words.accepts, texts[:320] + ["Crème brûlée at the Café", "한국어 텍스트", "naïve"])
+    )
+    assert not encoder.words.accepts("ΣΟΦΙΑ ΚΑΙ ΛΟΓΟΣ") and not encoder.words.accepts("[MASK] here")
+    # Refused: capital sigma (context-dependent lower case); a spacing mark that NFD could reorder.
+    assert encoder.words.refused == {"\u03a3", "\U0001d165"}
 
 
 def test_heldout_split_is_by_text_and_stable(tmp_path):
@@ -161,3 +177,32 @@ def test_manifest_is_complete_and_deterministic(tmp_path):
         for shard in manifest["splits"][split]["shards"]:
             assert len(shard["tokens_sha256"]) == 64
     assert "seconds" not in json.dumps(manifest)
+
+
+def test_command_line(tmp_path, capsys):
+    from neobert.cli import main
+
+    write_jsonl(tmp_path / "in.jsonl", sample_texts(10), field="body")
+    out = tmp_path / "out"
+    code = main(
+        [
+            "prepare",
+            str(tmp_path / "in.jsonl"),
+            "--out",
+            str(out),
+            "--text-field",
+            "body",
+            "--workers",
+            "1",
+            "--no-progress",
+            "--max-length",
+            "64",
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert code == 0 and "train: " in printed and "token slots filled at 64: packing" in printed
+    assert load_manifest(out)["settings"]["text_field"] == "body"
+    (tmp_path / "empty.txt").write_bytes(b"")
+    assert main(["prepare", str(tmp_path / "empty.txt"), "--out", str(tmp_path / "o2"), "--no-progress"]) == 1
+    assert "empty.txt: the file is empty" in capsys.readouterr().err
+    assert main(["prepare", "--out", str(tmp_path / "o3")]) == 2

@@ -1,13 +1,9 @@
-"""Documents -> content token ids, fast: the Rust tokenizer in batches, and a word path for plain ASCII.
+"""Documents -> content token ids, fast, and what identifies a tokenizer in a manifest.
 
 Shards store each document's content ids only; [CLS] and [SEP] are added when sequences are formed
-(`neobert.data.sequences`), so one prepared corpus serves any sequence length.
-
-The word path: for text that is pure ASCII without control characters, BERT's normaliser reduces to
-lower-casing and its pre-tokeniser to a regular-expression split, and WordPiece then maps each word on its
-own. So each distinct word goes through the tokenizer once and is looked up from a cache afterwards, which
-halves the tokenising time on English text. Every other text goes through the full Rust tokenizer;
-`tests/test_data_prepare.py` checks that both give the tokenizer's ids.
+(`neobert.data.sequences`), so one prepared corpus serves any sequence length. Ids are exactly those of
+`tokenizer(text, add_special_tokens=False)`; most documents get them through the word path
+(`word_path.py`), the rest through the Rust tokenizer in batches.
 """
 
 from __future__ import annotations
@@ -15,16 +11,13 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-# ASCII control characters that BERT's clean-up removes (tab, newline and carriage return are kept as spaces).
-_ASCII_CONTROLS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-# BERT's pre-tokeniser on ASCII: runs of letters and digits, and every other non-space character alone.
-_ASCII_WORD = re.compile(r"[A-Za-z0-9]+|[^\sA-Za-z0-9]")
+from neobert.data.word_path import WordPath
+
 SPECIAL_TOKEN_NAMES = ("pad", "unk", "cls", "sep", "mask")
 
 
@@ -107,7 +100,8 @@ class EncodedBatch:
 
 
 class DocumentEncoder:
-    """Tokenises batches of documents in this process into content ids (no special tokens)."""
+    """Tokenises batches of documents in this process into content ids (no special tokens): through the
+    word path (`word_path.py`) where it applies, through the full Rust tokenizer otherwise."""
 
     def __init__(self, spec: TokenizerSpec, heldout_fraction: float = 0.0, word_cache_size: int = 1 << 20):
         from tokenizers import Tokenizer
@@ -117,75 +111,43 @@ class DocumentEncoder:
         self.full = Tokenizer.from_str(spec.backend_json)
         self.full.no_truncation()
         self.full.no_padding()
-        config = json.loads(spec.backend_json)
-        normalizer, pre_tokenizer = config.get("normalizer") or {}, config.get("pre_tokenizer") or {}
-        model = config.get("model") or {}
-        # The word path needs BERT's normaliser and pre-tokeniser in front of WordPiece (which looks at one
-        # word at a time); any other tokenizer always takes the full path.
-        self.words: Any = None
-        if (normalizer.get("type"), pre_tokenizer.get("type"), model.get("type")) == (
-            "BertNormalizer",
-            "BertPreTokenizer",
-            "WordPiece",
-        ):
-            self.words = Tokenizer.from_str(spec.backend_json)
-            self.words.no_truncation()
-            self.words.no_padding()
-            self.words.normalizer = None  # words arrive lower-cased already
-            self.lowercase = bool(normalizer.get("lowercase"))
-        added = [token["content"] for token in config.get("added_tokens") or []]
-        # Added tokens ([CLS], [MASK], ...) are matched in the raw text by the tokenizer; such texts take the
-        # full path so they keep exactly the tokenizer's ids.
-        self.added = re.compile("|".join(map(re.escape, added))) if added else None
-        self.cache: dict[str, list[int]] = {}
-        self.word_cache_size = word_cache_size
+        self.words = WordPath.for_tokenizer(spec.backend_json, word_cache_size)
 
-    def _ids(self, tokenizer: Any, texts: list[str]) -> list[list[int]]:
-        encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
-        return [encoding.ids for encoding in encode(texts, add_special_tokens=False)]
+    def _full_path(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        encode = getattr(self.full, "encode_batch_fast", self.full.encode_batch)
+        ids = [encoding.ids for encoding in encode(texts, add_special_tokens=False)]
+        lengths = np.fromiter(map(len, ids), np.int64, len(ids))
+        return lengths, np.fromiter(itertools.chain.from_iterable(ids), np.int64, int(lengths.sum()))
 
-    def _takes_word_path(self, text: str) -> bool:
-        return (
-            text.isascii()
-            and _ASCII_CONTROLS.search(text) is None
-            and (self.added is None or self.added.search(text) is None)
+    def encode(self, texts: list[str]) -> EncodedBatch:
+        by_words = np.zeros(len(texts), dtype=bool)
+        if self.words is not None:
+            by_words = np.fromiter(map(self.words.accepts, texts), bool, len(texts))
+        lengths = np.zeros(len(texts), dtype=np.int64)
+        starts = np.zeros(len(texts), dtype=np.int64)  # where each document's ids begin in `buffer`
+        parts, buffered = [], 0
+        for use_words in (True, False):
+            chosen = np.flatnonzero(by_words == use_words)
+            if len(chosen) == 0:
+                continue
+            subset = [texts[i] for i in chosen]
+            chosen_lengths, tokens = self.words.encode(subset) if use_words else self._full_path(subset)
+            lengths[chosen] = chosen_lengths
+            starts[chosen] = buffered + np.cumsum(chosen_lengths) - chosen_lengths
+            parts.append(tokens)
+            buffered += len(tokens)
+        buffer = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        ends = np.cumsum(lengths)
+        order = np.arange(int(ends[-1]) if len(ends) else 0) + np.repeat(starts - (ends - lengths), lengths)
+        return EncodedBatch(
+            lengths, buffer[order].astype(self.dtype), heldout_flags(texts, self.heldout_fraction)
         )
-
-    def _word_path(self, texts: list[str]) -> list[list[int]]:
-        """Plain ASCII: BERT's pre-tokenisation is a split into runs of letters and digits and single other
-        characters, and WordPiece maps each word alone, so each distinct word is tokenised once and cached."""
-        split = [_ASCII_WORD.findall(text.lower() if self.lowercase else text) for text in texts]
-        if len(self.cache) > self.word_cache_size:
-            self.cache.clear()  # bounded memory on corpora with endless distinct words
-        cache = self.cache
-        unseen = list({word for words in split for word in words if word not in cache})
-        if unseen:
-            cache.update(zip(unseen, self._ids(self.words, unseen), strict=True))
-        lookup = cache.__getitem__
-        return [list(itertools.chain.from_iterable(map(lookup, words))) for words in split]
 
     def token_ids(self, texts: list[str]) -> list[list[int]]:
         """Content ids of each text, identical to `tokenizer(text, add_special_tokens=False)`."""
-        if self.words is None:
-            return self._ids(self.full, texts)
-        plain = [self._takes_word_path(text) for text in texts]
-        if all(plain):
-            return self._word_path(texts)
-        ids: list[list[int]] = [[] for _ in texts]
-        for use_words in (True, False):
-            chosen = [i for i, is_plain in enumerate(plain) if is_plain == use_words]
-            if chosen:
-                subset = [texts[i] for i in chosen]
-                rows = self._word_path(subset) if use_words else self._ids(self.full, subset)
-                for i, row in zip(chosen, rows, strict=True):
-                    ids[i] = row
-        return ids
-
-    def encode(self, texts: list[str]) -> EncodedBatch:
-        ids = self.token_ids(texts)
-        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-        tokens = np.fromiter(itertools.chain.from_iterable(ids), dtype=self.dtype, count=int(lengths.sum()))
-        return EncodedBatch(lengths, tokens, heldout_flags(texts, self.heldout_fraction))
+        batch = self.encode(texts)
+        bounds = np.concatenate([[0], np.cumsum(batch.lengths)])
+        return [batch.tokens[a:b].tolist() for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 # One encoder per worker process, built once by the pool's initializer.
