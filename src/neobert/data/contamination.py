@@ -24,7 +24,6 @@ _NON_WORD = re.compile(r"[^a-z0-9]+")
 # Combining marks left by NFKD decomposition (accents): dropped, as the uncased tokenizer drops them.
 _COMBINING = re.compile("[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]")
 _MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)  # odd, so the hash is a bijection on each word position
-_UNKNOWN = np.uint64(0)  # words absent from every reserved text: a run holding one can never match
 
 
 def normalise(text: str) -> str:
@@ -78,6 +77,7 @@ class ContaminationGuard:
 
     def _word_ids(self, words: Sequence[str]) -> np.ndarray:
         lookup = self.vocabulary.get
+        # Id 0 for words absent from every reserved text: a run holding one cannot match.
         return np.fromiter((lookup(word, 0) for word in words), dtype=np.uint64, count=len(words))
 
     def _ids(self, texts: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:

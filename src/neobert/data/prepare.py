@@ -51,9 +51,8 @@ DOCUMENT_FORMAT = "content token ids only; [CLS] and [SEP] are added when sequen
 
 @dataclass(frozen=True)
 class PrepareConfig:
-    max_length: int = (
-        1024  # the sequence length the corpus is meant for: the loader's default, and the summary's
-    )
+    # The sequence length the corpus is meant for: the loader's default and the summary's reference.
+    max_length: int = 1024
     workers: int = 0  # tokenising processes; 0 = one per CPU core, 1 = tokenise in this process
     heldout_fraction: float = 0.01  # documents whose text hash falls below this go to the held-out split
     shard_tokens: int = 1 << 25  # training tokens per shard (64 MB at uint16)
