@@ -9,7 +9,7 @@
 2. Loader batch rate against the `tiny` model's training step rate (forward + backward + AdamW step) on
    the loader's own batches, for the packed scheme and the official truncate-and-pad scheme.
 
-    python benchmarks/prepare_throughput.py [--repeats 3] [--out results/prepare_throughput.json]
+    python benchmarks/prepare_throughput.py [--repeats 3] [--out results/prepare_throughput.json] [--quick]
 """
 
 from __future__ import annotations
@@ -152,7 +152,26 @@ def demo_text(folder: Path) -> tuple[Path, int, int, float]:
     return path, documents, size, time.perf_counter() - started
 
 
-def loader_against_training(corpus: Path, steps: int) -> list[dict]:
+def quick_text(folder: Path) -> tuple[Path, int, int, float]:
+    """Made-up English-like documents (for `--quick`: no download, seconds)."""
+    import random
+
+    started, rng = time.perf_counter(), random.Random(0)
+    vocabulary = (
+        "the of and a to in is was he for it with as his on be at by this had not are but from or "
+        "have an they which one you were her all she there would their we him been has when who"
+    )
+    words = vocabulary.split()
+    path, documents, size = folder / "quick.jsonl", 3000, 0
+    with open(path, "w", encoding="utf-8") as handle:
+        for _ in range(documents):
+            text = " ".join(rng.choice(words) for _ in range(rng.randint(5, 600))).capitalize() + "."
+            handle.write(json.dumps({"text": text}) + "\n")
+            size += len(text.encode("utf-8"))
+    return path, documents, size, time.perf_counter() - started
+
+
+def loader_against_training(corpus: Path, steps: int, max_length: int, timed_batches: int) -> list[dict]:
     import torch
 
     import neobert
@@ -161,9 +180,9 @@ def loader_against_training(corpus: Path, steps: int) -> list[dict]:
     torch.set_num_threads(os.cpu_count() or 1)
     results = []
     settings = {
-        "pack 8 x 1024": dict(scheme="pack", layout="packed", batch_size=8, max_length=1024),
-        "truncate+pad 8 x <=1024 (official)": dict(
-            scheme="truncate", layout="padded", batch_size=8, max_length=1024
+        f"pack 8 x {max_length}": dict(scheme="pack", layout="packed", batch_size=8, max_length=max_length),
+        f"truncate+pad 8 x <={max_length} (official)": dict(
+            scheme="truncate", layout="padded", batch_size=8, max_length=max_length
         ),
     }
     for name, setting in settings.items():
@@ -172,9 +191,9 @@ def loader_against_training(corpus: Path, steps: int) -> list[dict]:
         rates = []
         for _ in range(5):
             started = time.perf_counter()
-            for _ in range(100):
+            for _ in range(timed_batches):
                 next(loader)
-            rates.append(100 / (time.perf_counter() - started))
+            rates.append(timed_batches / (time.perf_counter() - started))
         torch.manual_seed(0)
         model = neobert.NeoBERTForMaskedLM(neobert.NeoBERTConfig.from_preset("tiny")).train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -210,6 +229,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=1024)
     parser.add_argument("--train-steps", type=int, default=8)
     parser.add_argument("--out", default=str(ROOT / "results" / "prepare_throughput.json"))
+    parser.add_argument("--quick", action="store_true", help="made-up text, one repeat, short: a smoke run")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--source", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--scratch", default=None, help=argparse.SUPPRESS)
@@ -221,11 +241,16 @@ def main() -> None:
         print(json.dumps(result))
         return
 
+    if args.quick:
+        args.repeats, args.train_steps, args.max_length = 1, 1, 256
     with tempfile.TemporaryDirectory() as scratch:
-        source, documents, size, extraction = demo_text(Path(scratch))
+        if args.quick:
+            source, documents, size, extraction = quick_text(Path(scratch))
+        else:
+            source, documents, size, extraction = demo_text(Path(scratch))
         print(
-            f"demo corpus: {documents:,} documents, {size / 1e6:.1f} MB of text "
-            f"(read out of the archives, cleaned and checked against evaluation text in {extraction:.1f} s)"
+            f"{'quick' if args.quick else 'demo'} corpus: {documents:,} documents, "
+            f"{size / 1e6:.1f} MB of text (written in {extraction:.1f} s)"
         )
         routes = ["neobert", "official", "official-num_proc"]
         runs: dict[str, list[dict]] = {route: [] for route in routes}
@@ -264,7 +289,7 @@ def main() -> None:
             load_tokenizer(),
             PrepareConfig(max_length=args.max_length, progress=False),
         )
-        loader = loader_against_training(corpus, args.train_steps)
+        loader = loader_against_training(corpus, args.train_steps, args.max_length, 10 if args.quick else 100)
 
     commit = subprocess.run(
         ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True
@@ -274,7 +299,12 @@ def main() -> None:
         "git_commit": commit.strip(),
         "cpu_count": os.cpu_count(),
         "settings": vars(args),
-        "demo_corpus": {"documents": documents, "text_mb": size / 1e6, "extraction_seconds": extraction},
+        "corpus": {
+            "name": "quick (made-up)" if args.quick else "demo",
+            "documents": documents,
+            "text_mb": size / 1e6,
+            "preparation_seconds": extraction,
+        },
         "prepare": summary,
         "baseline": baseline,
         "prepare_speedup_vs_official": speedup,
