@@ -9,6 +9,7 @@ import sys
 # name -> (module, one-line help). Each module defines `add_arguments(parser)` and `run(args) -> int`.
 COMMANDS: dict[str, tuple[str, str]] = {
     "smoke": ("neobert.commands.smoke", "build a tiny model, fill a mask, save and reload it (seconds)"),
+    "prepare": ("neobert.commands.prepare", "tokenise text (files, datasets, --demo) into token shards"),
 }
 
 

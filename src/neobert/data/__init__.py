@@ -1,0 +1,2 @@
+"""Pre-training data: sources -> token shards (`prepare`) -> sequences, packing, masking -> batches
+(`loader`)."""

@@ -1,0 +1,63 @@
+"""Masked-language-model masking (spec B.4): vectorised, seeded, never touching special tokens.
+
+Each token that is not special is selected independently with probability `rate` (20% by default). The
+paper replaces every selected token with [MASK] (`strategy="all_mask"`); BERT's `"80_10_10"` keeps 10% of
+them and swaps 10% for a random token of the vocabulary. Labels hold the original id at selected positions
+and -100 elsewhere. [PAD], [CLS] and [SEP] are never selected, nor [UNK] and [MASK] (as transformers'
+special-tokens mask does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+IGNORE_INDEX = -100
+STRATEGIES = ("all_mask", "80_10_10")
+
+
+@dataclass(frozen=True)
+class MaskingConfig:
+    rate: float = 0.2
+    strategy: str = "all_mask"
+
+    def __post_init__(self) -> None:
+        if not 0 < self.rate < 1:
+            raise ValueError(f"masking rate must lie in (0, 1), not {self.rate}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"masking strategy must be one of {STRATEGIES}, not {self.strategy!r}")
+
+
+def batch_generator(seed: int, *stream: int) -> torch.Generator:
+    """A generator for one batch, derived from the run's seed and the batch's place (rank, batch number, ...),
+    so every rank, data worker and resumed run draws the same masks for the same batch."""
+    state = np.random.SeedSequence([seed, *stream]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+def mask_tokens(
+    input_ids: torch.Tensor,
+    config: MaskingConfig,
+    special_ids: Sequence[int],
+    mask_id: int,
+    vocab_size: int,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns (masked input_ids, labels); `input_ids` is left unchanged."""
+    specials = torch.as_tensor(list(special_ids), dtype=input_ids.dtype, device=input_ids.device)
+    draws = torch.rand(input_ids.shape, generator=generator, device=input_ids.device)
+    selected = (draws < config.rate) & ~torch.isin(input_ids, specials)
+    labels = torch.where(selected, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
+    if config.strategy == "all_mask":
+        return input_ids.masked_fill(selected, mask_id), labels
+    # 80/10/10 from a second draw: below 0.8 -> [MASK], 0.8-0.9 -> random token, else unchanged.
+    action = torch.rand(input_ids.shape, generator=generator, device=input_ids.device)
+    random_ids = torch.randint(
+        vocab_size, input_ids.shape, generator=generator, device=input_ids.device, dtype=input_ids.dtype
+    )
+    masked = input_ids.masked_fill(selected & (action < 0.8), mask_id)
+    swap = selected & (action >= 0.8) & (action < 0.9)
+    return torch.where(swap, random_ids, masked), labels

@@ -1,0 +1,66 @@
+"""MLM masking: the rate, the replacement rule, special tokens never selected, seeded determinism."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from neobert.data.masking import IGNORE_INDEX, MaskingConfig, batch_generator, mask_tokens
+
+PAD, UNK, CLS, SEP, MASK = 0, 100, 101, 102, 103
+SPECIALS = (PAD, UNK, CLS, SEP, MASK)
+VOCAB = 30522
+
+
+def batch_of_text(rows: int = 64, length: int = 512) -> torch.Tensor:
+    ids = torch.randint(999, VOCAB, (rows, length), generator=torch.Generator().manual_seed(5))
+    ids[:, 0], ids[:, -1] = CLS, SEP
+    ids[::3, 300:] = PAD  # padded rows
+    ids[1::7, 10] = UNK
+    ids[:, 200] = SEP  # a packed row's inner boundary
+    ids[:, 201] = CLS
+    return ids
+
+
+def test_all_mask_rate_and_rules():
+    ids = batch_of_text()
+    masked, labels = mask_tokens(ids, MaskingConfig(), SPECIALS, MASK, VOCAB, batch_generator(0, 0))
+    selected = labels != IGNORE_INDEX
+    eligible = ~torch.isin(ids, torch.tensor(SPECIALS))
+    assert not selected[~eligible].any()
+    rate = selected.sum().item() / eligible.sum().item()
+    assert abs(rate - 0.2) < 0.01  # ~25,000 eligible tokens: the standard error is 0.0025
+    assert (masked[selected] == MASK).all()
+    assert torch.equal(masked[~selected], ids[~selected])
+    assert torch.equal(labels[selected], ids[selected])
+    assert torch.equal(ids, batch_of_text())  # the input is not modified
+
+
+def test_bert_80_10_10():
+    ids = batch_of_text(128)
+    config = MaskingConfig(rate=0.15, strategy="80_10_10")
+    masked, labels = mask_tokens(ids, config, SPECIALS, MASK, VOCAB, batch_generator(1, 2, 3))
+    selected = labels != IGNORE_INDEX
+    assert not selected[torch.isin(ids, torch.tensor(SPECIALS))].any()
+    n = selected.sum().item()
+    to_mask = (masked[selected] == MASK).sum().item() / n
+    kept = (masked[selected] == ids[selected]).sum().item() / n
+    swapped = 1 - to_mask - kept
+    assert abs(to_mask - 0.8) < 0.015 and abs(kept - 0.1) < 0.015 and abs(swapped - 0.1) < 0.015
+    assert torch.equal(masked[~selected], ids[~selected])
+
+
+def test_same_seed_same_masks_different_stream_different_masks():
+    ids = batch_of_text(8)
+    first = mask_tokens(ids, MaskingConfig(), SPECIALS, MASK, VOCAB, batch_generator(0, 1, 2))
+    again = mask_tokens(ids, MaskingConfig(), SPECIALS, MASK, VOCAB, batch_generator(0, 1, 2))
+    other_rank = mask_tokens(ids, MaskingConfig(), SPECIALS, MASK, VOCAB, batch_generator(0, 2, 2))
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    assert not torch.equal(first[1], other_rank[1])
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError, match="rate"):
+        MaskingConfig(rate=0.0)
+    with pytest.raises(ValueError, match="strategy"):
+        MaskingConfig(strategy="90_5_5")
