@@ -50,9 +50,7 @@ def run_route(route: str, source: Path, out: Path, workers: int, max_length: int
         datasets.disable_progress_bars()
         ready = time.perf_counter()
         num_proc = None if route == "official" else workers
-        dataset = datasets.load_dataset(
-            "json", data_files=str(source), split="train", cache_dir=str(out / "hf_cache")
-        )
+        dataset = datasets.load_dataset("json", data_files=str(source), split="train", cache_dir=str(out / "hf_cache"))
         encoded = dataset.map(
             lambda batch: tokenizer(batch["text"], truncation=True, max_length=max_length),
             batched=True,
@@ -235,9 +233,7 @@ def main() -> None:
     parser.add_argument("--scratch", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        result = run_route(
-            args.child, Path(args.source), Path(args.scratch) / "out", args.workers, args.max_length
-        )
+        result = run_route(args.child, Path(args.source), Path(args.scratch) / "out", args.workers, args.max_length)
         print(json.dumps(result))
         return
 
@@ -291,9 +287,7 @@ def main() -> None:
         )
         loader = loader_against_training(corpus, args.train_steps, args.max_length, 10 if args.quick else 100)
 
-    commit = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True
-    ).stdout
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
     report = {
         "benchmark": "prepare_throughput",
         "git_commit": commit.strip(),

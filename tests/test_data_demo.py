@@ -53,13 +53,9 @@ def test_demo_corpus_reads_every_pretraining_dataset_out_of_the_archives(demo):
     assert counts["hamlet"].documents == 3  # the title page and two acts
     total = sum(c.documents for c in counts.values())
     assert (
-        summary.manifest["splits"]["train"]["documents"] + summary.manifest["splits"]["heldout"]["documents"]
-        == total
+        summary.manifest["splits"]["train"]["documents"] + summary.manifest["splits"]["heldout"]["documents"] == total
     )
-    assert (
-        summary.manifest["sources"][0]["datasets"]["news_articles"]["reserved"]
-        == counts["news_articles"].reserved
-    )
+    assert summary.manifest["sources"][0]["datasets"]["news_articles"]["reserved"] == counts["news_articles"].reserved
 
 
 def test_no_reserved_text_enters_the_shards(demo):
@@ -108,9 +104,7 @@ PINNED_NEWS_ANSWERS = [True, False, True, True, False, False, True, False, False
 @pytest.mark.slow
 def test_real_demo_corpus_fetch_prepare_and_split(tmp_path):
     archives = demo_corpus.fetch_archives()
-    sizes = {
-        name: len(demo_corpus.evaluation_records(name, archives)) for name in demo_corpus.EVALUATION_SETS
-    }
+    sizes = {name: len(demo_corpus.evaluation_records(name, archives)) for name in demo_corpus.EVALUATION_SETS}
     assert sizes["polarity_sentences"] == 4000 and sizes["uncertainty"] == 3000
     assert sizes["rotten_tomatoes"] == 13905
     assert 1700 < sizes["news_articles"] < 2100 and 14000 < sizes["health_tweets"] < 17500

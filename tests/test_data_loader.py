@@ -28,9 +28,7 @@ from test_data_packing import sequences_of
 def corpus_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("loader")
     write_jsonl(folder / "in.jsonl", sample_texts(200, seed=3, long_every=5, long_words=400))
-    prepare_files(
-        [folder / "in.jsonl"], folder / "out", max_length=128, heldout_fraction=0.05, shard_tokens=6000
-    )
+    prepare_files([folder / "in.jsonl"], folder / "out", max_length=128, heldout_fraction=0.05, shard_tokens=6000)
     return folder / "out"
 
 
@@ -161,13 +159,9 @@ def test_state_from_another_setup_is_refused(corpus_dir):
     loader = PretrainingLoader(LoaderConfig(str(corpus_dir), batch_size=8), rank=0, world_size=2)
     state = loader.state_dict()
     with pytest.raises(DataError, match="differs in: .*world_size"):
-        PretrainingLoader(LoaderConfig(str(corpus_dir), batch_size=8), rank=0, world_size=4).load_state_dict(
-            state
-        )
+        PretrainingLoader(LoaderConfig(str(corpus_dir), batch_size=8), rank=0, world_size=4).load_state_dict(state)
     with pytest.raises(DataError, match="differs in: config"):
-        PretrainingLoader(LoaderConfig(str(corpus_dir), batch_size=4), rank=0, world_size=2).load_state_dict(
-            state
-        )
+        PretrainingLoader(LoaderConfig(str(corpus_dir), batch_size=4), rank=0, world_size=2).load_state_dict(state)
 
 
 def test_too_few_long_documents_for_a_bucket_is_named(corpus_dir):
@@ -177,9 +171,7 @@ def test_too_few_long_documents_for_a_bucket_is_named(corpus_dir):
 
 
 def test_dataloader_workers_give_the_same_batches_and_resume_state(corpus_dir):
-    config = LoaderConfig(
-        str(corpus_dir), scheme="pack", layout="packed", batch_size=3, pack_window=50, seed=9
-    )
+    config = LoaderConfig(str(corpus_dir), scheme="pack", layout="packed", batch_size=3, pack_window=50, seed=9)
     reference = PretrainingLoader(config)
     expected = take(reference, 10)
     multi = MultiWorkerLoader(PretrainingLoader(config), num_workers=2)

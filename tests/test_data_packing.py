@@ -27,9 +27,7 @@ CLS, SEP, PAD = 101, 102, 0
 def corpus_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("packing")
     write_jsonl(folder / "in.jsonl", sample_texts(150, seed=11, long_words=700))
-    prepare_files(
-        [folder / "in.jsonl"], folder / "out", max_length=128, heldout_fraction=0.0, shard_tokens=5000
-    )
+    prepare_files([folder / "in.jsonl"], folder / "out", max_length=128, heldout_fraction=0.0, shard_tokens=5000)
     return folder / "out"
 
 
@@ -84,9 +82,7 @@ def sequences_of(batch) -> list[list[int]]:
 
 def test_one_epoch_of_packs_holds_every_document_token_exactly_once(corpus_dir):
     corpus = TokenCorpus(corpus_dir)
-    config = LoaderConfig(
-        str(corpus_dir), scheme="pack", layout="packed", batch_size=4, epochs=1, pack_window=64
-    )
+    config = LoaderConfig(str(corpus_dir), scheme="pack", layout="packed", batch_size=4, epochs=1, pack_window=64)
     loader = PretrainingLoader(config)
     pieces = []
     for batch in loader:

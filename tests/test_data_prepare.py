@@ -58,9 +58,7 @@ def test_word_path_matches_the_tokenizer():
     assert encoder.token_ids(texts) == expected
     assert encoder.token_ids(texts) == expected  # again, from the word cache and learned characters
     # It really went through the word path where it could.
-    assert all(
-        map(encoder.words.accepts, texts[:320] + ["Crème brûlée at the Café", "한국어 텍스트", "naïve"])
-    )
+    assert all(map(encoder.words.accepts, texts[:320] + ["Crème brûlée at the Café", "한국어 텍스트", "naïve"]))
     assert not encoder.words.accepts("ΣΟΦΙΑ ΚΑΙ ΛΟΓΟΣ") and not encoder.words.accepts("[MASK] here")
     # Refused: capital sigma (context-dependent lower case); a spacing mark that NFD could reorder.
     assert encoder.words.refused == {"\u03a3", "\U0001d165"}
@@ -157,9 +155,7 @@ def test_rerun_of_a_finished_corpus_does_nothing_and_other_settings_are_refused(
 def test_over_long_documents_are_cut_not_lost(tmp_path):
     text = " ".join(["word"] * 5000)
     write_jsonl(tmp_path / "in.jsonl", [text])
-    summary = prepare_files(
-        [tmp_path / "in.jsonl"], tmp_path / "out", max_document_chars=4000, heldout_fraction=0.0
-    )
+    summary = prepare_files([tmp_path / "in.jsonl"], tmp_path / "out", max_document_chars=4000, heldout_fraction=0.0)
     assert summary.manifest["stats"]["documents_cut"] == 1
     assert sum(len(d) for d in corpus_documents(tmp_path / "out")) == 5000
 

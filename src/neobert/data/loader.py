@@ -59,9 +59,7 @@ class LoaderConfig:
     path: str
     split: str = "train"
     scheme: str = "truncate"  # "truncate" (the paper's) or "pack"
-    layout: str = (
-        "padded"  # "padded" (B, L) + attention_mask, or "packed" (one row + cu_seqlens); pack needs packed
-    )
+    layout: str = "padded"  # "padded" (B, L) + attention_mask, or "packed" (one row + cu_seqlens); pack needs packed
     max_length: int | None = None  # None: the corpus's --max-length
     batch_size: int = 32  # sequences (truncate) or packs of max_length tokens (pack) per batch
     pad_to_multiple_of: int = 8
@@ -114,9 +112,7 @@ class PretrainingLoader:
         self.config, self.rank, self.world_size, self.stream = config, rank, world_size, stream
         self.corpus = corpus or TokenCorpus(config.path, config.split, tokenizer_fingerprint, config.verify)
         self.max_length = config.max_length or self.corpus.default_max_length
-        self.units = sequence_units(
-            self.corpus.lengths, config.scheme, self.max_length, config.min_document_tokens
-        )
+        self.units = sequence_units(self.corpus.lengths, config.scheme, self.max_length, config.min_document_tokens)
         if len(self.units) < world_size:
             raise DataError(
                 f"{self.corpus.root}: {len(self.units)} sequence(s) of documents with at least "
@@ -190,13 +186,9 @@ class PretrainingLoader:
         ids = self.corpus.special_ids
         if self.config.layout == "packed":
             batch = collate_packed(content, lengths, ids["cls"], ids["sep"])
-            slots = (
-                len(samples) * self.max_length if self.config.scheme == "pack" else batch["input_ids"].numel()
-            )
+            slots = len(samples) * self.max_length if self.config.scheme == "pack" else batch["input_ids"].numel()
         else:
-            batch = collate_padded(
-                content, lengths, ids["cls"], ids["sep"], ids["pad"], self.config.pad_to_multiple_of
-            )
+            batch = collate_padded(content, lengths, ids["cls"], ids["sep"], ids["pad"], self.config.pad_to_multiple_of)
             slots = batch["input_ids"].numel()
         generator = batch_generator(self.config.seed, self.stream, self.rank, self._batches)
         batch["input_ids"], batch["labels"] = mask_tokens(
@@ -258,9 +250,7 @@ class PretrainingLoader:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("version") != STATE_VERSION:
-            raise DataError(
-                f"loader state version {state.get('version')!r}; this neobert reads {STATE_VERSION}"
-            )
+            raise DataError(f"loader state version {state.get('version')!r}; this neobert reads {STATE_VERSION}")
         mine, theirs = self._identity(), state["identity"]
         if mine != theirs:
             differing = sorted(key for key in mine if mine[key] != theirs.get(key))
@@ -288,9 +278,7 @@ class MixtureLoader:
         buckets = config.length_mixture
         weights = np.array([bucket.probability for bucket in buckets], dtype=np.float64)
         if len(buckets) == 0 or (weights < 0).any() or weights.sum() <= 0:
-            raise ValueError(
-                "length_mixture needs buckets with non-negative probabilities summing to more than 0"
-            )
+            raise ValueError("length_mixture needs buckets with non-negative probabilities summing to more than 0")
         self.config = config
         self.cumulative = np.cumsum(weights / weights.sum())
         corpus = TokenCorpus(config.path, config.split, tokenizer_fingerprint, config.verify)
@@ -311,9 +299,7 @@ class MixtureLoader:
         return self
 
     def _draw(self) -> int:
-        draw = np.random.default_rng(
-            np.random.SeedSequence([self.config.seed, MIXTURE_STREAM, self._batches])
-        )
+        draw = np.random.default_rng(np.random.SeedSequence([self.config.seed, MIXTURE_STREAM, self._batches]))
         component = int(np.searchsorted(self.cumulative, draw.random(), side="right"))
         self._batches += 1
         self.last_component = min(component, len(self.components) - 1)
@@ -359,8 +345,6 @@ def describe_batch(batch: dict[str, Any]) -> str:
     ids: torch.Tensor = batch["input_ids"]
     masked = int((batch["labels"] != -100).sum())
     if "cu_seqlens" in batch:
-        return (
-            f"packed row of {ids.shape[1]} tokens, {len(batch['cu_seqlens']) - 1} sequences, {masked} masked"
-        )
+        return f"packed row of {ids.shape[1]} tokens, {len(batch['cu_seqlens']) - 1} sequences, {masked} masked"
     real = int(batch["attention_mask"].sum())
     return f"padded {tuple(ids.shape)}, {real} real tokens, {masked} masked"

@@ -89,8 +89,7 @@ class PrepareSummary:
         for split in SPLITS:
             info = splits[split]
             lines.append(
-                f"  {split}: {info['documents']:,} documents, {info['tokens']:,} tokens, "
-                f"{len(info['shards'])} shard(s)"
+                f"  {split}: {info['documents']:,} documents, {info['tokens']:,} tokens, {len(info['shards'])} shard(s)"
             )
         if self.already_complete:
             lines.append("  already complete: nothing to do")
@@ -210,9 +209,7 @@ class _Block:
         kept_lengths = span_lengths[span_lengths > 0]
         self.stats["documents_without_tokens"] += len(span_lengths) - len(kept_lengths)
         if len(kept_lengths):
-            self.stats["longest_document_tokens"] = max(
-                self.stats["longest_document_tokens"], int(kept_lengths.max())
-            )
+            self.stats["longest_document_tokens"] = max(self.stats["longest_document_tokens"], int(kept_lengths.max()))
         limit = self.config.max_length - 2  # content tokens that fit beside [CLS] and [SEP]
         self.stats["documents_longer_than_max_length"] += int((kept_lengths > limit).sum())
         self.stats["tokens_beyond_max_length"] += int(np.clip(kept_lengths - limit, 0, None).sum())

@@ -74,9 +74,7 @@ class TokenCorpus:
         """Content tokens of several (document, start, length) spans laid end to end, as int64."""
         total = int(lengths.sum())
         before = np.cumsum(lengths) - lengths
-        positions = (
-            np.arange(total) - np.repeat(before, lengths) + np.repeat(self.doc_start[docs] + starts, lengths)
-        )
+        positions = np.arange(total) - np.repeat(before, lengths) + np.repeat(self.doc_start[docs] + starts, lengths)
         shards = self.doc_shard[docs]
         out = np.empty(total, dtype=np.int64)
         if len(self.tokens) == 1:
@@ -143,9 +141,7 @@ def pack_best_fit(sizes: np.ndarray, capacity: int) -> list[list[int]]:
     return packs
 
 
-def packing_efficiency(
-    lengths: np.ndarray, max_length: int, window: int = 2048, seed: int = 0
-) -> dict[str, float]:
+def packing_efficiency(lengths: np.ndarray, max_length: int, window: int = 2048, seed: int = 0) -> dict[str, float]:
     """Share of token slots that hold real tokens, over one epoch, for packing and for the official
     truncate-and-pad-to-max-length scheme (and the tokens truncation would drop)."""
     units = sequence_units(lengths, "pack", max_length)
@@ -163,9 +159,7 @@ def packing_efficiency(
     }
 
 
-def _with_specials(
-    content: np.ndarray, lengths: np.ndarray, cls_id: int, sep_id: int
-) -> tuple[np.ndarray, np.ndarray]:
+def _with_specials(content: np.ndarray, lengths: np.ndarray, cls_id: int, sep_id: int) -> tuple[np.ndarray, np.ndarray]:
     """[CLS] span [SEP] for every span of `content`; returns the flat ids and cu_seqlens."""
     seqlens = lengths + SPECIALS_PER_SEQUENCE
     cu = np.zeros(len(lengths) + 1, dtype=np.int64)
@@ -180,9 +174,7 @@ def _with_specials(
     return ids, cu
 
 
-def collate_packed(
-    content: np.ndarray, lengths: np.ndarray, cls_id: int, sep_id: int
-) -> dict[str, torch.Tensor]:
+def collate_packed(content: np.ndarray, lengths: np.ndarray, cls_id: int, sep_id: int) -> dict[str, torch.Tensor]:
     """One row of sequences end to end: input_ids (1, T), cu_seqlens (n + 1,) int32, max_seqlen, and
     position_ids (1, T) restarting at 0 in every sequence (the model's packed input contract)."""
     ids, cu = _with_specials(content, lengths, cls_id, sep_id)

@@ -50,9 +50,7 @@ def _publish(temporary: str, path: Path) -> None:
 
 def write_bytes_atomically(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(
-        dir=path.parent, delete=False, prefix=f".{path.name}.", suffix=".tmp"
-    ) as tmp:
+    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, prefix=f".{path.name}.", suffix=".tmp") as tmp:
         tmp.write(data)
         tmp.flush()
         os.fsync(tmp.fileno())
@@ -68,9 +66,7 @@ def write_npy_atomically(path: Path, array: np.ndarray) -> str:
     """Writes `array` as .npy under a temporary name, renames it, and returns the file's sha256."""
     path.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
-    with tempfile.NamedTemporaryFile(
-        dir=path.parent, delete=False, prefix=f".{path.name}.", suffix=".tmp"
-    ) as tmp:
+    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, prefix=f".{path.name}.", suffix=".tmp") as tmp:
         np.lib.format.write_array(tmp, np.ascontiguousarray(array), allow_pickle=False)
         tmp.flush()
         os.fsync(tmp.fileno())
@@ -121,9 +117,7 @@ def write_shard(root: Path, split: str, index: int, tokens: np.ndarray, lengths:
     np.cumsum(lengths, out=offsets[1:])
     tokens_sha = write_npy_atomically(root / tokens_file, tokens)
     offsets_sha = write_npy_atomically(root / offsets_file, offsets)
-    return ShardEntry(
-        split, index, tokens_file, offsets_file, len(lengths), int(offsets[-1]), tokens_sha, offsets_sha
-    )
+    return ShardEntry(split, index, tokens_file, offsets_file, len(lengths), int(offsets[-1]), tokens_sha, offsets_sha)
 
 
 def _open_npy(path: Path, expected_shape: tuple[int, ...], dtype: np.dtype | None) -> np.ndarray:
@@ -132,9 +126,7 @@ def _open_npy(path: Path, expected_shape: tuple[int, ...], dtype: np.dtype | Non
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as error:
-        raise DataError(
-            f"{path}: not a readable shard ({error}); the file is truncated or corrupted"
-        ) from error
+        raise DataError(f"{path}: not a readable shard ({error}); the file is truncated or corrupted") from error
     if array.shape != expected_shape or (dtype is not None and array.dtype != dtype):
         raise DataError(
             f"{path}: shape {array.shape} and dtype {array.dtype} differ from the manifest "
@@ -143,9 +135,7 @@ def _open_npy(path: Path, expected_shape: tuple[int, ...], dtype: np.dtype | Non
     return array
 
 
-def open_shard(
-    root: Path, entry: ShardEntry, dtype: np.dtype, verify: str = "size"
-) -> tuple[np.ndarray, np.ndarray]:
+def open_shard(root: Path, entry: ShardEntry, dtype: np.dtype, verify: str = "size") -> tuple[np.ndarray, np.ndarray]:
     """Memory-maps a shard after checking it: `verify="size"` checks headers and sizes (cheap, catches
     truncation); `"full"` also recomputes the sha256 checksums (reads every byte)."""
     if verify not in ("size", "full", "none"):
@@ -156,9 +146,7 @@ def open_shard(
             if not path.is_file():
                 raise DataError(f"{path}: shard file is missing")
             if sha256_file(path) != expected:
-                raise DataError(
-                    f"{path}: checksum mismatch (the file is corrupted); prepare the corpus again"
-                )
+                raise DataError(f"{path}: checksum mismatch (the file is corrupted); prepare the corpus again")
     offsets = _open_npy(offsets_path, (entry.documents + 1,), np.dtype(np.int64))
     tokens = _open_npy(tokens_path, (entry.tokens,), dtype)
     if verify != "none" and (int(offsets[0]) != 0 or int(offsets[-1]) != entry.tokens):

@@ -90,9 +90,7 @@ class Source:
         if value is None:
             return None
         if not isinstance(value, str):
-            raise DataError(
-                f"{where}: field {self.options.text_field!r} holds {type(value).__name__}, not text"
-            )
+            raise DataError(f"{where}: field {self.options.text_field!r} holds {type(value).__name__}, not text")
         return value
 
 
@@ -203,9 +201,7 @@ class JsonLinesSource(FileSource):
     def _field(self, record: Any, where: str) -> str | None:
         field = self.options.text_field
         if not isinstance(record, dict):
-            raise DataError(
-                f"{where}: expected a JSON object with a {field!r} field, got {type(record).__name__}"
-            )
+            raise DataError(f"{where}: expected a JSON object with a {field!r} field, got {type(record).__name__}")
         if field not in record:
             raise DataError(
                 f"{where}: no field {field!r} (fields: {', '.join(sorted(record)) or 'none'}); "
@@ -264,8 +260,7 @@ class CsvSource(FileSource):
         field = self.options.text_field
         if field not in header:
             raise DataError(
-                f"{self.path}: no column {field!r} (columns: {', '.join(header)}); "
-                "choose it with --text-field"
+                f"{self.path}: no column {field!r} (columns: {', '.join(header)}); choose it with --text-field"
             )
         return header.index(field)
 
@@ -338,18 +333,14 @@ class DatasetSource(Source):
         self.kind = "datasets-disk" if path is not None else "datasets-hub"
 
     def describe(self) -> dict[str, Any]:
-        where = (
-            {"path": str(self.path)} if self.path is not None else {"name": self.name, "config": self.config}
-        )
+        where = {"path": str(self.path)} if self.path is not None else {"name": self.name, "config": self.config}
         return {"spec": self.spec, "kind": self.kind, "split": self.options.hf_split, **where}
 
     def identity(self) -> dict[str, Any]:
         identity = self.describe()
         if self.path is not None:
             files = sorted(p for p in self.path.rglob("*") if p.is_file())
-            identity["files"] = [
-                [str(p.relative_to(self.path)), p.stat().st_size, p.stat().st_mtime_ns] for p in files
-            ]
+            identity["files"] = [[str(p.relative_to(self.path)), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
         return identity
 
     def _dataset(self):
@@ -360,17 +351,13 @@ class DatasetSource(Source):
             dataset = datasets.load_from_disk(str(self.path))
             if isinstance(dataset, datasets.DatasetDict):
                 if split not in dataset:
-                    raise DataError(
-                        f"{self.path}: no split {split!r} (splits: {', '.join(dataset)}); use --split"
-                    )
+                    raise DataError(f"{self.path}: no split {split!r} (splits: {', '.join(dataset)}); use --split")
                 dataset = dataset[split]
         else:
             try:
                 dataset = datasets.load_dataset(self.name, self.config, split=split, streaming=True)
             except Exception as error:  # offline, unknown name, bad config: all surface as different types
-                raise DataError(
-                    f"{self.spec}: could not load the dataset ({type(error).__name__}: {error})"
-                ) from error
+                raise DataError(f"{self.spec}: could not load the dataset ({type(error).__name__}: {error})") from error
         names = list(dataset.column_names or [])
         if names and self.options.text_field not in names:
             raise DataError(
@@ -387,9 +374,7 @@ class DatasetSource(Source):
         dataset, field, found = self._dataset(), self.options.text_field, False
         if self.path is not None:
             rows: Iterable[Any] = (
-                text
-                for batch in dataset.select_columns([field]).iter(batch_size=1024)
-                for text in batch[field]
+                text for batch in dataset.select_columns([field]).iter(batch_size=1024) for text in batch[field]
             )
         else:
             rows = (record.get(field) for record in dataset)
@@ -447,9 +432,7 @@ def resolve_sources(specs: list[str], options: ReaderOptions) -> list[Source]:
                 and not any(part.startswith(".") for part in p.relative_to(path).parts)
             )
             if not files:
-                raise DataError(
-                    f"{path}: the folder holds no readable files ({', '.join(sorted(KNOWN_SUFFIXES))})"
-                )
+                raise DataError(f"{path}: the folder holds no readable files ({', '.join(sorted(KNOWN_SUFFIXES))})")
             sources.extend(_file_source(p, options) for p in files)
         elif path.is_file():
             sources.append(_file_source(path, options, spec))

@@ -81,8 +81,7 @@ def heldout_flags(texts: list[str], fraction: float) -> np.ndarray:
     threshold = int(fraction * (1 << 64))
     return np.fromiter(
         (
-            int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
-            < threshold
+            int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little") < threshold
             for text in texts
         ),
         dtype=bool,
@@ -139,9 +138,7 @@ class DocumentEncoder:
         buffer = np.concatenate(parts) if parts else np.zeros(0, np.int64)
         ends = np.cumsum(lengths)
         order = np.arange(int(ends[-1]) if len(ends) else 0) + np.repeat(starts - (ends - lengths), lengths)
-        return EncodedBatch(
-            lengths, buffer[order].astype(self.dtype), heldout_flags(texts, self.heldout_fraction)
-        )
+        return EncodedBatch(lengths, buffer[order].astype(self.dtype), heldout_flags(texts, self.heldout_fraction))
 
     def token_ids(self, texts: list[str]) -> list[list[int]]:
         """Content ids of each text, identical to `tokenizer(text, add_special_tokens=False)`."""

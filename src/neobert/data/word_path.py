@@ -75,9 +75,7 @@ class WordPath:
     def for_tokenizer(cls, backend_json: str, cache_size: int = 1 << 20) -> WordPath | None:
         """A word path for BERT-style tokenizers; None for any other kind."""
         config = json.loads(backend_json)
-        kinds = tuple(
-            (config.get(part) or {}).get("type") for part in ("normalizer", "pre_tokenizer", "model")
-        )
+        kinds = tuple((config.get(part) or {}).get("type") for part in ("normalizer", "pre_tokenizer", "model"))
         if kinds != ("BertNormalizer", "BertPreTokenizer", "WordPiece"):
             return None
         return cls(backend_json, config, cache_size)
@@ -114,8 +112,7 @@ class WordPath:
             return True  # no NFD, so nothing is reordered
         # NFD reorders runs of combining marks; harmless only when every mark in the run is then stripped.
         return all(
-            not unicodedata.combining(c) or unicodedata.category(c) == "Mn"
-            for c in unicodedata.normalize("NFD", char)
+            not unicodedata.combining(c) or unicodedata.category(c) == "Mn" for c in unicodedata.normalize("NFD", char)
         )
 
     def _learn(self, char: str) -> bool:

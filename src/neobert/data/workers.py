@@ -38,9 +38,7 @@ class MultiWorkerLoader:
     """Iterates a loader through `num_workers` DataLoader processes; `state_dict()` is the loader's state
     after the batches consumed so far, so resuming works as with the loader itself."""
 
-    def __init__(
-        self, loader: PretrainingLoader | MixtureLoader, num_workers: int = 2, prefetch_factor: int = 2
-    ):
+    def __init__(self, loader: PretrainingLoader | MixtureLoader, num_workers: int = 2, prefetch_factor: int = 2):
         self.loader, self.num_workers, self.prefetch_factor = loader, num_workers, prefetch_factor
         self.consumed = 0
 
