@@ -12,13 +12,13 @@ $(BIN)/python:
 $(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e ".[eval,onnx,dev]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[eval,data,onnx,dev]"
 	touch $@
 
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(BIN)/neobert smoke
+	$(BIN)/neobert demo
 
 test: $(VENV)/.installed
 	$(BIN)/ruff check src tests benchmarks
@@ -30,3 +30,4 @@ lint: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/model_forward.py
+	$(BIN)/python benchmarks/prepare_throughput.py

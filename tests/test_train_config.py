@@ -35,7 +35,11 @@ def test_stage_presets_hold_the_paper_recipe():
     stage2 = load_config(CONFIGS / "neobert-250m-stage2.yaml")
     assert stage2.data.max_length == 4096 and stage2.budget.steps == 50_000 and stage2.tokens_per_step == 512 * 4096
     assert stage2.train.schedule == "constant" and stage2.train.lr == pytest.approx(0.1 * stage1.train.lr)
-    assert [(b.min_length, b.probability) for b in stage2.data.length_mixture] == [(0, 0.2), (1024, 0.4), (2048, 0.4)]
+    assert [(b.min_document_tokens, b.probability) for b in stage2.data.length_mixture] == [
+        (0, 0.2),
+        (1024, 0.4),
+        (2048, 0.4),
+    ]
     assert stage2.model.init_from is not None
     # Inherited from stage 1 and not restated.
     assert stage2.train.betas == (0.9, 0.95) and stage2.model.preset == "neobert-250m"
@@ -94,7 +98,7 @@ def test_a_budget_on_the_command_line_replaces_the_files():
         ("model.preset=huge", "model.preset 'huge' is not a preset"),
         ("system.log_sinks=[jsonl, csv]", "unknown sink 'csv'"),
         ("train.lr", "must look like section.key=value"),
-        ("data.length_mixture=[[0, 0.5], [64, 0.6]]", "sum to 1"),
+        ("data.length_mixture=[[0.5, 0], [0.6, 64]]", "sum to 1"),
     ],
 )
 def test_bad_overrides_name_the_key(override, message):

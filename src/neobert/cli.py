@@ -9,7 +9,10 @@ import sys
 # name -> (module, one-line help). Each module defines `add_arguments(parser)` and `run(args) -> int`.
 COMMANDS: dict[str, tuple[str, str]] = {
     "smoke": ("neobert.commands.smoke", "build a tiny model, fill a mask, save and reload it (seconds)"),
+    "demo": ("neobert.commands.demo", "prepare the demo corpus, pre-train `tiny` ~10 min, evaluate, report"),
     "prepare": ("neobert.commands.prepare", "tokenise text (files, datasets, --demo) into token shards"),
+    "pretrain": ("neobert.commands.pretrain", "pre-train from YAML presets and dotted overrides (torchrun too)"),
+    "export": ("neobert.commands.export", "a checkpoint as a transformers / sentence-transformers folder"),
 }
 
 

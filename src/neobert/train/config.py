@@ -18,6 +18,7 @@ from typing import Any, Literal
 import yaml
 
 from neobert.config import PRESETS, NeoBERTConfig
+from neobert.data.loader import LengthBucket
 from neobert.train.typed import build_dataclass, coerce, field_types, to_plain
 
 ATTENTION_BACKENDS = ("sdpa", "eager", "flex_attention", "flash_attention_2")
@@ -56,19 +57,12 @@ class ModelSection:
 
 
 @dataclass
-class LengthBucket:
-    """Phase 2 draws each batch from documents of at least `min_length` tokens with this probability."""
-
-    min_length: int
-    probability: float
-
-
-@dataclass
 class DataSection:
     # A folder written by `neobert prepare`; None only for configs that are completed at run time (the demo).
     path: str | None = None
-    train_split: str = "train"
-    eval_split: str | None = "validation"
+    # The splits `neobert prepare` writes; no eval split turns held-out evaluation off.
+    train_split: Literal["train", "heldout"] = "train"
+    eval_split: Literal["train", "heldout"] | None = "heldout"
     max_length: int = 1024
     # "truncate": one document per sequence, its tail dropped (the paper). "pack": documents end to end,
     # each attending only to itself.
@@ -85,6 +79,8 @@ class DataSection:
     length_mixture: list[LengthBucket] = field(default_factory=list)
     eval_batches: int = 20
     seed: int = 0
+    # The tokenizer the corpus must have been prepared with (name or folder); None: bert-base-uncased.
+    tokenizer: str | None = None
 
     def __post_init__(self) -> None:
         if self.max_length <= 0:
@@ -107,9 +103,10 @@ class DataSection:
             if any(bucket.probability < 0 for bucket in self.length_mixture) or not math.isclose(total, 1.0):
                 raise ValueError(f"data.length_mixture probabilities must be non-negative and sum to 1, got {total}")
             for bucket in self.length_mixture:
-                if not 0 <= bucket.min_length < self.max_length:
+                if not 0 <= bucket.min_document_tokens < self.max_length:
                     raise ValueError(
-                        f"data.length_mixture min_length {bucket.min_length} must lie in [0, {self.max_length})"
+                        f"data.length_mixture min_document_tokens {bucket.min_document_tokens} must lie in "
+                        f"[0, {self.max_length})"
                     )
 
     @property
@@ -357,3 +354,16 @@ def load_config(paths: list[str | os.PathLike] | str | os.PathLike = (), overrid
                 if other != dotted[1] and other in tree["budget"]:
                     tree["budget"][other] = None
     return build_dataclass(PretrainConfig, tree)
+
+
+# Presets live in the source checkout's configs/ (the README's install is an editable one).
+PRESET_ROOT = Path(__file__).resolve().parents[3] / "configs" / "pretrain"
+
+
+def preset_path(name: str) -> Path:
+    """`configs/pretrain/<name>.yaml`, e.g. "demo", "neobert-250m-stage1" or "ablations/m0"."""
+    path = PRESET_ROOT / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(str(p.relative_to(PRESET_ROOT).with_suffix("")) for p in PRESET_ROOT.rglob("*.yaml"))
+        raise FileNotFoundError(f"no pre-training preset {name!r} in {PRESET_ROOT}; known: {known}")
+    return path

@@ -1,0 +1,27 @@
+"""`neobert export CHECKPOINT --out FOLDER`: a folder for transformers, sentence-transformers and the official
+remote code."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", help="a checkpoint folder (e.g. runs/x/checkpoints/latest) or a model folder")
+    parser.add_argument("--out", required=True, help="folder to write")
+    parser.add_argument("--pooling", default="mean", help="sentence-transformers pooling: mean, cls or max")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer name or folder (default: bert-base-uncased)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+
+def run(args: argparse.Namespace) -> int:
+    from neobert.export import export_model
+
+    try:
+        out = export_model(args.source, args.out, args.pooling, args.tokenizer, args.overwrite)
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
+        print(f"neobert export: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}")
+    return 0

@@ -1,0 +1,53 @@
+"""`neobert pretrain CONFIG.yaml... [section.key=value ...] [--resume [CHECKPOINT]]`.
+
+The same command runs on one CPU and under `torchrun --nproc-per-node N -m neobert pretrain ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "items",
+        nargs="+",
+        metavar="CONFIG_OR_OVERRIDE",
+        help="YAML presets, merged in order (e.g. configs/pretrain/demo.yaml), then dotted overrides "
+        "such as train.lr=6e-4 budget.hours=2",
+    )
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="CHECKPOINT",
+        help="continue from the run's latest good checkpoint, or from the one named",
+    )
+    parser.add_argument("--stop-at-step", type=int, default=None, help="checkpoint and stop at this step")
+
+
+def split_items(items: list[str]) -> tuple[list[str], list[str]]:
+    """YAML files on one side, `key=value` overrides on the other."""
+    overrides = [item for item in items if "=" in item]
+    return [item for item in items if "=" not in item], overrides
+
+
+def run(args: argparse.Namespace) -> int:
+    from neobert.train.config import load_config
+    from neobert.train.data import make_eval_batches, make_loader
+    from neobert.train.pretrain import pretrain
+
+    paths, overrides = split_items(args.items)
+    try:
+        config = load_config(paths, overrides)
+        result = pretrain(config, make_loader, make_eval_batches, resume=args.resume, stop_at_step=args.stop_at_step)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"neobert pretrain: {error}", file=sys.stderr)
+        return 2
+    print(f"{result.status} at step {result.step}; checkpoint: {result.checkpoint}")
+    for name, value in sorted(result.last_eval.items()):
+        if name != "step":
+            print(f"  {name}: {value:.4f}")
+    return 0

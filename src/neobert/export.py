@@ -1,0 +1,86 @@
+"""Write a trained model as a folder that transformers, sentence-transformers and the official remote code
+all load: the masked-LM weights in the released layout, the tokenizer, and sentence-transformers' modules."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from transformers import AutoModelForMaskedLM
+
+from neobert.tokenizer import load_tokenizer
+
+# Hub-qualified, so that `trust_remote_code=True` without this package fetches the official code; with
+# `import neobert` the registered classes are used instead.
+OFFICIAL_AUTO_MAP = {
+    "AutoConfig": "chandar-lab/NeoBERT--model.NeoBERTConfig",
+    "AutoModel": "chandar-lab/NeoBERT--model.NeoBERT",
+    "AutoModelForMaskedLM": "chandar-lab/NeoBERT--model.NeoBERTLMHead",
+    "AutoModelForSequenceClassification": "chandar-lab/NeoBERT--model.NeoBERTForSequenceClassification",
+}
+POOLING_MODES = ("mean", "cls", "max")
+
+
+def export_model(
+    source: str | Path,
+    out: str | Path,
+    pooling: str = "mean",
+    tokenizer: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """`source`: a training checkpoint or any NeoBERT folder `from_pretrained` reads. Written to a temporary
+    folder first and renamed, so `out` is either complete or untouched."""
+    if pooling not in POOLING_MODES:
+        raise ValueError(f"pooling must be one of {POOLING_MODES}, got {pooling!r}")
+    source, out = Path(source), Path(out)
+    if not (source / "config.json").is_file():
+        raise FileNotFoundError(f"{source} holds no model (no config.json)")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
+    model = AutoModelForMaskedLM.from_pretrained(source)
+    tok = load_tokenizer(tokenizer if tokenizer is not None else _tokenizer_in(source))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        _write_sentence_transformers(staging, model.config.hidden_size, model.config.max_length, pooling)
+        model.config.auto_map = dict(OFFICIAL_AUTO_MAP)
+        # After sentence-transformers' files: its save writes the backbone alone, this restores the full model.
+        model.save_pretrained(staging)
+        tok.save_pretrained(staging)
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def _tokenizer_in(folder: Path) -> str | None:
+    return str(folder) if (folder / "tokenizer_config.json").is_file() else None
+
+
+def _write_sentence_transformers(folder: Path, hidden_size: int, max_length: int, pooling: str) -> None:
+    """modules.json, sentence_bert_config.json and the pooling module, via sentence-transformers itself."""
+    try:
+        from sentence_transformers import models
+    except ImportError:
+        return  # the [eval] extra is not installed; transformers users are unaffected
+    import json
+
+    # The Transformer module needs a loadable model to be built; describe it by its saved files instead.
+    (folder / "modules.json").write_text(
+        json.dumps(
+            [
+                {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+            ],
+            indent=2,
+        )
+    )
+    (folder / "sentence_bert_config.json").write_text(
+        json.dumps({"max_seq_length": max_length, "do_lower_case": False}, indent=2)
+    )
+    (folder / "1_Pooling").mkdir(exist_ok=True)
+    models.Pooling(hidden_size, pooling).save(str(folder / "1_Pooling"))
