@@ -30,4 +30,5 @@ lint: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/model_forward.py
+	$(BIN)/python benchmarks/train_step.py
 	$(BIN)/python benchmarks/prepare_throughput.py

@@ -11,27 +11,28 @@ Prints a table and writes every figure, with the setup, to a JSON file.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
-import statistics
-import subprocess
-import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import transformers
 from torch import nn
 from transformers import BertConfig, BertModel, ModernBertConfig, ModernBertModel
 
 import neobert
-import neobert.runtime
+from bench_common import (
+    MIN_CORES,
+    ROOT,
+    cores_cell,
+    measure_peak,
+    set_allocator,
+    setup_info,
+    table,
+    target,
+    time_calls,
+    write_json,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
-MIN_CORES = 1.8  # below this, the machine was busy and the figure is unreliable
 PEAK_TARGET = 0.90
 PACKED_TARGET = 1.5
 TOKEN_RANGE = (1000, 30000)
@@ -97,29 +98,6 @@ def candidates(plan: Plan) -> list[Candidate]:
         ),
         Candidate("modernbert", lambda: ModernBertModel(modern_config), hf_embedding),
     ]
-
-
-def time_calls(fn: Callable[[], object], repeats: int, warmup: int = 1) -> dict:
-    """Median wall time over `repeats` calls after `warmup`, and cores used (CPU time / wall time)."""
-    for _ in range(warmup):
-        fn()
-    walls = []
-    cpu_start = time.process_time()
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        walls.append(time.perf_counter() - start)
-    cores = (time.process_time() - cpu_start) / sum(walls)
-    return {"median_s": statistics.median(walls), "cores": cores, "reliable": cores >= MIN_CORES}
-
-
-def measure_peak(sizes: tuple[int, ...], repeats: int) -> dict:
-    rows = []
-    for n in sizes:
-        a, b = torch.randn(n, n), torch.randn(n, n)
-        timing = time_calls(lambda a=a, b=b: a @ b, max(5, repeats))
-        rows.append({"size": n, **timing, "gflops": 2 * n**3 / timing["median_s"] / 1e9})
-    return {"sizes": rows, "gflops": max(row["gflops"] for row in rows)}
 
 
 def non_embedding_params(model: nn.Module, is_embedding: Callable[[str], bool]) -> int:
@@ -209,44 +187,6 @@ def benchmark_packing(plan: Plan, repeats: int) -> dict:
     return result
 
 
-def git(*args: str) -> str | None:
-    try:
-        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip() if done.returncode == 0 else None
-
-
-def cpu_model() -> str | None:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return None
-    names = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")]
-    return names[0] if names else None
-
-
-def setup_info(allocator: str, quick: bool) -> dict:
-    return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "quick": quick,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "neobert": neobert.__version__,
-        "threads": torch.get_num_threads(),
-        "logical_cpus": os.cpu_count(),
-        "allocator": allocator,
-        "git_commit": git("rev-parse", "HEAD"),
-        # Uncommitted edits to tracked files (the model may be changing under a concurrent edit).
-        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
-        "cpu_model": cpu_model(),
-    }
-
-
-def target(name: str, value: float, goal: float) -> dict:
-    return {"name": name, "value": value, "target": goal, "passed": value >= goal}
-
-
 def check_targets(forward: list[dict], packing: dict, plan: Plan) -> list[dict]:
     batch, length = plan.shapes[0]
     neo = next(r for r in forward if r["model"] == "neobert" and (r["batch"], r["length"]) == (batch, length))
@@ -254,20 +194,6 @@ def check_targets(forward: list[dict], packing: dict, plan: Plan) -> list[dict]:
         target(f"NeoBERT {batch}x{length} % of peak", neo["percent_of_peak"], 100 * PEAK_TARGET),
         target("packed/padded real tokens/s", packing["ratio"], PACKED_TARGET),
     ]
-
-
-def table(header: tuple[str, ...], rows: list[list[str]]) -> list[str]:
-    """Right-aligned columns, the first left-aligned."""
-    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
-    aligned = [
-        [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)]
-        for row in [header, *rows]
-    ]
-    return ["  ".join(cells) for cells in aligned]
-
-
-def cores_cell(row: dict) -> str:
-    return f"{row['cores']:.2f}{'' if row['reliable'] else ' *'}"
 
 
 def forward_cells(r: dict) -> list[str]:
@@ -322,18 +248,6 @@ def render(report: dict) -> str:
     return "\n".join(lines)
 
 
-def write_json(report: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as out:
-            json.dump(report, out, indent=2)
-        os.replace(temp, path)
-    except BaseException:
-        os.unlink(temp)
-        raise
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__,
@@ -344,13 +258,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "model_forward.json")
     parser.add_argument("--no-tune-allocator", action="store_true", help="keep glibc's malloc defaults")
     return parser.parse_args(argv)
-
-
-def set_allocator(tune: bool) -> str:
-    """Applies to every model in the process alike; returns the mode that ran."""
-    if not tune:
-        return "glibc default (--no-tune-allocator)"
-    return "tuned" if neobert.runtime.tune_cpu_allocator() else "default (tuning unavailable)"
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -53,7 +53,7 @@ def test_rotary_rotates_adjacent_pairs_with_theta_10000():
     head_dim, length = 8, 6
     table = RotaryTable(head_dim, 10000.0).get(length, torch.device("cpu"))
     x = torch.randn(length, head_dim)
-    out = apply_rotary(x, table)
+    out = apply_rotary(x, torch.view_as_real(table))
     for pos in range(length):
         for i in range(head_dim // 2):
             angle = pos / 10000.0 ** (2 * i / head_dim)
@@ -73,8 +73,17 @@ def test_rotary_table_is_float32_and_grows_without_changing_existing_rows():
 
 
 def test_rotary_computes_in_float32_for_half_precision_inputs():
-    table = RotaryTable(8, 10000.0).get(4, torch.device("cpu"))
+    table = torch.view_as_real(RotaryTable(8, 10000.0).get(4, torch.device("cpu")))
     x = torch.randn(4, 8)
     out = apply_rotary(x.bfloat16(), table)
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), apply_rotary(x.bfloat16().float(), table), atol=1e-2, rtol=0)
+
+
+def test_rotary_real_arithmetic_path_for_torch_compile_matches(monkeypatch):
+    table = torch.view_as_real(RotaryTable(16, 10000.0).get(6, torch.device("cpu")))
+    x = torch.randn(2, 6, 3, 16)
+    rotation = table[None, :, None]
+    eager = apply_rotary(x, rotation)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    torch.testing.assert_close(apply_rotary(x, rotation), eager, atol=1e-6, rtol=1e-6)

@@ -203,13 +203,14 @@ class NeoBERTModel(NeoBERTPreTrainedModel):
         return inputs_embeds, layout
 
     def _rotary(self, layout: AttentionLayout, device: torch.device) -> torch.Tensor:
-        """Complex rotations shaped (batch or 1, length, 1, 1, head_dim / 2): they broadcast over heads
+        """(cos, sin) pairs shaped (batch or 1, length, 1, 1, head_dim / 2, 2): they broadcast over heads
         and over the q/k pair."""
         if layout.position_ids is None:
-            return self.rotary.get(layout.length, device)[: layout.length][None, :, None, None]
+            table = self.rotary.get(layout.length, device)[: layout.length][None, :, None, None]
+            return torch.view_as_real(table)
         positions = layout.position_ids
         if self.check_inputs and not torch.compiler.is_compiling():
             needed = int(positions.max()) + 1
         else:  # no read-back: packed positions stay below the length, user positions below max_length
             needed = max(layout.length, self.config.max_length)
-        return self.rotary.get(needed, device)[positions][:, :, None, None]
+        return torch.view_as_real(self.rotary.get(needed, device)[positions][:, :, None, None])
