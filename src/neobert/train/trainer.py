@@ -70,7 +70,7 @@ def build_model(config: PretrainConfig) -> NeoBERTForMaskedLM:
     if config.model.init_from:
         model.load_state_dict(_weights_from(config.model.init_from), strict=True)
     if config.model.activation_checkpointing:
-        model.gradient_checkpointing_enable()
+        model.activation_checkpointing_enable()
     return model
 
 
@@ -128,6 +128,9 @@ class Trainer:
         self.parameters_for_flops = non_embedding_parameters(self.model_config)
         torch.manual_seed(train.seed + 1000 * context.rank)
         model.to(context.device)
+        # The loader's batches are well-formed by construction; on a GPU the input checks would read values
+        # back from the device every step.
+        model.model.check_inputs = context.device.type == "cpu"
         # `wrapped` is the DDP / FSDP2 module (no_sync, state dicts and clipping need it); `model` is what
         # runs forward, compiled on top when asked.
         self.wrapped = dist_utils.wrap_model(model, context, system.distributed)
