@@ -38,12 +38,7 @@ def corpus(tmp_path_factory):
     return folder / "prepared"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def pretrain(corpus, out, *extra):

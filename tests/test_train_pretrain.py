@@ -20,14 +20,7 @@ VOCAB = 2000  # a small vocabulary keeps the embedding and decoder (most of a ti
 CLS, SEP, MASK = 101, 102, 103
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models gain nothing from a second thread, and on a shared machine a busy core stalls every
-    # two-thread operation at its barrier (10x slower); one thread keeps these tests fast either way.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class SyntheticLoader:

@@ -148,6 +148,18 @@ class FileSource(Source):
     def _no_text(self) -> DataError:
         return DataError(f"{self.path}: no text found (every document is empty)")
 
+    def _with_text(self, texts: Iterable[str | None]) -> Iterator[str]:
+        """The texts that have content; empty ones are counted, and a file with none at all is an error."""
+        found = False
+        for text in texts:
+            if text and text.strip():
+                found = True
+                yield text
+            else:
+                self.counts.empty_documents += 1
+        if not found:
+            raise self._no_text()
+
 
 class TextFileSource(FileSource):
     kind = "text"
@@ -210,16 +222,7 @@ class JsonLinesSource(FileSource):
         return self._text(record[field], where)
 
     def documents(self) -> Iterator[str]:
-        found = False
-        for number, record in self._records():
-            text = self._field(record, f"{self.path}, line {number}")
-            if text is not None and text.strip():
-                found = True
-                yield text
-            else:
-                self.counts.empty_documents += 1
-        if not found:
-            raise self._no_text()
+        return self._with_text(self._field(record, f"{self.path}, line {number}") for number, record in self._records())
 
 
 class JsonSource(JsonLinesSource):
@@ -271,16 +274,8 @@ class CsvSource(FileSource):
 
     def documents(self) -> Iterator[str]:
         header, rows = self._rows()
-        column, found = self._column(header), False
-        for row in rows:
-            text = row[column] if column < len(row) else ""
-            if text.strip():
-                found = True
-                yield text
-            else:
-                self.counts.empty_documents += 1
-        if not found:
-            raise self._no_text()
+        column = self._column(header)
+        yield from self._with_text(row[column] if column < len(row) else "" for row in rows)
 
 
 class ParquetSource(FileSource):
@@ -304,17 +299,9 @@ class ParquetSource(FileSource):
             )
 
     def documents(self) -> Iterator[str]:
-        found = False
-        for batch in self._file().iter_batches(batch_size=1024, columns=[self.options.text_field]):
-            for text in batch.column(0).to_pylist():
-                text = self._text(text, str(self.path))
-                if text and text.strip():
-                    found = True
-                    yield text
-                else:
-                    self.counts.empty_documents += 1
-        if not found:
-            raise self._no_text()
+        batches = self._file().iter_batches(batch_size=1024, columns=[self.options.text_field])
+        texts = (self._text(text, str(self.path)) for batch in batches for text in batch.column(0).to_pylist())
+        return self._with_text(texts)
 
 
 class DatasetSource(Source):
