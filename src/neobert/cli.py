@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("neobert.commands.pretrain", "pre-train from YAML presets and dotted overrides (torchrun too)"),
     "export": ("neobert.commands.export", "a checkpoint as a transformers / sentence-transformers folder"),
     "finetune": ("neobert.commands.finetune", "fine-tune on labelled CSV/JSONL/Parquet/datasets or CoNLL files"),
+    "glue": ("neobert.commands.glue", "the paper's GLUE protocol: grid, early stopping, MNLI transfer, table"),
 }
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from neobert.finetune.conll import align_labels, read_conll, tag_space
-from neobert.finetune.data import Columns, Examples, encode, infer_label_space, read_examples
+from neobert.finetune.data import Columns, Examples, LabelSpace, encode, infer_label_space, read_examples
 from neobert.finetune.model import load_task_model, max_positions, model_folder, tokenizer_for
 from neobert.finetune.trainer import FinetuneResult, FinetuneSettings, TaskData, finetune
 
@@ -42,9 +42,16 @@ def shown_texts(split: Examples) -> list[str]:
 
 
 def sequence_task(
-    train: Examples, validations: dict[str, Examples], tokenizer, max_length: int, problem: str, separator: str
+    train: Examples,
+    validations: dict[str, Examples],
+    tokenizer,
+    max_length: int,
+    problem: str = "auto",
+    separator: str = "|",
+    space: LabelSpace | None = None,
 ) -> TaskData:
-    space = infer_label_space(train, problem, separator)
+    """Targets and token ids of every split; `space` fixes the labels (GLUE's), else they come from `train`."""
+    space = space or infer_label_space(train, problem, separator)
     # Map every split's labels before any tokenisation: an unknown validation label fails here, fast.
     train_targets = space.targets(train)
     valid_targets = {name: space.targets(split) for name, split in validations.items()}
