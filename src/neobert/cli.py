@@ -13,6 +13,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("neobert.commands.prepare", "tokenise text (files, datasets, --demo) into token shards"),
     "pretrain": ("neobert.commands.pretrain", "pre-train from YAML presets and dotted overrides (torchrun too)"),
     "export": ("neobert.commands.export", "a checkpoint as a transformers / sentence-transformers folder"),
+    "finetune": ("neobert.commands.finetune", "fine-tune on labelled CSV/JSONL/Parquet/datasets or CoNLL files"),
+    "glue": ("neobert.commands.glue", "the paper's GLUE protocol: grid, early stopping, MNLI transfer, table"),
+    "evaluate": ("neobert.commands.evaluate", "pseudo-perplexity by length, held-out MLM, offline task suite"),
 }
 
 

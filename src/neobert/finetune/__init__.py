@@ -1,0 +1,1 @@
+"""Fine-tuning on labelled data: readers, the training loop, token classification, the GLUE protocol."""

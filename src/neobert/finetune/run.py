@@ -1,0 +1,107 @@
+"""From user inputs (files, columns, a model folder) to a checked `TaskData` and a fine-tuning run."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from neobert.finetune.conll import align_labels, read_conll, tag_space
+from neobert.finetune.data import Columns, Examples, LabelSpace, encode, infer_label_space, read_examples
+from neobert.finetune.model import load_task_model, max_positions, model_folder, tokenizer_for
+from neobert.finetune.trainer import FinetuneResult, FinetuneSettings, TaskData, finetune
+
+TASKS = ("sequence-classification", "token-classification")
+
+
+@dataclass
+class FinetuneRequest:
+    model: str | os.PathLike
+    train: str | os.PathLike
+    validation: str | os.PathLike
+    out: str | os.PathLike
+    task: str = "sequence-classification"
+    columns: Columns = field(default_factory=Columns)
+    problem: str = "auto"
+    label_separator: str = "|"
+    train_split: str = "train"
+    validation_split: str = "validation"
+    settings: FinetuneSettings = field(default_factory=FinetuneSettings)
+
+
+def effective_max_length(folder: Path, wanted: int) -> int:
+    limit = max_positions(folder)
+    return min(wanted, limit) if limit else wanted
+
+
+def shown_texts(split: Examples) -> list[str]:
+    """The texts written beside predictions; the two sides of a pair joined by ' ||| '."""
+    if split.pairs is None:
+        return split.texts
+    return [f"{a} ||| {b}" for a, b in zip(split.texts, split.pairs, strict=True)]
+
+
+def sequence_task(
+    train: Examples,
+    validations: dict[str, Examples],
+    tokenizer,
+    max_length: int,
+    problem: str = "auto",
+    separator: str = "|",
+    space: LabelSpace | None = None,
+) -> TaskData:
+    """Targets and token ids of every split; `space` fixes the labels (GLUE's), else they come from `train`."""
+    space = space or infer_label_space(train, problem, separator)
+    # Map every split's labels before any tokenisation: an unknown validation label fails here, fast.
+    train_targets = space.targets(train)
+    valid_targets = {name: space.targets(split) for name, split in validations.items()}
+    return TaskData(
+        train=encode(train, tokenizer, max_length, train_targets),
+        validation={
+            name: encode(split, tokenizer, max_length, valid_targets[name]) for name, split in validations.items()
+        },
+        space=space,
+        pad_id=tokenizer.pad_token_id,
+        validation_texts={name: shown_texts(split) for name, split in validations.items()},
+    )
+
+
+def token_task(train_path, validation_path, tokenizer, max_length: int) -> TaskData:
+    train, validation = read_conll(train_path), read_conll(validation_path)
+    space = tag_space(train)
+    return TaskData(
+        train=align_labels(train, space, tokenizer, max_length),
+        validation={"validation": align_labels(validation, space, tokenizer, max_length)},
+        space=space,
+        pad_id=tokenizer.pad_token_id,
+        validation_texts={"validation": [" ".join(words) for words in validation.words]},
+    )
+
+
+def prepare(request: FinetuneRequest) -> tuple[Path, TaskData]:
+    """Every check that can fail before training: the model folder, the files, columns and labels."""
+    if request.task not in TASKS:
+        raise ValueError(f"--task must be one of {', '.join(TASKS)}, got {request.task!r}")
+    folder = model_folder(request.model)
+    tokenizer = tokenizer_for(folder)
+    max_length = effective_max_length(folder, request.settings.max_length)
+    if request.task == "token-classification":
+        return folder, token_task(request.train, request.validation, tokenizer, max_length)
+    train = read_examples(request.train, request.columns, request.train_split)
+    validation = read_examples(request.validation, request.columns, request.validation_split)
+    data = sequence_task(
+        train, {"validation": validation}, tokenizer, max_length, request.problem, request.label_separator
+    )
+    return folder, data
+
+
+def run_finetune(request: FinetuneRequest) -> FinetuneResult:
+    folder, data = prepare(request)
+    settings = request.settings
+    return finetune(
+        lambda: load_task_model(folder, data.space, settings.classifier_dropout),
+        data,
+        settings,
+        request.out,
+        extra_results={"model": str(folder), "task": request.task, "train": str(request.train)},
+    )

@@ -1,0 +1,305 @@
+"""The fine-tuning loop: AdamW, warmup then linear decay, evaluation every n steps, early stopping, the best
+model kept, resume from the last checkpoint, predictions and a results JSON.
+
+Layout of the output folder:
+    best/step-XXXXXXXX, best/latest   the best model so far (`from_pretrained` reads it), written atomically
+    checkpoints/step-XXXXXXXX         the last state of the run (model, optimiser, schedule, loop), for resume
+    predictions-<split>.jsonl         the best model's predictions on each validation split
+    results.json                      settings, label space, evaluation history, best metrics, speed
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from neobert.eval import metrics as task_metrics
+from neobert.finetune.data import Encoded, LabelSpace, collate, epoch_order, eval_batches
+from neobert.train.checkpoint import (
+    RankState,
+    apply_retention,
+    find_latest_good,
+    read_checkpoint,
+    restore_rank_state,
+    save_checkpoint,
+)
+from neobert.train.metrics import ConsoleProgress
+from neobert.train.optim import LRSchedule, build_scheduler
+
+DEFAULT_METRIC = {"single": "accuracy", "regression": "pearson", "multi": "f1_micro", "token": "f1"}
+
+
+@dataclass
+class FinetuneSettings:
+    """Defaults follow the released GLUE code (spec D.1): AdamW β (0.9, 0.95), ε 1e-8, 6% warmup, then
+    linear decay to 10% of the peak over 90% of the steps, evaluation every min(500, steps/epoch // 10)
+    steps, early stopping after 15 evaluations without improvement."""
+
+    lr: float = 2e-5
+    batch_size: int = 16
+    eval_batch_size: int = 32
+    weight_decay: float = 0.01
+    epochs: float = 10.0
+    max_steps: int | None = None
+    warmup_fraction: float = 0.06
+    eval_every: int | None = None
+    patience: int = 15
+    max_length: int = 512
+    seed: int = 0
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    metric: str | None = None
+    classifier_dropout: float = 0.1
+    progress: bool = True
+    keep_checkpoints: bool = True
+
+
+@dataclass
+class TaskData:
+    """Encoded splits; the first validation split is the one the metric is selected on."""
+
+    train: Encoded
+    validation: dict[str, Encoded]
+    space: LabelSpace
+    pad_id: int
+    validation_texts: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass
+class FinetuneResult:
+    best_metric: float
+    best_step: int
+    best_metrics: dict[str, float]
+    steps: int
+    stopped_early: bool
+    model_dir: Path
+    results_file: Path
+
+
+def write_json_atomically(path: Path, payload: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, prefix=f".{path.name}.", suffix=".tmp") as f:
+        json.dump(payload, f, indent=2, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(f.name, path)
+
+
+def plan_steps(train_size: int, settings: FinetuneSettings) -> tuple[int, int, int]:
+    """(steps per epoch, total steps, evaluate every n steps)."""
+    per_epoch = max(1, math.ceil(train_size / settings.batch_size))
+    total = settings.max_steps or max(1, math.ceil(per_epoch * settings.epochs))
+    every = settings.eval_every or max(1, min(500, per_epoch // 10))
+    return per_epoch, total, every
+
+
+def optimizer_for(model: torch.nn.Module, settings: FinetuneSettings) -> torch.optim.AdamW:
+    # The released code exempts only names with "bias" or "LayerNorm.weight": RMSNorm weights are decayed.
+    decayed, exempt = [], []
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            (exempt if "bias" in name or "LayerNorm.weight" in name else decayed).append(parameter)
+    groups = [{"params": decayed, "weight_decay": settings.weight_decay}, {"params": exempt, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=settings.lr, betas=tuple(settings.betas), eps=settings.eps)
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, data: Encoded, space: LabelSpace, batch_size: int, pad_id: int) -> list[Any]:
+    """Per example: a class id, a number, a 0/1 vector (multi-label) or a list of tag ids on scored tokens."""
+    was_training = model.training
+    model.eval()
+    out: list[Any] = [None] * len(data)
+    try:
+        for indices, batch in eval_batches(data, batch_size, pad_id, space.problem):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+            for row, index in enumerate(indices):
+                if space.problem == "single":
+                    out[index] = int(logits[row].argmax())
+                elif space.problem == "regression":
+                    out[index] = float(logits[row, 0])
+                elif space.problem == "multi":
+                    out[index] = (logits[row] > 0).int().tolist()
+                else:
+                    scored = batch["labels"][row] != -100
+                    out[index] = logits[row][scored].argmax(-1).tolist()
+    finally:
+        model.train(was_training)
+    return out
+
+
+def score(space: LabelSpace, targets: list[Any], predictions: list[Any]) -> dict[str, float]:
+    if space.problem == "single":
+        return task_metrics.classification_metrics(targets, predictions, space.num_labels)
+    if space.problem == "regression":
+        return task_metrics.regression_metrics(targets, predictions)
+    if space.problem == "multi":
+        return task_metrics.multilabel_metrics(np.asarray(targets), np.asarray(predictions))
+    gold = [t for row in targets for t in row if t != -100]
+    flat = [p for row in predictions for p in row]
+    outside = space.names.index("O") if "O" in space.names else None
+    return task_metrics.token_metrics(gold, flat, outside)
+
+
+def evaluate_splits(model, data: TaskData, settings: FinetuneSettings) -> tuple[dict[str, float], dict[str, list]]:
+    """Metrics on every validation split; with several splits (MNLI) names are prefixed by the split."""
+    results, predictions = {}, {}
+    for name, split in data.validation.items():
+        predicted = predict(model, split, data.space, settings.eval_batch_size, data.pad_id)
+        metrics = score(data.space, split.targets, predicted)
+        prefix = f"{name}_" if len(data.validation) > 1 else ""
+        results.update({prefix + key: value for key, value in metrics.items()})
+        predictions[name] = predicted
+    return results, predictions
+
+
+def _label_name(space: LabelSpace, value: Any) -> Any:
+    if space.problem == "single":
+        return space.names[value]
+    if space.problem == "multi":
+        return [space.names[i] for i, on in enumerate(value) if on]
+    if space.problem == "token":
+        return [space.names[i] for i in value]
+    return value
+
+
+def write_predictions(out: Path, data: TaskData, predictions: dict[str, list]) -> None:
+    for name, predicted in predictions.items():
+        split = data.validation[name]
+        texts = data.validation_texts.get(name, [None] * len(split))
+        lines = []
+        for i, value in enumerate(predicted):
+            gold = split.targets[i]
+            if data.space.problem == "token":
+                gold = [t for t in gold if t != -100]
+            record = {"index": i, "text": texts[i], "label": _label_name(data.space, gold)}
+            record["prediction"] = _label_name(data.space, value)
+            lines.append(json.dumps(record))
+        path = out / f"predictions-{name}.jsonl"
+        with tempfile.NamedTemporaryFile("w", dir=out, delete=False, prefix=f".{path.name}.") as handle:
+            handle.write("\n".join(lines) + "\n")
+        os.replace(handle.name, path)
+
+
+def finetune(
+    model_factory: Callable[[], torch.nn.Module],
+    data: TaskData,
+    settings: FinetuneSettings,
+    out: str | os.PathLike,
+    extra_results: dict[str, Any] | None = None,
+) -> FinetuneResult:
+    """Train, select on the validation metric, keep the best model; resumes when `out` holds a checkpoint."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    metric_name = settings.metric or DEFAULT_METRIC[data.space.problem]
+    if len(data.validation) > 1 and "_" not in metric_name:
+        metric_name = f"{next(iter(data.validation))}_{metric_name}"
+    per_epoch, total, every = plan_steps(len(data.train), settings)
+    torch.manual_seed(settings.seed)
+    model = model_factory()
+    model.train()
+    optimizer = optimizer_for(model, settings)
+    schedule = LRSchedule(
+        warmup_steps=int(settings.warmup_fraction * total), total_steps=total, kind="linear", final_fraction=0.1
+    )
+    scheduler = build_scheduler(optimizer, schedule)
+    loop = {"step": 0, "best": -math.inf, "best_step": 0, "best_metrics": {}, "stale": 0, "history": [], "tokens": 0}
+    previous = find_latest_good(out / "checkpoints")
+    if previous is None:
+        clear_run(out)  # a best model left by an earlier, finished run must not pass for this run's
+    else:
+        saved = read_checkpoint(previous)
+        model.load_state_dict(saved.model_state, strict=False)
+        optimizer.load_state_dict(saved.trainer_state["optimizer"])
+        scheduler.load_state_dict(saved.trainer_state["scheduler"])
+        loop = dict(saved.trainer_state["loop"])
+        restore_rank_state(saved.rank_state)
+    progress = ConsoleProgress(total, initial=loop["step"], enabled=settings.progress)
+    if previous is not None:
+        progress.message(f"resuming from {previous} (step {loop['step']})")
+    stopped_early = loop["stale"] >= settings.patience
+    train_seconds = 0.0
+    start_tokens = loop["tokens"]
+    while loop["step"] < total and not stopped_early:
+        epoch, position = divmod(loop["step"] * settings.batch_size, per_epoch * settings.batch_size)
+        order = epoch_order(len(data.train), settings.seed, epoch)
+        indices = order[position : position + settings.batch_size]
+        batch = collate(data.train, indices, data.pad_id, data.space.problem)
+        started = time.perf_counter()
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        train_seconds += time.perf_counter() - started
+        loop["tokens"] += int(batch["attention_mask"].sum())
+        loop["step"] += 1
+        progress.update(1, {"loss": float(loss.detach()), "best": loop["best"]})
+        if loop["step"] % every and loop["step"] != total:
+            continue
+        metrics, _ = evaluate_splits(model, data, settings)
+        current = metrics[metric_name]
+        loop["history"].append({"step": loop["step"], "loss": float(loss.detach()), **metrics})
+        if current > loop["best"]:
+            loop.update(best=current, best_step=loop["step"], best_metrics=metrics, stale=0)
+            _save_best(out / "best", loop["step"], model)
+        else:
+            loop["stale"] += 1
+        stopped_early = loop["stale"] >= settings.patience
+        if settings.keep_checkpoints:
+            state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "loop": loop}
+            save_checkpoint(out / "checkpoints", loop["step"], model, state, [RankState.capture()])
+            apply_retention(out / "checkpoints", keep_last=1)
+    progress.close()
+    best_dir = (out / "best" / "latest").resolve()
+    best_model = type(model).from_pretrained(best_dir)
+    _, predictions = evaluate_splits(best_model, data, settings)
+    write_predictions(out, data, predictions)
+    results = {
+        "settings": asdict(settings),
+        "label_space": data.space.as_dict(),
+        "metric": metric_name,
+        "best_metric": loop["best"],
+        "best_step": loop["best_step"],
+        "best_metrics": loop["best_metrics"],
+        "steps": loop["step"],
+        "total_steps": total,
+        "eval_every": every,
+        "stopped_early": stopped_early,
+        "train_examples": len(data.train),
+        "train_tokens_per_second": (loop["tokens"] - start_tokens) / train_seconds if train_seconds else None,
+        "history": loop["history"],
+        "best_model": str(best_dir),
+        **(extra_results or {}),
+    }
+    write_json_atomically(out / "results.json", results)
+    return FinetuneResult(
+        best_metric=loop["best"],
+        best_step=loop["best_step"],
+        best_metrics=loop["best_metrics"],
+        steps=loop["step"],
+        stopped_early=stopped_early,
+        model_dir=best_dir,
+        results_file=out / "results.json",
+    )
+
+
+def _save_best(root: Path, step: int, model: torch.nn.Module) -> None:
+    save_checkpoint(root, step, model, {}, [RankState.capture()])
+    apply_retention(root, keep_last=1)
+
+
+def clear_run(out: str | os.PathLike) -> None:
+    """Forget a previous run in `out` so the next one starts from scratch."""
+    for name in ("checkpoints", "best"):
+        shutil.rmtree(Path(out) / name, ignore_errors=True)
