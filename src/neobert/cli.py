@@ -13,6 +13,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("neobert.commands.prepare", "tokenise text (files, datasets, --demo) into token shards"),
     "pretrain": ("neobert.commands.pretrain", "pre-train from YAML presets and dotted overrides (torchrun too)"),
     "export": ("neobert.commands.export", "a checkpoint as a transformers / sentence-transformers folder"),
+    "encode": ("neobert.commands.encode", "embed texts (.txt / .jsonl) into a .npy array"),
 }
 
 
