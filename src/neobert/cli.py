@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("neobert.commands.pretrain", "pre-train from YAML presets and dotted overrides (torchrun too)"),
     "export": ("neobert.commands.export", "a checkpoint as a transformers / sentence-transformers folder"),
     "encode": ("neobert.commands.encode", "embed texts (.txt / .jsonl) into a .npy array"),
+    "export-onnx": ("neobert.commands.export_onnx", "the encoder as ONNX (dynamic batch and length)"),
     "mteb": ("neobert.commands.mteb", "run MTEB (v2) tasks on an embedder through mteb's evaluator"),
     "contrastive": ("neobert.commands.contrastive", "contrastive fine-tuning (InfoNCE) into a sentence embedder"),
 }
