@@ -4,6 +4,7 @@ Importing the package registers model type "neobert" with transformers' Auto cla
 """
 
 from neobert.config import PRESETS, NeoBERTConfig
+from neobert.embed import encode, load_embedder
 from neobert.model import (
     NeoBERTForMaskedLM,
     NeoBERTForSequenceClassification,
@@ -24,6 +25,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "PRESETS",
+    "encode",
+    "load_embedder",
     "NeoBERT",
     "NeoBERTConfig",
     "NeoBERTForMaskedLM",

@@ -16,6 +16,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "finetune": ("neobert.commands.finetune", "fine-tune on labelled CSV/JSONL/Parquet/datasets or CoNLL files"),
     "glue": ("neobert.commands.glue", "the paper's GLUE protocol: grid, early stopping, MNLI transfer, table"),
     "evaluate": ("neobert.commands.evaluate", "pseudo-perplexity by length, held-out MLM, offline task suite"),
+    "encode": ("neobert.commands.encode", "embed texts (.txt / .jsonl) into a .npy array"),
+    "export-onnx": ("neobert.commands.export_onnx", "the encoder as ONNX (dynamic batch and length)"),
+    "mteb": ("neobert.commands.mteb", "run MTEB (v2) tasks on an embedder through mteb's evaluator"),
+    "contrastive": ("neobert.commands.contrastive", "contrastive fine-tuning (InfoNCE) into a sentence embedder"),
 }
 
 

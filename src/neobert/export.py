@@ -28,9 +28,11 @@ def export_model(
     pooling: str = "mean",
     tokenizer: str | None = None,
     overwrite: bool = False,
+    prompts: dict[str, str] | None = None,
 ) -> Path:
     """`source`: a training checkpoint or any NeoBERT folder `from_pretrained` reads. Written to a temporary
-    folder first and renamed, so `out` is either complete or untouched."""
+    folder first and renamed, so `out` is either complete or untouched. `prompts` (e.g. {"query": "query: ",
+    "document": ""}) are stored for sentence-transformers' `prompt_name=` and `neobert.embed.encode`."""
     if pooling not in POOLING_MODES:
         raise ValueError(f"pooling must be one of {POOLING_MODES}, got {pooling!r}")
     source, out = Path(source), Path(out)
@@ -43,7 +45,7 @@ def export_model(
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        _write_sentence_transformers(staging, model.config.hidden_size, model.config.max_length, pooling)
+        _write_sentence_transformers(staging, model.config.hidden_size, model.config.max_length, pooling, prompts)
         model.config.auto_map = dict(OFFICIAL_AUTO_MAP)
         # After sentence-transformers' files: its save writes the backbone alone, this restores the full model.
         model.save_pretrained(staging)
@@ -61,7 +63,9 @@ def _tokenizer_in(folder: Path) -> str | None:
     return str(folder) if (folder / "tokenizer_config.json").is_file() else None
 
 
-def _write_sentence_transformers(folder: Path, hidden_size: int, max_length: int, pooling: str) -> None:
+def _write_sentence_transformers(
+    folder: Path, hidden_size: int, max_length: int, pooling: str, prompts: dict[str, str] | None = None
+) -> None:
     """modules.json, sentence_bert_config.json and the pooling module, via sentence-transformers itself."""
     try:
         from sentence_transformers import models
@@ -82,5 +86,10 @@ def _write_sentence_transformers(folder: Path, hidden_size: int, max_length: int
     (folder / "sentence_bert_config.json").write_text(
         json.dumps({"max_seq_length": max_length, "do_lower_case": False}, indent=2)
     )
+    if prompts:
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in prompts.items()):
+            raise ValueError("prompts must map names to strings, e.g. {'query': 'query: '}")
+        settings = {"prompts": dict(prompts), "default_prompt_name": None, "similarity_fn_name": "cosine"}
+        (folder / "config_sentence_transformers.json").write_text(json.dumps(settings, indent=2))
     (folder / "1_Pooling").mkdir(exist_ok=True)
     models.Pooling(hidden_size, pooling).save(str(folder / "1_Pooling"))

@@ -23,7 +23,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mlm-data", default=None, help="a `neobert prepare` folder: MLM loss/accuracy on it")
     parser.add_argument("--mlm-split", default="heldout")
     parser.add_argument("--mlm-batches", type=int, default=50)
-    parser.add_argument("--suite", default=None, help="offline: GLUE-style tasks on available data")
+    parser.add_argument(
+        "--suite",
+        default=None,
+        choices=("offline", "retrieval-offline"),
+        help="offline: GLUE-style tasks on available data; retrieval-offline: headline -> article retrieval",
+    )
     parser.add_argument("--compare", nargs="*", default=[], help="more model folders for the offline suite")
     parser.add_argument("--no-baseline", action="store_true", help="offline suite without all-MiniLM-L6-v2")
     parser.add_argument("--budget-steps", type=int, default=300, help="offline suite: fine-tuning steps a task")
@@ -80,8 +85,8 @@ def torch_device():
 
 
 def run(args: argparse.Namespace) -> int:
+    from neobert.files import write_json_atomically
     from neobert.finetune.model import ModelFolderError, model_folder
-    from neobert.finetune.trainer import write_json_atomically
 
     try:
         folder = model_folder(args.model)
@@ -90,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if not (args.pseudo_perplexity or args.mlm_data or args.suite):
         print(
-            "neobert evaluate: choose --pseudo-perplexity FILE, --mlm-data FOLDER or --suite offline", file=sys.stderr
+            "neobert evaluate: choose --pseudo-perplexity FILE, --mlm-data FOLDER or --suite offline|retrieval-offline",
+            file=sys.stderr,
         )
         return 2
     out = Path(args.out)
@@ -101,9 +107,13 @@ def run(args: argparse.Namespace) -> int:
             report["pseudo_perplexity"] = _pseudo_perplexity(args, folder, out)
         if args.mlm_data:
             report["mlm"] = _mlm(args, folder)
-        if args.suite:
-            if args.suite != "offline":
-                raise ValueError(f"--suite must be 'offline', got {args.suite!r}")
+        if args.suite == "retrieval-offline":
+            from neobert.eval.retrieval_offline import run_retrieval_suite
+
+            report["retrieval_offline"] = run_retrieval_suite(
+                [str(folder), *args.compare], include_baseline=not args.no_baseline
+            )
+        elif args.suite == "offline":
             from neobert.eval.offline_suite import SuiteBudget, run_suite
 
             budget = SuiteBudget(steps=args.budget_steps, max_train=args.max_train, max_test=args.max_test)

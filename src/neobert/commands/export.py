@@ -13,13 +13,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pooling", default="mean", help="sentence-transformers pooling: mean, cls or max")
     parser.add_argument("--tokenizer", default=None, help="tokenizer name or folder (default: bert-base-uncased)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--onnx", action="store_true", help="also write the encoder as model.onnx (onnxruntime)")
+    parser.add_argument(
+        "--prompt",
+        action="append",
+        default=[],
+        metavar="NAME=TEXT",
+        help='a prompt stored for sentence-transformers and `neobert encode`, e.g. --prompt "query=query: "',
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from neobert.export import export_model
 
     try:
-        out = export_model(args.source, args.out, args.pooling, args.tokenizer, args.overwrite)
+        prompts = {}
+        for item in args.prompt:
+            name, sep, text = item.partition("=")
+            if not sep or not name:
+                raise ValueError(f"--prompt takes NAME=TEXT, got {item!r}")
+            prompts[name] = text
+        out = export_model(args.source, args.out, args.pooling, args.tokenizer, args.overwrite, prompts or None)
+        if args.onnx:
+            from neobert.onnx_export import export_onnx
+
+            export_onnx(out)
     except (ValueError, FileNotFoundError, FileExistsError) as error:
         print(f"neobert export: {error}", file=sys.stderr)
         return 2

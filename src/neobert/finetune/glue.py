@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from neobert.eval.metrics import GLUE_METRICS, glue_score
+from neobert.files import write_json_atomically
 from neobert.finetune.glue_data import GlueTask, read_task
 from neobert.finetune.model import load_task_model, model_folder, tokenizer_for
 from neobert.finetune.run import effective_max_length, sequence_task
-from neobert.finetune.trainer import FinetuneSettings, finetune, write_json_atomically
+from neobert.finetune.trainer import FinetuneSettings, finetune
 
 
 @dataclass(frozen=True)

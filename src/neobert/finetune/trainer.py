@@ -14,7 +14,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 
 from neobert.eval import metrics as task_metrics
+from neobert.files import write_bytes_atomically, write_json_atomically
 from neobert.finetune.data import Encoded, LabelSpace, collate, epoch_order, eval_batches
 from neobert.train.checkpoint import (
     RankState,
@@ -85,15 +85,6 @@ class FinetuneResult:
     stopped_early: bool
     model_dir: Path
     results_file: Path
-
-
-def write_json_atomically(path: Path, payload: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, prefix=f".{path.name}.", suffix=".tmp") as f:
-        json.dump(payload, f, indent=2, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(f.name, path)
 
 
 def plan_steps(train_size: int, settings: FinetuneSettings) -> tuple[int, int, int]:
@@ -185,10 +176,7 @@ def write_predictions(out: Path, data: TaskData, predictions: dict[str, list]) -
             record = {"index": i, "text": texts[i], "label": _label_name(data.space, gold)}
             record["prediction"] = _label_name(data.space, value)
             lines.append(json.dumps(record))
-        path = out / f"predictions-{name}.jsonl"
-        with tempfile.NamedTemporaryFile("w", dir=out, delete=False, prefix=f".{path.name}.") as handle:
-            handle.write("\n".join(lines) + "\n")
-        os.replace(handle.name, path)
+        write_bytes_atomically(out / f"predictions-{name}.jsonl", ("\n".join(lines) + "\n").encode("utf-8"))
 
 
 def finetune(

@@ -54,9 +54,7 @@ def keep_mask_from(attention_mask: torch.Tensor, shape: tuple[int, int], check: 
             "pass a (batch, length) mask"
         )
     if not check:
-        keep = _keep_mask_unchecked(attention_mask)
-        keep[:, 0] |= ~keep.any(dim=1)
-        return keep
+        return _with_a_key_in_every_row(_keep_mask_unchecked(attention_mask))
     if attention_mask.dtype == torch.bool:
         keep = attention_mask
     elif attention_mask.is_floating_point():
@@ -80,15 +78,19 @@ def keep_mask_from(attention_mask: torch.Tensor, shape: tuple[int, int], check: 
         keep = attention_mask == 1
     if bool(keep.all()):
         return None
-    # A row without a single real key would make softmax return NaN; let it see its first position.
-    keep = keep.clone()
-    keep[:, 0] |= ~keep.any(dim=1)
-    return keep
+    return _with_a_key_in_every_row(keep)
+
+
+def _with_a_key_in_every_row(keep: torch.Tensor) -> torch.Tensor:
+    """A row without a single real key would make softmax return NaN; let it see its first position.
+    Out of place, so the caller's mask is untouched and tracers (ONNX) can follow it."""
+    first = torch.arange(keep.shape[1], device=keep.device) == 0
+    return keep | (first[None, :] & ~keep.any(dim=1, keepdim=True))
 
 
 def _keep_mask_unchecked(attention_mask: torch.Tensor) -> torch.Tensor:
     if attention_mask.dtype == torch.bool:
-        return attention_mask.clone()
+        return attention_mask
     if not attention_mask.is_floating_point():
         return attention_mask != 0
     # Decided on the device: an additive mask has negatives (or is all zeros), a keep-mask has ones.

@@ -76,8 +76,9 @@ def apply_rotary(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
     must broadcast against x viewed as (..., head_dim / 2, 2).
     """
     pairs = x.float().unflatten(-1, (-1, 2))
-    if torch.compiler.is_compiling():
-        # Inductor generates no code for complex numbers; the same rotation in real arithmetic fuses.
+    if torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
+        # Inductor generates no code for complex numbers and ONNX has none; the same rotation in real
+        # arithmetic fuses and exports.
         cos, sin = rotation.unbind(-1)
         even, odd = pairs.unbind(-1)
         return torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1).flatten(-2).to(x.dtype)

@@ -1,0 +1,68 @@
+"""`neobert contrastive --model DIR --data pairs.jsonl [more.jsonl ...] --steps N --out DIR`: contrastive
+fine-tuning (InfoNCE, in-batch and hard negatives) into a sentence-transformers folder. torchrun works."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="a NeoBERT folder (e.g. what `neobert export` wrote)")
+    parser.add_argument(
+        "--data",
+        required=True,
+        nargs="+",
+        help="pairs: .jsonl files, saved `datasets` folders or hf:NAME; one dataset each",
+    )
+    parser.add_argument("--out", required=True, help="folder to write the embedder to")
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--batch-size", type=int, default=32, help="pairs per process and step")
+    parser.add_argument("--lr", type=float, default=2e-5)
+    parser.add_argument("--temperature", type=float, default=0.07)
+    parser.add_argument("--alpha", type=float, default=0.5, help="datasets sampled in proportion to size^alpha")
+    parser.add_argument("--grad-cache", type=int, default=None, metavar="CHUNK", help="gradient cache chunk size")
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--pooling", default="mean", help="mean, cls or max")
+    parser.add_argument("--warmup-steps", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument(
+        "--prompt", action="append", default=[], metavar="NAME=TEXT", help="prompt stored with the model"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+
+def run(args: argparse.Namespace) -> int:
+    from neobert.embed_train.train import ContrastiveSettings, train_contrastive
+
+    settings = ContrastiveSettings(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        temperature=args.temperature,
+        alpha=args.alpha,
+        chunk_size=args.grad_cache,
+        max_length=args.max_length,
+        pooling=args.pooling,
+        warmup_steps=args.warmup_steps,
+        seed=args.seed,
+        device=args.device,
+    )
+    try:
+        if args.steps < 1:
+            raise ValueError(f"--steps must be positive, got {args.steps}")
+        if args.pooling not in ("mean", "cls", "max"):
+            raise ValueError(f"unknown pooling {args.pooling!r}; choose mean, cls or max")
+        prompts = {}
+        for item in args.prompt:
+            name, sep, text = item.partition("=")
+            if not sep or not name:
+                raise ValueError(f"--prompt takes NAME=TEXT, got {item!r}")
+            prompts[name] = text
+        out = train_contrastive(args.model, args.data, args.out, settings, prompts or None, args.overwrite)
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
+        print(f"neobert contrastive: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}")
+    return 0

@@ -1,0 +1,79 @@
+"""`neobert encode --model DIR --input docs.jsonl|txt --output docs.npy`: one embedding per text, in order."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="a model folder (e.g. what `neobert export` wrote)")
+    parser.add_argument("--input", required=True, help="texts: .txt (one per line) or .jsonl (see --text-field)")
+    parser.add_argument("--output", required=True, help=".npy file to write, shape (texts, dim)")
+    parser.add_argument("--text-field", default="text", help="the JSON Lines field holding the text")
+    parser.add_argument("--pooling", default="mean", help="mean, cls or max")
+    parser.add_argument("--prompt", default=None, help='text put before every input, e.g. "query: "')
+    parser.add_argument("--prompt-name", default=None, help="a prompt stored with the model, e.g. query")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--max-length", type=int, default=None, help="tokens per text (default: the model's)")
+    parser.add_argument("--output-dim", type=int, default=None, help="keep the first N dimensions")
+    parser.add_argument("--precision", default="float32", help="float32, int8 or binary")
+    parser.add_argument("--no-normalize", action="store_true", help="leave vectors at their pooled length")
+    parser.add_argument("--backend", default="torch", help="torch, or onnx (needs model.onnx in --model)")
+
+
+def read_texts(path: Path, text_field: str) -> list[str]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    if path.suffix == ".jsonl":
+        texts = []
+        with open(path, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                record = json.loads(line)
+                if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+                    raise ValueError(f"{path}:{number}: no string field {text_field!r}")
+                texts.append(record[text_field])
+        return texts
+    with open(path, encoding="utf-8") as handle:
+        return [line.rstrip("\n") for line in handle]
+
+
+def save_npy_atomically(path: Path, array) -> None:
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".npy", delete=False) as tmp:
+        np.save(tmp, array)
+    os.replace(tmp.name, path)
+
+
+def run(args: argparse.Namespace) -> int:
+    from neobert.embed import encode
+
+    try:
+        texts = read_texts(Path(args.input), args.text_field)
+        vectors = encode(
+            args.model,
+            texts,
+            pooling=args.pooling,
+            normalize=not args.no_normalize,
+            prompt=args.prompt,
+            prompt_name=args.prompt_name,
+            batch_size=args.batch_size,
+            max_length=args.max_length,
+            output_dim=args.output_dim,
+            precision=args.precision,
+            backend=args.backend,
+        )
+    except (ValueError, TypeError, FileNotFoundError, json.JSONDecodeError) as error:
+        print(f"neobert encode: {error}", file=sys.stderr)
+        return 2
+    save_npy_atomically(Path(args.output), vectors)
+    print(f"wrote {args.output}: {vectors.shape[0]} vectors of {vectors.shape[-1]} ({vectors.dtype})")
+    return 0

@@ -1,0 +1,25 @@
+"""`neobert export-onnx MODEL [--out DIR]`: the encoder as model.onnx (dynamic batch and length) for
+onnxruntime and `neobert encode --backend onnx`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="a model folder (e.g. what `neobert export` or `neobert contrastive` wrote)")
+    parser.add_argument("--out", default=None, help="folder to write (default: model.onnx inside MODEL)")
+    parser.add_argument("--max-length", type=int, default=None, help="positions covered (default: the model's)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from neobert.onnx_export import export_onnx
+
+    try:
+        path = export_onnx(args.model, args.out, args.max_length)
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
+        print(f"neobert export-onnx: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
+    return 0

@@ -1,0 +1,49 @@
+"""`neobert mteb --model DIR --tasks A,B [--out DIR]`: MTEB (v2) tasks through mteb's own evaluator."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="an embedder folder (e.g. what `neobert contrastive` wrote)")
+    parser.add_argument("--tasks", required=True, help="comma-separated MTEB task names, e.g. Banking77Classification")
+    parser.add_argument("--out", default=None, help="folder for mteb's result cache and a summary.json")
+    parser.add_argument("--pooling", default="mean", help="mean, cls or max")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--no-prompts", action="store_true", help="no default instructions by task type")
+
+
+def run(args: argparse.Namespace) -> int:
+    import mteb
+
+    from neobert.eval.mteb_encoder import NeoBERTEncoder
+
+    names = [name.strip() for name in args.tasks.split(",") if name.strip()]
+    try:
+        tasks = mteb.get_tasks(tasks=names)
+        encoder = NeoBERTEncoder(
+            args.model, pooling=args.pooling, batch_size=args.batch_size, use_default_prompts=not args.no_prompts
+        )
+    except (KeyError, ValueError, FileNotFoundError) as error:
+        print(f"neobert mteb: {error}", file=sys.stderr)
+        return 2
+    cache = mteb.ResultCache(args.out) if args.out else None
+    try:
+        results = mteb.evaluate(encoder, tasks, cache=cache)
+    except Exception as error:  # dataset downloads fail offline; say so instead of a deep traceback
+        print(f"neobert mteb: evaluation failed: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
+    summary = {result.task_name: result.get_score() for result in results.task_results}
+    for name, score in summary.items():
+        print(f"{name}: {score:.4f}")
+    if args.out:
+        target = Path(args.out) / "summary.json"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps({"model": args.model, "main_scores": summary}, indent=2))
+        tmp.replace(target)
+    return 0

@@ -1,0 +1,258 @@
+"""Sentence embeddings from a NeoBERT encoder: `encode(model_or_path, texts)`.
+
+Texts are tokenised once, sorted by length (longest first) into batches, run packed (documents end to end
+in one row, delimited by `cu_seqlens`, so no work is spent on padding) or padded, pooled, optionally
+truncated to fewer dimensions and normalised, and returned in the caller's order.
+
+Documented results for edge cases: an empty list gives an array of shape (0, dim); a single string gives a
+1-D vector; an empty string still gets a vector (of its [CLS] [SEP] tokens). `None` or a non-string item
+raises `TypeError` naming its position.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+POOLINGS = ("mean", "cls", "max")
+PRECISIONS = ("float32", "int8", "binary")
+BACKENDS = ("torch", "onnx")
+ST_CONFIG = "config_sentence_transformers.json"
+
+
+@dataclass
+class Embedder:
+    """An encoder with what `encode` needs beside it: the tokenizer, the prompts stored with the model
+    (sentence-transformers' `prompts`, e.g. {"query": "query: "}) and, for the ONNX backend, a session."""
+
+    model: Any
+    tokenizer: Any
+    prompts: dict[str, str] = field(default_factory=dict)
+    max_length: int = 4096
+    onnx_session: Any = None
+
+
+def load_embedder(path: str | Path, backend: str = "torch") -> Embedder:
+    """A model folder (as `neobert export` writes it, or any NeoBERT checkpoint folder) ready for `encode`."""
+    from transformers import AutoConfig, AutoModel
+
+    import neobert  # noqa: F401  (registers the "neobert" model type with the Auto classes)
+    from neobert.tokenizer import load_tokenizer
+
+    path = Path(path)
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} holds no model (no config.json)")
+    tokenizer = load_tokenizer(str(path) if (path / "tokenizer_config.json").is_file() else None)
+    prompts = {}
+    if (path / ST_CONFIG).is_file():
+        prompts = dict(json.loads((path / ST_CONFIG).read_text()).get("prompts") or {})
+    config = AutoConfig.from_pretrained(path)
+    if backend == "onnx":
+        from neobert.onnx_export import onnx_session
+
+        return Embedder(None, tokenizer, prompts, config.max_length, onnx_session(path))
+    model = AutoModel.from_pretrained(path).eval()
+    return Embedder(model, tokenizer, prompts, config.max_length)
+
+
+def as_embedder(model_or_path: Any, tokenizer: Any = None, backend: str = "torch") -> Embedder:
+    """Accepts an `Embedder`, a folder, a `NeoBERTModel` or any model holding one as `.model`."""
+    if isinstance(model_or_path, Embedder):
+        return model_or_path
+    if isinstance(model_or_path, (str, Path)):
+        embedder = load_embedder(model_or_path, backend)
+        if tokenizer is not None:
+            embedder.tokenizer = tokenizer
+        return embedder
+    if backend != "torch":
+        raise ValueError("the ONNX backend needs a folder holding model.onnx, not a model object")
+    from neobert.model import NeoBERTModel
+    from neobert.tokenizer import load_tokenizer
+
+    model = model_or_path
+    if not isinstance(model, NeoBERTModel):
+        model = getattr(model, "model", None)
+        if not isinstance(model, NeoBERTModel):
+            raise TypeError(f"expected a model folder, an Embedder or a NeoBERT model, got {type(model_or_path)}")
+    return Embedder(model, tokenizer or load_tokenizer(), {}, model.config.max_length)
+
+
+def check_texts(texts: Any) -> tuple[list[str], bool]:
+    """(list of texts, whether one string was given). Raises TypeError on anything but strings."""
+    if texts is None:
+        raise TypeError("texts is None; pass a string or a list of strings")
+    if isinstance(texts, str):
+        return [texts], True
+    if not isinstance(texts, Sequence) and not hasattr(texts, "__iter__"):
+        raise TypeError(f"texts must be a string or a list of strings, got {type(texts).__name__}")
+    texts = list(texts)
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{index}] is {type(text).__name__}, not a string")
+    return texts, False
+
+
+def tokenize(embedder: Embedder, texts: list[str], limit: int) -> list[list[int]]:
+    """Token ids with [CLS] and [SEP]; longer texts keep their first `limit - 1` tokens and [SEP]."""
+    ids = embedder.tokenizer(texts, add_special_tokens=True, verbose=False)["input_ids"]
+    too_long = [i for i, row in enumerate(ids) if len(row) > limit]
+    if too_long:
+        warnings.warn(
+            f"{len(too_long)} of {len(texts)} texts exceed {limit} tokens and were truncated "
+            f"(the first is texts[{too_long[0]}], {len(ids[too_long[0]])} tokens)",
+            stacklevel=3,
+        )
+        for i in too_long:
+            ids[i] = ids[i][: limit - 1] + ids[i][-1:]
+    return ids
+
+
+def pool_packed(hidden: torch.Tensor, lengths: torch.Tensor, pooling: str) -> torch.Tensor:
+    """Pool (total tokens, dim) states of documents laid end to end with the given lengths."""
+    if pooling == "cls":
+        return hidden[torch.cumsum(lengths, 0) - lengths]
+    if pooling == "max":
+        return torch.stack([piece.amax(0) for piece in hidden.split(lengths.tolist())])
+    doc = torch.repeat_interleave(torch.arange(len(lengths), device=hidden.device), lengths)
+    sums = hidden.new_zeros(len(lengths), hidden.shape[-1]).index_add_(0, doc, hidden)
+    return sums / lengths[:, None].to(hidden.dtype)
+
+
+def pool_padded(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """Pool (batch, length, dim) states over the positions where `mask` is 1."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    keep = mask.bool()[..., None]
+    if pooling == "mean":
+        return (hidden * keep).sum(1) / keep.sum(1).to(hidden.dtype)
+    return hidden.masked_fill(~keep, float("-inf")).amax(1)
+
+
+def _pad(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(map(len, batch))
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, tokens in enumerate(batch):
+        ids[row, : len(tokens)] = torch.tensor(tokens)
+        mask[row, : len(tokens)] = 1
+    return ids, mask
+
+
+def embed_batch(embedder: Embedder, batch: list[list[int]], pooling: str, packed: bool) -> torch.Tensor:
+    """Pooled float32 vectors (len(batch), dim) for token-id lists."""
+    pad_id = embedder.tokenizer.pad_token_id or 0
+    if embedder.onnx_session is not None:
+        ids, mask = _pad(batch, pad_id)
+        (hidden,) = embedder.onnx_session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})
+        return pool_padded(torch.from_numpy(hidden), mask, pooling)
+    model = embedder.model
+    device = next(model.parameters()).device
+    if packed:
+        lengths = torch.tensor([len(tokens) for tokens in batch])
+        row = torch.tensor([t for tokens in batch for t in tokens], device=device)[None]
+        cu_seqlens = torch.nn.functional.pad(torch.cumsum(lengths, 0), (1, 0)).to(torch.int32)
+        hidden = model(input_ids=row, cu_seqlens=cu_seqlens, max_seqlen=int(lengths.max())).last_hidden_state
+        return pool_packed(hidden[0].float(), lengths.to(device), pooling)
+    ids, mask = _pad(batch, pad_id)
+    hidden = model(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+    return pool_padded(hidden.float(), mask.to(device), pooling)
+
+
+def quantize(vectors: np.ndarray, precision: str) -> np.ndarray:
+    """int8: each vector scaled by its own largest magnitude to [-127, 127] (cosine is nearly kept and the
+    result never depends on the other texts); binary: sign bits packed 8 per uint8 (dim / 8 bytes)."""
+    if precision == "float32":
+        return vectors
+    if precision == "int8":
+        scale = np.abs(vectors).max(axis=-1, keepdims=True)
+        scale[scale == 0] = 1.0
+        return np.clip(np.rint(vectors / scale * 127), -127, 127).astype(np.int8)
+    return np.packbits(vectors > 0, axis=-1)
+
+
+def _resolve_prompt(embedder: Embedder, prompt: str | None, prompt_name: str | None) -> str:
+    if prompt is not None and prompt_name is not None:
+        raise ValueError("pass prompt or prompt_name, not both")
+    if prompt_name is not None:
+        if prompt_name not in embedder.prompts:
+            known = ", ".join(embedder.prompts) or "none stored with this model"
+            raise ValueError(f"no prompt named {prompt_name!r}; known: {known}")
+        return embedder.prompts[prompt_name]
+    if prompt is not None and not isinstance(prompt, str):
+        raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
+    return prompt or ""
+
+
+def encode(
+    model_or_path: Any,
+    texts: str | Sequence[str],
+    pooling: str = "mean",
+    normalize: bool = True,
+    prompt: str | None = None,
+    prompt_name: str | None = None,
+    batch_size: int = 64,
+    max_length: int | None = None,
+    output_dim: int | None = None,
+    precision: str = "float32",
+    show_progress: bool = True,
+    packed: bool = True,
+    backend: str = "torch",
+    tokenizer: Any = None,
+) -> np.ndarray:
+    """Embed `texts` with a NeoBERT encoder; returns a (len(texts), dim) numpy array (dim,) for one string.
+
+    `model_or_path`: a folder, an `Embedder` (from `load_embedder`, to load once) or a NeoBERT model.
+    `prompt` is prepended to every text (e.g. "query: "); `prompt_name` picks one of the prompts stored
+    with the model (sentence-transformers' `prompts`, e.g. "query" / "document"), so queries and documents
+    can be encoded with their own instruction. `max_length` (default: the model's limit) truncates longer
+    texts with a warning. `output_dim` keeps the first dimensions (Matryoshka-style), renormalised when
+    `normalize`. `precision`: float32, int8 or binary (see `quantize`). `packed=False` pads instead; the
+    vectors agree to float rounding either way and whatever `batch_size`.
+    """
+    if pooling not in POOLINGS:
+        raise ValueError(f"unknown pooling {pooling!r}; choose one of {POOLINGS}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if output_dim is not None and (not isinstance(output_dim, int) or output_dim < 1):
+        raise ValueError(f"output_dim must be a positive integer, got {output_dim!r}")
+    texts, single = check_texts(texts)
+    embedder = as_embedder(model_or_path, tokenizer, backend)
+    hidden_size = embedder.model.config.hidden_size if embedder.model is not None else None
+    prefix = _resolve_prompt(embedder, prompt, prompt_name)
+    limit = max_length or embedder.max_length
+    if limit < 2:
+        raise ValueError(f"max_length must leave room for [CLS] and [SEP], got {limit}")
+
+    ids = tokenize(embedder, [prefix + text for text in texts], limit) if texts else []
+    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    pieces = []
+    from tqdm.auto import tqdm
+
+    with torch.inference_mode():
+        for batch in tqdm(batches, desc="encode", unit="batch", disable=not show_progress or len(batches) < 2):
+            pieces.append(embed_batch(embedder, [ids[i] for i in batch], pooling, packed).cpu())
+    if pieces:
+        vectors = torch.empty(len(ids), pieces[0].shape[-1])
+        vectors[torch.tensor(order)] = torch.cat(pieces)
+    else:
+        vectors = torch.empty(0, hidden_size or 0)
+    if output_dim is not None:
+        if output_dim > vectors.shape[-1] and len(ids):
+            raise ValueError(f"output_dim {output_dim} exceeds the model's {vectors.shape[-1]} dimensions")
+        vectors = vectors[:, :output_dim]
+    if normalize and len(ids):
+        vectors = torch.nn.functional.normalize(vectors, dim=-1)
+    result = quantize(vectors.numpy(), precision)
+    return result[0] if single else result

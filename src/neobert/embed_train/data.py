@@ -1,0 +1,120 @@
+"""Training pairs (query, positive[, negatives]) from JSON Lines or `datasets`, and batches drawn from one
+dataset at a time with datasets chosen in proportion to n^alpha."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Pair:
+    query: str
+    positive: str
+    negatives: tuple[str, ...] = ()
+
+
+def pair_from_record(record: object, where: str) -> Pair:
+    """Fields: "query", "positive" (strings); optional "negatives" (list of strings) or "negative"."""
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}: expected an object with query and positive, got {type(record).__name__}")
+    for name in ("query", "positive"):
+        if name not in record:
+            raise ValueError(f"{where}: missing field {name!r} (need query, positive and optional negatives)")
+        if not isinstance(record[name], str):
+            raise ValueError(f"{where}: field {name!r} must be a string, got {type(record[name]).__name__}")
+    negatives = record.get("negatives", record.get("negative", ()))
+    if negatives is None:
+        negatives = ()
+    if isinstance(negatives, str):
+        negatives = (negatives,)
+    if not all(isinstance(n, str) for n in negatives):
+        raise ValueError(f"{where}: negatives must be a string or a list of strings")
+    return Pair(record["query"], record["positive"], tuple(negatives))
+
+
+def read_pairs(source: str | Path) -> list[Pair]:
+    """A .jsonl file, a folder saved with `datasets.Dataset.save_to_disk`, or `hf:NAME[:CONFIG]` (train)."""
+    text = str(source)
+    if text.startswith("hf:") or Path(text).is_dir():
+        import datasets
+
+        if text.startswith("hf:"):
+            name, _, config = text[3:].partition(":")
+            rows = datasets.load_dataset(name, config or None, split="train")
+        else:
+            rows = datasets.load_from_disk(text)
+            if isinstance(rows, datasets.DatasetDict):
+                rows = rows["train"]
+        return [pair_from_record(row, f"{text}[{i}]") for i, row in enumerate(rows)]
+    path = Path(text)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    pairs = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if line.strip():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise ValueError(f"{path}:{number}: not JSON ({error.msg})") from None
+                pairs.append(pair_from_record(record, f"{path}:{number}"))
+    if not pairs:
+        raise ValueError(f"{path} holds no pairs")
+    return pairs
+
+
+def sampling_probabilities(sizes: list[int], alpha: float = 0.5) -> np.ndarray:
+    """p_i = n_i^alpha / sum_j n_j^alpha: alpha 1 samples by size, 0 uniformly, 0.5 (the paper) between."""
+    sizes_array = np.asarray(sizes, dtype=np.float64)
+    if sizes_array.size == 0 or (sizes_array <= 0).any():
+        raise ValueError(f"every dataset needs at least one pair, got sizes {sizes}")
+    weights = sizes_array**alpha
+    return weights / weights.sum()
+
+
+class HomogeneousBatches:
+    """Endless batches, each from a single dataset chosen with `sampling_probabilities`. Every process
+    draws the same dataset and the same global batch (one seed), and keeps its own slice of it, so that
+    negatives gathered across processes come from the same dataset."""
+
+    def __init__(
+        self,
+        datasets: dict[str, list[Pair]],
+        batch_size: int,
+        alpha: float = 0.5,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.names = list(datasets)
+        self.datasets = datasets
+        self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
+        self.probabilities = sampling_probabilities([len(datasets[n]) for n in self.names], alpha)
+        self.rng = np.random.default_rng(seed)
+        self.order = {name: self.rng.permutation(len(datasets[name])) for name in self.names}
+        self.cursor = dict.fromkeys(self.names, 0)
+
+    def _take(self, name: str, count: int) -> list[int]:
+        taken = []
+        while len(taken) < count:
+            if self.cursor[name] == len(self.order[name]):  # an epoch of this dataset is over: reshuffle
+                self.order[name] = self.rng.permutation(len(self.order[name]))
+                self.cursor[name] = 0
+            end = min(len(self.order[name]), self.cursor[name] + count - len(taken))
+            taken.extend(self.order[name][self.cursor[name] : end].tolist())
+            self.cursor[name] = end
+        return taken
+
+    def __iter__(self) -> Iterator[tuple[str, list[Pair]]]:
+        while True:
+            name = self.names[self.rng.choice(len(self.names), p=self.probabilities)]
+            indices = self._take(name, self.batch_size * self.world_size)
+            mine = indices[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+            yield name, [self.datasets[name][i] for i in mine]

@@ -1,0 +1,144 @@
+"""The contrastive fine-tuning loop: a NeoBERT folder in, an exported sentence embedder folder out."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from neobert.embed import pool_packed
+from neobert.embed_train.data import HomogeneousBatches, read_pairs
+from neobert.embed_train.grad_cache import contrastive_step
+from neobert.embed_train.loss import TEMPERATURE, info_nce
+
+
+@dataclass
+class ContrastiveSettings:
+    steps: int = 2000  # the paper's unified fine-tuning length (spec D.3)
+    batch_size: int = 32  # pairs per process and step
+    lr: float = 2e-5
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    temperature: float = TEMPERATURE
+    alpha: float = 0.5
+    chunk_size: int | None = None  # gradient cache chunk (texts); None embeds the whole batch at once
+    max_length: int = 512
+    pooling: str = "mean"
+    seed: int = 0
+    log_every: int = 10
+    device: str = "auto"
+
+
+def packed_embedder(model: torch.nn.Module, tokenizer, max_length: int, pooling: str, device: torch.device):
+    """texts -> pooled (n, hidden) embeddings, the texts packed into one row (no padding)."""
+
+    def embed(texts: Sequence[str]) -> torch.Tensor:
+        if not texts:
+            return torch.zeros(0, model_config(model).hidden_size, device=device)
+        ids = tokenizer(list(texts), truncation=True, max_length=max_length, verbose=False)["input_ids"]
+        lengths = torch.tensor([len(row) for row in ids], device=device)
+        row = torch.tensor([t for doc in ids for t in doc], device=device)[None]
+        cu_seqlens = torch.nn.functional.pad(torch.cumsum(lengths, 0), (1, 0)).to(torch.int32)
+        hidden = model(input_ids=row, cu_seqlens=cu_seqlens, max_seqlen=int(lengths.max())).last_hidden_state
+        return pool_packed(hidden[0].float(), lengths, pooling)
+
+    return embed
+
+
+def model_config(model: torch.nn.Module):
+    return getattr(model, "module", model).config
+
+
+def load_datasets(sources: Sequence[str | Path]) -> dict[str, list]:
+    """One dataset per source; its name is the file or folder name (made unique)."""
+    datasets = {}
+    for source in sources:
+        name = Path(str(source).removeprefix("hf:")).stem or str(source)
+        while name in datasets:
+            name += "_"
+        datasets[name] = read_pairs(source)
+    return datasets
+
+
+def train_contrastive(
+    model_dir: str | Path,
+    data: Sequence[str | Path],
+    out: str | Path,
+    settings: ContrastiveSettings | None = None,
+    prompts: dict[str, str] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Fine-tune `model_dir` on the pairs in `data` and write an exported embedder folder to `out`.
+    Under torchrun every process trains on its slice of each batch; negatives are gathered across them."""
+    from transformers import AutoModelForMaskedLM
+
+    import neobert  # noqa: F401  (registers the model type)
+    from neobert.export import export_model
+    from neobert.tokenizer import load_tokenizer
+    from neobert.train.distributed import init_distributed, no_sync, teardown
+    from neobert.train.optim import LRSchedule
+
+    settings = settings or ContrastiveSettings()
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
+    datasets = load_datasets(data)  # before any model work, so that bad data fails fast
+    context = init_distributed(settings.device)
+    try:
+        torch.manual_seed(settings.seed + context.rank)
+        model_dir = Path(model_dir)
+        full = AutoModelForMaskedLM.from_pretrained(model_dir).to(context.device)
+        tokenizer = load_tokenizer(str(model_dir) if (model_dir / "tokenizer_config.json").is_file() else None)
+        encoder = full.model.train()
+        trained = encoder
+        if context.enabled:
+            trained = torch.nn.parallel.DistributedDataParallel(
+                encoder, device_ids=[context.device.index] if context.device.type == "cuda" else None
+            )
+        embed = packed_embedder(trained, tokenizer, settings.max_length, settings.pooling, context.device)
+        optimizer = torch.optim.AdamW(encoder.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+        warmup = min(settings.warmup_steps, max(settings.steps // 10, 0))
+        schedule = LRSchedule(warmup_steps=warmup, total_steps=settings.steps, kind="linear", final_fraction=0.0)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=schedule)
+        batches = iter(
+            HomogeneousBatches(
+                datasets, settings.batch_size, settings.alpha, settings.seed, context.rank, context.world_size
+            )
+        )
+
+        def loss_fn(q, p, n):
+            return info_nce(q, p, n, settings.temperature)
+
+        started = time.perf_counter()
+        for step in range(settings.steps):
+            name, pairs = next(batches)
+            groups = ([p.query for p in pairs], [p.positive for p in pairs], [n for p in pairs for n in p.negatives])
+            loss = contrastive_step(embed, groups, loss_fn, settings.chunk_size, lambda skip: no_sync(trained, skip))
+            torch.nn.utils.clip_grad_norm_(encoder.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if context.is_main and ((step + 1) % settings.log_every == 0 or step + 1 == settings.steps):
+                elapsed = time.perf_counter() - started
+                print(f"step {step + 1}/{settings.steps}  loss {float(loss):.4f}  ({name})  {elapsed:.0f}s", flush=True)
+        if context.is_main:
+            _export(full, tokenizer, out, settings.pooling, prompts, overwrite, export_model)
+    finally:
+        teardown(context)
+    return out
+
+
+def _export(full, tokenizer, out: Path, pooling: str, prompts, overwrite: bool, export_model) -> None:
+    full.eval()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.weights.") as staging:
+        full.cpu().save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        export_model(staging, out, pooling=pooling, overwrite=overwrite, prompts=prompts)
+
+
+__all__ = ["ContrastiveSettings", "train_contrastive"]

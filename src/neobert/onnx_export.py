@@ -1,0 +1,106 @@
+"""ONNX export of the NeoBERT encoder (padded input_ids + attention_mask -> last_hidden_state, dynamic batch
+and length) and an onnxruntime session for `neobert.embed.encode(..., backend="onnx")`."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+ONNX_FILE = "model.onnx"
+OPSET = 17
+
+
+class _ExportableEncoder(torch.nn.Module):
+    """The encoder with its rotary table as a real-valued (cos, sin) constant: ONNX has no complex type, and
+    the model's own table is built lazily in Python. Covers `max_length` positions (longer inputs fail)."""
+
+    def __init__(self, encoder, max_length: int):
+        super().__init__()
+        self.encoder = encoder
+        table = torch.view_as_real(encoder.rotary.get(max_length, torch.device("cpu"))[:max_length])
+        self.register_buffer("rotary_table", table.float(), persistent=False)
+
+        def real_rotary(layout, device):
+            return self.rotary_table[: layout.length][None, :, None, None]
+
+        # The padded path of NeoBERTModel asks `_rotary` for (1, L, 1, 1, head_dim/2, 2): same shape here.
+        encoder._rotary = real_rotary
+        encoder.check_inputs = False  # value checks read tensors back into Python, which a trace cannot keep
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+def _explicit_rms_norm(self, x: torch.Tensor) -> torch.Tensor:
+    """nn.RMSNorm written out: the ONNX exporter has no symbolic for aten::rms_norm below opset 23."""
+    eps = self.eps if self.eps is not None else torch.finfo(x.dtype).eps
+    normed = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    return normed * self.weight if self.weight is not None else normed
+
+
+def export_onnx(model_dir: str | Path, out: str | Path | None = None, max_length: int | None = None) -> Path:
+    """Write `model.onnx` into `out` (default: next to the model, in `model_dir`). When `out` is another
+    folder, the model folder's other files (tokenizer, sentence-transformers config) are copied there too,
+    so that `encode(out, texts, backend="onnx")` works from it alone."""
+    from transformers import AutoModel
+
+    import neobert  # noqa: F401  (registers the model type)
+
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{model_dir} holds no model (no config.json)")
+    out = Path(out) if out is not None else model_dir
+    encoder = AutoModel.from_pretrained(model_dir, attn_implementation="sdpa").eval()
+    if not encoder.config.rope:
+        raise ValueError("ONNX export covers rotary-position models (every NeoBERT preset but bert-like-m0)")
+    wrapper = _ExportableEncoder(encoder, max_length or encoder.config.max_length).eval()
+    if out != model_dir:
+        if out.exists() and any(out.iterdir()):
+            raise FileExistsError(f"{out} exists and is not empty")
+        shutil.copytree(model_dir, out, dirs_exist_ok=True)
+    example = torch.tensor([[101, 2023, 2003, 102], [101, 2178, 102, 0]])
+    mask = (example != 0).long()
+    with tempfile.NamedTemporaryFile(dir=out, prefix=".model.", suffix=".onnx", delete=False) as tmp:
+        pass
+    try:
+        from unittest import mock
+
+        with (
+            torch.no_grad(),
+            mock.patch.object(torch.nn.RMSNorm, "forward", _explicit_rms_norm),
+        ):
+            torch.onnx.export(
+                wrapper,
+                (example, mask),
+                tmp.name,
+                input_names=["input_ids", "attention_mask"],
+                output_names=["last_hidden_state"],
+                dynamic_axes={
+                    "input_ids": {0: "batch", 1: "length"},
+                    "attention_mask": {0: "batch", 1: "length"},
+                    "last_hidden_state": {0: "batch", 1: "length"},
+                },
+                opset_version=OPSET,
+                dynamo=False,
+            )
+        os.replace(tmp.name, out / ONNX_FILE)
+    finally:
+        if os.path.exists(tmp.name):
+            os.remove(tmp.name)
+    return out / ONNX_FILE
+
+
+def onnx_session(folder: str | Path, threads: int | None = None):
+    import onnxruntime
+
+    path = Path(folder) / ONNX_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; write it with `neobert export-onnx {folder}`")
+    options = onnxruntime.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

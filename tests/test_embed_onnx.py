@@ -1,0 +1,38 @@
+"""ONNX export: onnxruntime matches PyTorch (max difference 1e-4) and serves `encode` as a backend."""
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModel
+
+from embed_helpers import exported_model
+from neobert.cli import main
+from neobert.embed import encode
+
+onnxruntime = pytest.importorskip("onnxruntime")
+
+
+def test_onnx_matches_pytorch_and_backs_encode(tmp_path):
+    folder = exported_model(tmp_path)
+    out = tmp_path / "onnx"
+    assert main(["export-onnx", str(folder), "--out", str(out)]) == 0
+    from neobert.onnx_export import onnx_session
+
+    session = onnx_session(out)
+    model = AutoModel.from_pretrained(folder).eval()
+    for batch, length in ((1, 5), (3, 41), (2, 130)):  # dynamic batch and length, beyond the traced shape
+        ids = torch.randint(1000, 30000, (batch, length))
+        mask = torch.ones_like(ids)
+        mask[-1, length // 2 :] = 0
+        with torch.no_grad():
+            expected = model(input_ids=ids, attention_mask=mask).last_hidden_state.numpy()
+        (got,) = session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})
+        keep = mask.bool().numpy()
+        assert np.abs(got - expected)[keep].max() < 1e-4
+    texts = ["hello world", "", "a longer text about something rather different " * 4]
+    np.testing.assert_allclose(
+        encode(out, texts, backend="onnx", show_progress=False), encode(folder, texts, show_progress=False), atol=1e-4
+    )
+    with pytest.raises(FileNotFoundError, match="export-onnx"):
+        encode(folder, texts, backend="onnx", show_progress=False)
+    assert main(["export-onnx", str(tmp_path / "absent")]) == 2
