@@ -34,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from neobert.commands.export import parse_prompts
     from neobert.embed_train.train import ContrastiveSettings, train_contrastive
 
     settings = ContrastiveSettings(
@@ -54,12 +55,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--steps must be positive, got {args.steps}")
         if args.pooling not in ("mean", "cls", "max"):
             raise ValueError(f"unknown pooling {args.pooling!r}; choose mean, cls or max")
-        prompts = {}
-        for item in args.prompt:
-            name, sep, text = item.partition("=")
-            if not sep or not name:
-                raise ValueError(f"--prompt takes NAME=TEXT, got {item!r}")
-            prompts[name] = text
+        prompts = parse_prompts(args.prompt)
         out = train_contrastive(args.model, args.data, args.out, settings, prompts or None, args.overwrite)
     except (ValueError, FileNotFoundError, FileExistsError) as error:
         print(f"neobert contrastive: {error}", file=sys.stderr)

@@ -23,16 +23,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def parse_prompts(items: list[str]) -> dict[str, str]:
+    """`--prompt NAME=TEXT` options as a mapping (the text may be empty or contain '=')."""
+    prompts = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--prompt takes NAME=TEXT, got {item!r}")
+        prompts[name] = text
+    return prompts
+
+
 def run(args: argparse.Namespace) -> int:
     from neobert.export import export_model
 
     try:
-        prompts = {}
-        for item in args.prompt:
-            name, sep, text = item.partition("=")
-            if not sep or not name:
-                raise ValueError(f"--prompt takes NAME=TEXT, got {item!r}")
-            prompts[name] = text
+        prompts = parse_prompts(args.prompt)
         out = export_model(args.source, args.out, args.pooling, args.tokenizer, args.overwrite, prompts or None)
         if args.onnx:
             from neobert.onnx_export import export_onnx
