@@ -76,6 +76,14 @@ def test_pretrain_resume_and_export(corpus, tmp_path, tokenizer):
     torch.testing.assert_close(vectors.cpu(), expected, atol=1e-5, rtol=1e-4)
     assert main(["export", str(out / "checkpoints" / "latest"), "--out", str(exported)]) == 2  # no overwrite
 
+    # Held-out MLM of the checkpoint on the corpus's held-out split, as the loop's own evaluation measures it.
+    evaluated = tmp_path / "evaluated"
+    assert main(["evaluate", "--model", str(exported), "--mlm-data", str(corpus), "--out", str(evaluated)]) == 0
+    mlm = json.loads((evaluated / "evaluate.json").read_text())["mlm"]
+    assert mlm["mlm/masked_tokens"] > 0 and 0 <= mlm["mlm/accuracy"] <= 1
+    last_eval = [r["eval/loss"] for r in records if "eval/loss" in r][-1]
+    assert abs(mlm["mlm/loss"] - last_eval) < 0.5  # other batches and masks, the same model and split
+
 
 def test_unknown_key_fails_before_training(corpus, tmp_path, capsys):
     out = tmp_path / "run"
