@@ -46,3 +46,19 @@ def _seed():
 
 def random_ids(batch: int, length: int, low: int = 1000, high: int = 30000) -> torch.Tensor:
     return torch.randint(low, high, (batch, length))
+
+
+def run_quick_benchmark(script: str, out) -> tuple[dict, str]:
+    """Run `benchmarks/<script> --quick` in its own process (benchmarks tune the process's allocator, which
+    must not leak into the test run); returns its JSON report and its standard output."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / script
+    done = subprocess.run(
+        [sys.executable, str(path), "--quick", "--out", str(out)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(Path(out).read_text()), done.stdout

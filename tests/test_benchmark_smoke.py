@@ -1,24 +1,11 @@
 """The forward benchmark runs end to end at tiny sizes and writes a complete JSON report."""
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "model_forward.py"
+from conftest import run_quick_benchmark
 
 
 def test_quick_benchmark_writes_every_figure(tmp_path):
     out = tmp_path / "model_forward.json"
-    # A subprocess: the benchmark tunes the process's allocator, which must not leak into the test run.
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    report = json.loads(out.read_text())
+    report, stdout = run_quick_benchmark("model_forward.py", out)
 
     assert report["setup"]["allocator"] in ("tuned", "default (tuning unavailable)")
     assert report["setup"]["torch"] and report["setup"]["transformers"]
@@ -40,4 +27,4 @@ def test_quick_benchmark_writes_every_figure(tmp_path):
     assert packing["padded"]["real_tokens_per_s"] > 0 and packing["packed"]["real_tokens_per_s"] > 0
     assert packing["max_abs_diff"] < 1e-4
     assert [t["name"] for t in report["targets"]] == ["NeoBERT 2x64 % of peak", "packed/padded real tokens/s"]
-    assert "PASS" in done.stdout or "FAIL" in done.stdout
+    assert "PASS" in stdout or "FAIL" in stdout

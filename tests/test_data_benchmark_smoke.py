@@ -1,23 +1,11 @@
 """The data benchmark runs end to end on made-up text and writes a complete JSON report."""
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "prepare_throughput.py"
+from conftest import run_quick_benchmark
 
 
 def test_quick_data_benchmark_writes_every_figure(tmp_path):
     out = tmp_path / "prepare_throughput.json"
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    report = json.loads(out.read_text())
+    report, _ = run_quick_benchmark("prepare_throughput.py", out)
     assert report["corpus"]["name"] == "quick (made-up)" and report["corpus"]["text_mb"] > 1
     for route in ("neobert", "official", "official-num_proc"):
         figures = report["prepare"][route]

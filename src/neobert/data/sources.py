@@ -86,6 +86,21 @@ class Source:
         """What decides whether a resumed run reads the same data (adds sizes and modification times)."""
         return self.describe()
 
+    def _no_text(self) -> DataError:
+        return DataError(f"{self.spec}: no text found (every document is empty)")
+
+    def _with_text(self, texts: Iterable[str | None]) -> Iterator[str]:
+        """The texts that have content; empty ones are counted, and a source with none at all is an error."""
+        found = False
+        for text in texts:
+            if text and text.strip():
+                found = True
+                yield text
+            else:
+                self.counts.empty_documents += 1
+        if not found:
+            raise self._no_text()
+
     def _text(self, value: Any, where: str) -> str | None:
         if value is None:
             return None
@@ -109,6 +124,9 @@ class FileSource(Source):
             if suffixes and not self.compression
             else ""
         )
+
+    def _no_text(self) -> DataError:
+        return DataError(f"{self.path}: no text found (every document is empty)")
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -144,21 +162,6 @@ class FileSource(Source):
                 finally:
                     first = False
                 yield line
-
-    def _no_text(self) -> DataError:
-        return DataError(f"{self.path}: no text found (every document is empty)")
-
-    def _with_text(self, texts: Iterable[str | None]) -> Iterator[str]:
-        """The texts that have content; empty ones are counted, and a file with none at all is an error."""
-        found = False
-        for text in texts:
-            if text and text.strip():
-                found = True
-                yield text
-            else:
-                self.counts.empty_documents += 1
-        if not found:
-            raise self._no_text()
 
 
 class TextFileSource(FileSource):
@@ -358,22 +361,14 @@ class DatasetSource(Source):
             self._dataset()
 
     def documents(self) -> Iterator[str]:
-        dataset, field, found = self._dataset(), self.options.text_field, False
+        dataset, field = self._dataset(), self.options.text_field
         if self.path is not None:
             rows: Iterable[Any] = (
                 text for batch in dataset.select_columns([field]).iter(batch_size=1024) for text in batch[field]
             )
         else:
             rows = (record.get(field) for record in dataset)
-        for text in rows:
-            text = self._text(text, self.spec)
-            if text and text.strip():
-                found = True
-                yield text
-            else:
-                self.counts.empty_documents += 1
-        if not found:
-            raise DataError(f"{self.spec}: no text found (every document is empty)")
+        yield from self._with_text(self._text(text, self.spec) for text in rows)
 
 
 def _is_saved_dataset(folder: Path) -> bool:
