@@ -63,16 +63,30 @@ def sdpa_padded(q, k, v, layout: AttentionLayout) -> torch.Tensor:
 
 
 def sdpa_packed(q, k, v, layout: AttentionLayout) -> torch.Tensor:
-    """One SDPA call per document: no mask at all, and no work spent on cross-document pairs."""
+    """No mask and no work on cross-document pairs: one SDPA call per run of consecutive documents of equal
+    length, viewed as a batch (length-sorted inference batches are mostly such runs)."""
     out = torch.empty_like(q)
+    heads, dim = q.shape[2:]
     start = 0
-    for n in layout.seqlens:
-        piece = slice(start, start + n)
-        out[:, piece] = F.scaled_dot_product_attention(
-            q[:, piece].transpose(1, 2), k[:, piece].transpose(1, 2), v[:, piece].transpose(1, 2)
-        ).transpose(1, 2)
-        start += n
+    for n, count in _equal_length_runs(layout):
+        piece = slice(start, start + n * count)
+        qs, ks, vs = (t[0, piece].reshape(count, n, heads, dim).transpose(1, 2) for t in (q, k, v))
+        out[0, piece] = F.scaled_dot_product_attention(qs, ks, vs).transpose(1, 2).reshape(n * count, heads, dim)
+        start += n * count
     return out
+
+
+def _equal_length_runs(layout: AttentionLayout) -> list[tuple[int, int]]:
+    """(length, how many in a row) over the packed documents, cached on the layout for every layer."""
+    if "runs" not in layout.cache:
+        runs: list[list[int]] = []
+        for n in layout.seqlens:
+            if runs and runs[-1][0] == n:
+                runs[-1][1] += 1
+            else:
+                runs.append([n, 1])
+        layout.cache["runs"] = [(n, count) for n, count in runs]
+    return layout.cache["runs"]
 
 
 @functools.cache
