@@ -1,5 +1,5 @@
-"""Training pairs (query, positive[, negatives]) from JSON Lines or `datasets`, and batches drawn from one
-dataset at a time with datasets chosen in proportion to n^alpha."""
+"""Training pairs (query, positive[, negatives]) from JSON Lines, `datasets` or the offline demo corpus, and
+batches drawn from one dataset at a time with datasets chosen in proportion to n^alpha."""
 
 from __future__ import annotations
 
@@ -37,9 +37,18 @@ def pair_from_record(record: object, where: str) -> Pair:
     return Pair(record["query"], record["positive"], tuple(negatives))
 
 
+DATA_FORMS = ".jsonl files, folders saved with datasets, hf:NAME[:CONFIG] or demo"
+
+
 def read_pairs(source: str | Path) -> list[Pair]:
-    """A .jsonl file, a folder saved with `datasets.Dataset.save_to_disk`, or `hf:NAME[:CONFIG]` (train)."""
+    """A .jsonl file, a folder saved with `datasets.Dataset.save_to_disk`, `hf:NAME[:CONFIG]` (train), or
+    the word "demo": headline -> article pairs from the demo corpus's pre-training side (a local file or
+    folder named demo is read as "./demo")."""
     text = str(source)
+    if isinstance(source, str) and text == "demo":
+        from neobert.embed_train.demo_pairs import demo_pairs
+
+        return demo_pairs()
     if text.startswith("hf:") or Path(text).is_dir():
         import datasets
 
@@ -53,7 +62,7 @@ def read_pairs(source: str | Path) -> list[Pair]:
         return [pair_from_record(row, f"{text}[{i}]") for i, row in enumerate(rows)]
     path = Path(text)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
+        raise FileNotFoundError(f"{path} does not exist (pairs come from {DATA_FORMS})")
     pairs = []
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, 1):
