@@ -1,5 +1,6 @@
 """`neobert contrastive --model DIR --data pairs.jsonl [more.jsonl ...] --steps N --out DIR`: contrastive
-fine-tuning (InfoNCE, in-batch and hard negatives) into a sentence-transformers folder. torchrun works."""
+fine-tuning (InfoNCE, in-batch and hard negatives) into a sentence-transformers folder. torchrun works.
+`--data demo` trains on headline -> article pairs from the offline demo corpus's pre-training side."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--data",
         required=True,
         nargs="+",
-        help="pairs: .jsonl files, saved `datasets` folders or hf:NAME; one dataset each",
+        help="pairs: .jsonl files, saved `datasets` folders, hf:NAME[:CONFIG], or demo (headline -> article "
+        "pairs from the demo corpus, none of them in the retrieval-offline suite); one dataset each",
     )
     parser.add_argument("--out", required=True, help="folder to write the embedder to")
     parser.add_argument("--steps", type=int, default=2000)
