@@ -36,3 +36,29 @@ def test_onnx_matches_pytorch_and_backs_encode(tmp_path):
     with pytest.raises(FileNotFoundError, match="export-onnx"):
         encode(folder, texts, backend="onnx", show_progress=False)
     assert main(["export-onnx", str(tmp_path / "absent")]) == 2
+
+
+def test_int8_onnx_is_quantised_close_to_float32_and_backs_encode(tmp_path):
+    import onnx
+
+    folder = exported_model(tmp_path)
+    assert main(["export", str(folder), "--out", str(tmp_path / "x"), "--int8"]) == 2  # --int8 needs --onnx
+    out = tmp_path / "onnx"
+    assert main(["export-onnx", str(folder), "--out", str(out), "--int8"]) == 0
+    graph = onnx.load(str(out / "model_int8.onnx")).graph
+    integer_ops = [node.op_type for node in graph.node if node.op_type in ("MatMulInteger", "DynamicQuantizeMatMul")]
+    float_matmuls = [node for node in graph.node if node.op_type == "MatMul"]
+    assert len(integer_ops) >= 4 * AutoModel.from_pretrained(folder).config.num_hidden_layers
+    assert len(float_matmuls) < len(integer_ops)  # only the attention products stay in float
+    int8_weights = [w for w in graph.initializer if w.data_type == onnx.TensorProto.INT8 and len(w.dims) == 2]
+    assert len(int8_weights) == len(integer_ops)
+    texts = ["hello world", "", "a longer text about something rather different " * 4, "short one"]
+    exact = encode(folder, texts, show_progress=False)
+    int8 = encode(out, texts, backend="onnx-int8", show_progress=False)
+    cosine = (int8 * exact).sum(1)
+    assert cosine.min() > 0.99
+    assert not np.allclose(int8, exact, atol=1e-6)  # it really is the quantised graph
+    with pytest.raises(FileNotFoundError, match="--int8"):
+        encode(folder, texts, backend="onnx-int8", show_progress=False)
+    with pytest.raises(ValueError, match="unknown backend 'onnx-fp8'"):
+        encode(out, texts, backend="onnx-fp8", show_progress=False)

@@ -23,7 +23,7 @@ import torch
 
 POOLINGS = ("mean", "cls", "max")
 PRECISIONS = ("float32", "int8", "binary")
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("torch", "onnx", "onnx-int8")
 ST_CONFIG = "config_sentence_transformers.json"
 
 
@@ -56,10 +56,10 @@ def load_embedder(path: str | Path, backend: str = "torch") -> Embedder:
     if (path / ST_CONFIG).is_file():
         prompts = dict(json.loads((path / ST_CONFIG).read_text()).get("prompts") or {})
     config = AutoConfig.from_pretrained(path)
-    if backend == "onnx":
+    if backend != "torch":
         from neobert.onnx_export import onnx_session
 
-        return Embedder(None, tokenizer, prompts, config.max_length, onnx_session(path))
+        return Embedder(None, tokenizer, prompts, config.max_length, onnx_session(path, backend=backend))
     model = AutoModel.from_pretrained(path).eval()
     return Embedder(model, tokenizer, prompts, config.max_length)
 
@@ -74,7 +74,7 @@ def as_embedder(model_or_path: Any, tokenizer: Any = None, backend: str = "torch
             embedder.tokenizer = tokenizer
         return embedder
     if backend != "torch":
-        raise ValueError("the ONNX backend needs a folder holding model.onnx, not a model object")
+        raise ValueError(f"the {backend} backend needs a model folder holding its .onnx file, not a model object")
     from neobert.model import NeoBERTModel
     from neobert.tokenizer import load_tokenizer
 
@@ -216,12 +216,16 @@ def encode(
     can be encoded with their own instruction. `max_length` (default: the model's limit) truncates longer
     texts with a warning. `output_dim` keeps the first dimensions (Matryoshka-style), renormalised when
     `normalize`. `precision`: float32, int8 or binary (see `quantize`). `packed=False` pads instead; the
-    vectors agree to float rounding either way and whatever `batch_size`.
+    vectors agree to float rounding either way and whatever `batch_size`. `backend`: "torch", or "onnx" /
+    "onnx-int8" for a folder holding model.onnx / model_int8.onnx (`neobert export-onnx [--int8]`); the
+    ONNX backends pad their length-sorted batches.
     """
     if pooling not in POOLINGS:
         raise ValueError(f"unknown pooling {pooling!r}; choose one of {POOLINGS}")
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if output_dim is not None and (not isinstance(output_dim, int) or output_dim < 1):

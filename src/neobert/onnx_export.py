@@ -1,5 +1,6 @@
 """ONNX export of the NeoBERT encoder (padded input_ids + attention_mask -> last_hidden_state, dynamic batch
-and length) and an onnxruntime session for `neobert.embed.encode(..., backend="onnx")`."""
+and length), its int8 variant (onnxruntime dynamic quantisation: int8 weights, activations quantised per
+call), and an onnxruntime session for `neobert.embed.encode(..., backend="onnx" or "onnx-int8")`."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from pathlib import Path
 import torch
 
 ONNX_FILE = "model.onnx"
+ONNX_INT8_FILE = "model_int8.onnx"
+ONNX_FILES = {"onnx": ONNX_FILE, "onnx-int8": ONNX_INT8_FILE}
 OPSET = 17
 
 
@@ -42,10 +45,13 @@ def _explicit_rms_norm(self, x: torch.Tensor) -> torch.Tensor:
     return normed * self.weight if self.weight is not None else normed
 
 
-def export_onnx(model_dir: str | Path, out: str | Path | None = None, max_length: int | None = None) -> Path:
-    """Write `model.onnx` into `out` (default: next to the model, in `model_dir`). When `out` is another
-    folder, the model folder's other files (tokenizer, sentence-transformers config) are copied there too,
-    so that `encode(out, texts, backend="onnx")` works from it alone."""
+def export_onnx(
+    model_dir: str | Path, out: str | Path | None = None, max_length: int | None = None, int8: bool = False
+) -> Path:
+    """Write `model.onnx` into `out` (default: next to the model, in `model_dir`), and with `int8` also
+    `model_int8.onnx` (see `quantize_onnx`). When `out` is another folder, the model folder's other files
+    (tokenizer, sentence-transformers config) are copied there too, so that `encode(out, texts,
+    backend="onnx")` works from it alone. Returns the path of model.onnx."""
     from transformers import AutoModel
 
     import neobert  # noqa: F401  (registers the model type)
@@ -91,15 +97,51 @@ def export_onnx(model_dir: str | Path, out: str | Path | None = None, max_length
     finally:
         if os.path.exists(tmp.name):
             os.remove(tmp.name)
+    if int8:
+        quantize_onnx(out)
     return out / ONNX_FILE
 
 
-def onnx_session(folder: str | Path, threads: int | None = None):
+def quantize_onnx(folder: str | Path) -> Path:
+    """`model_int8.onnx` from the folder's `model.onnx`: every matrix product with int8 weights (one scale
+    per output channel) and activations quantised on the fly. On CPUs with VNNI this runs several times
+    faster than float32; the vectors move slightly (measure cosine against float32 on your data)."""
+    import logging
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    folder = Path(folder)
+    source = folder / ONNX_FILE
+    if not source.is_file():
+        raise FileNotFoundError(f"{source} does not exist; write it with `neobert export-onnx {folder}`")
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=".model_int8.", suffix=".onnx", delete=False) as tmp:
+        pass
+    root = logging.getLogger()
+    level = root.level
+    try:
+        # The quantiser logs a generic "consider pre-processing" hint on the root logger at every call.
+        root.setLevel(logging.ERROR)
+        quantize_dynamic(
+            str(source), tmp.name, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"]
+        )
+        os.replace(tmp.name, folder / ONNX_INT8_FILE)
+    finally:
+        root.setLevel(level)
+        if os.path.exists(tmp.name):
+            os.remove(tmp.name)
+    return folder / ONNX_INT8_FILE
+
+
+def onnx_session(folder: str | Path, threads: int | None = None, backend: str = "onnx"):
+    """An onnxruntime CPU session over the folder's model.onnx ("onnx") or model_int8.onnx ("onnx-int8")."""
     import onnxruntime
 
-    path = Path(folder) / ONNX_FILE
+    if backend not in ONNX_FILES:
+        raise ValueError(f"unknown ONNX backend {backend!r}; choose one of {tuple(ONNX_FILES)}")
+    path = Path(folder) / ONNX_FILES[backend]
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; write it with `neobert export-onnx {folder}`")
+        flag = " --int8" if backend == "onnx-int8" else ""
+        raise FileNotFoundError(f"{path} does not exist; write it with `neobert export-onnx {folder}{flag}`")
     options = onnxruntime.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads

@@ -23,7 +23,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dim", type=int, default=None, help="keep the first N dimensions")
     parser.add_argument("--precision", default="float32", help="float32, int8 or binary")
     parser.add_argument("--no-normalize", action="store_true", help="leave vectors at their pooled length")
-    parser.add_argument("--backend", default="torch", help="torch, or onnx (needs model.onnx in --model)")
+    parser.add_argument(
+        "--backend",
+        default="torch",
+        help="torch, onnx or onnx-int8 (needs model.onnx / model_int8.onnx in --model, see export-onnx)",
+    )
 
 
 def read_texts(path: Path, text_field: str) -> list[str]:

@@ -14,6 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer", default=None, help="tokenizer name or folder (default: bert-base-uncased)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.add_argument("--onnx", action="store_true", help="also write the encoder as model.onnx (onnxruntime)")
+    parser.add_argument("--int8", action="store_true", help="with --onnx: also write model_int8.onnx (int8 weights)")
     parser.add_argument(
         "--prompt",
         action="append",
@@ -38,12 +39,14 @@ def run(args: argparse.Namespace) -> int:
     from neobert.export import export_model
 
     try:
+        if args.int8 and not args.onnx:
+            raise ValueError("--int8 quantises the ONNX export: add --onnx")
         prompts = parse_prompts(args.prompt)
         out = export_model(args.source, args.out, args.pooling, args.tokenizer, args.overwrite, prompts or None)
         if args.onnx:
             from neobert.onnx_export import export_onnx
 
-            export_onnx(out)
+            export_onnx(out, int8=args.int8)
     except (ValueError, FileNotFoundError, FileExistsError) as error:
         print(f"neobert export: {error}", file=sys.stderr)
         return 2

@@ -1,5 +1,5 @@
-"""`neobert export-onnx MODEL [--out DIR]`: the encoder as model.onnx (dynamic batch and length) for
-onnxruntime and `neobert encode --backend onnx`."""
+"""`neobert export-onnx MODEL [--out DIR] [--int8]`: the encoder as model.onnx (dynamic batch and length)
+for onnxruntime and `neobert encode --backend onnx`; with --int8 also model_int8.onnx (`--backend onnx-int8`)."""
 
 from __future__ import annotations
 
@@ -11,15 +11,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="a model folder (e.g. what `neobert export` or `neobert contrastive` wrote)")
     parser.add_argument("--out", default=None, help="folder to write (default: model.onnx inside MODEL)")
     parser.add_argument("--max-length", type=int, default=None, help="positions covered (default: the model's)")
+    parser.add_argument("--int8", action="store_true", help="also write model_int8.onnx (dynamic int8 quantisation)")
 
 
 def run(args: argparse.Namespace) -> int:
     from neobert.onnx_export import export_onnx
 
     try:
-        path = export_onnx(args.model, args.out, args.max_length)
+        path = export_onnx(args.model, args.out, args.max_length, int8=args.int8)
     except (ValueError, FileNotFoundError, FileExistsError) as error:
         print(f"neobert export-onnx: {error}", file=sys.stderr)
         return 2
-    print(f"wrote {path}")
+    print(f"wrote {path}" + (f" and {path.with_name('model_int8.onnx')}" if args.int8 else ""))
     return 0
