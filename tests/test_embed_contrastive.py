@@ -175,3 +175,37 @@ def test_contrastive_command_writes_an_embedder(tmp_path, capsys):
     bad.write_text('{"query": "q"}\n')
     assert main(["contrastive", "--model", str(model), "--data", str(bad), "--out", str(tmp_path / "x")]) == 2
     assert "missing field 'positive'" in capsys.readouterr().err
+
+
+def test_stored_query_and_document_prompts_are_trained_with(tmp_path, monkeypatch):
+    from neobert.embed_train import train as train_module
+    from neobert.embed_train.data import Pair
+
+    pairs = [Pair("who won", "the home side won", ("it rained",)), Pair("when", "at noon", ())]
+    prompts = {"query": "query: ", "document": "passage: ", "classification": "label: "}
+    assert train_module.training_groups(pairs, prompts) == (
+        ["query: who won", "query: when"],
+        ["passage: the home side won", "passage: at noon"],
+        ["passage: it rained"],
+    )
+    assert train_module.training_groups(pairs, None)[0] == ["who won", "when"]
+
+    model = exported_model(tmp_path)
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"query": f"q{i}", "positive": f"p{i}"}) + "\n" for i in range(4)))
+    seen = []
+    real_step = train_module.contrastive_step
+
+    def recording_step(embed, groups, *args, **kwargs):
+        seen.append(groups)
+        return real_step(embed, groups, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "contrastive_step", recording_step)
+    command = ["contrastive", "--model", str(model), "--data", str(data), "--out", str(tmp_path / "e")]
+    prompt_options = ["--prompt", "query=query: ", "--prompt", "document=passage: "]
+    assert main([*command, "--steps", "1", "--batch-size", "4", *prompt_options]) == 0
+    queries, positives, _ = seen[0]
+    assert sorted(queries) == [f"query: q{i}" for i in range(4)]
+    assert sorted(positives) == [f"passage: p{i}" for i in range(4)]
+    stored = json.loads((tmp_path / "e" / "config_sentence_transformers.json").read_text())["prompts"]
+    assert stored["query"] == "query: " and stored["document"] == "passage: "

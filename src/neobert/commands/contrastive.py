@@ -30,7 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument(
-        "--prompt", action="append", default=[], metavar="NAME=TEXT", help="prompt stored with the model"
+        "--prompt",
+        action="append",
+        default=[],
+        metavar="NAME=TEXT",
+        help='prompt stored with the model; "query" and "document" prompts are also used in training, '
+        'e.g. --prompt "query=query: " --prompt "document=passage: "',
     )
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 

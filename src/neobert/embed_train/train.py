@@ -49,6 +49,19 @@ def packed_embedder(model: torch.nn.Module, tokenizer, max_length: int, pooling:
     return embed
 
 
+def training_groups(pairs: Sequence, prompts: dict[str, str] | None) -> tuple[list[str], list[str], list[str]]:
+    """(queries, positives, negatives) as the model will see them at use: a stored "query" prompt before
+    each query and a "document" prompt before each positive and negative, as `encode(prompt_name=...)`,
+    sentence-transformers and the retrieval suite add them."""
+    prompts = prompts or {}
+    query, document = prompts.get("query", ""), prompts.get("document", "")
+    return (
+        [query + p.query for p in pairs],
+        [document + p.positive for p in pairs],
+        [document + n for p in pairs for n in p.negatives],
+    )
+
+
 def model_config(model: torch.nn.Module):
     return getattr(model, "module", model).config
 
@@ -73,7 +86,9 @@ def train_contrastive(
     overwrite: bool = False,
 ) -> Path:
     """Fine-tune `model_dir` on the pairs in `data` and write an exported embedder folder to `out`.
-    Under torchrun every process trains on its slice of each batch; negatives are gathered across them."""
+    Under torchrun every process trains on its slice of each batch; negatives are gathered across them.
+    `prompts` are stored with the model; its "query" and "document" prompts are also put before the
+    training texts (see `training_groups`), so the model learns with the text it will be given."""
     from transformers import AutoModelForMaskedLM
 
     import neobert  # noqa: F401  (registers the model type)
@@ -116,7 +131,7 @@ def train_contrastive(
         started = time.perf_counter()
         for step in range(settings.steps):
             name, pairs = next(batches)
-            groups = ([p.query for p in pairs], [p.positive for p in pairs], [n for p in pairs for n in p.negatives])
+            groups = training_groups(pairs, prompts)
             loss = contrastive_step(embed, groups, loss_fn, settings.chunk_size, lambda skip: no_sync(trained, skip))
             torch.nn.utils.clip_grad_norm_(encoder.parameters(), 1.0)
             optimizer.step()
