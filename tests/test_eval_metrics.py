@@ -43,10 +43,25 @@ def test_multilabel_and_token_metrics():
     result = metrics.multilabel_metrics(gold, predicted)
     assert result["f1_micro"] == pytest.approx(sk.f1_score(gold, predicted, average="micro"))
     assert result["subset_accuracy"] == pytest.approx(1 / 3)
-    # Tag 0 is "O": it counts for accuracy but not for F1.
-    tokens = metrics.token_metrics([0, 1, 0, 2, 0], [0, 1, 1, 0, 0], outside=0)
-    assert tokens["accuracy"] == pytest.approx(0.6)
-    assert tokens["f1"] == pytest.approx(sk.f1_score([0, 1, 0, 2, 0], [0, 1, 1, 0, 0], labels=[1, 2], average="micro"))
+
+
+def test_ner_scores_are_entity_level_and_pos_scores_token_level():
+    gold = [["B-PER", "I-PER", "O", "B-LOC"], ["B-ORG", "O"]]
+    predicted = [["B-PER", "O", "O", "B-LOC"], ["B-ORG", "B-MISC"]]
+    scores = metrics.token_metrics(gold, predicted)
+    # Gold entities: PER(0-1), LOC(3), ORG; predicted: PER(0), LOC(3), ORG, MISC. Two match exactly.
+    assert scores["precision"] == pytest.approx(2 / 4) and scores["recall"] == pytest.approx(2 / 3)
+    assert scores["f1"] == pytest.approx(2 * (1 / 2) * (2 / 3) / (1 / 2 + 2 / 3))
+    assert scores["accuracy"] == pytest.approx(4 / 6)
+    # Token level: gold non-O tokens B-PER I-PER B-LOC B-ORG, predicted B-PER B-LOC B-ORG B-MISC; 3 agree.
+    assert scores["token_f1"] == pytest.approx(3 / 4)
+    # A type mismatch over the right span is no match; a continuation tag after O opens an entity (conlleval).
+    assert metrics.token_metrics([["B-PER", "I-PER"]], [["B-LOC", "I-LOC"]])["f1"] == 0.0
+    assert metrics.token_metrics([["B-PER", "I-PER"]], [["I-PER", "I-PER"]])["f1"] == 1.0
+    pos = metrics.token_metrics([["NN", "VB", "O"]], [["NN", "NN", "O"]])
+    assert "precision" not in pos and pos["f1"] == pos["token_f1"] == pytest.approx(1 / 2)
+    with pytest.raises(ValueError, match="same number and lengths"):
+        metrics.token_metrics([["O"]], [["O", "O"]])
 
 
 def test_glue_scores_are_the_papers_means():

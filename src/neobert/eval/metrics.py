@@ -62,12 +62,45 @@ def multilabel_metrics(labels: np.ndarray, predictions: np.ndarray) -> dict[str,
     }
 
 
-def token_metrics(labels: Sequence[int], predictions: Sequence[int], outside: int | None) -> dict[str, float]:
-    """Accuracy over scored tokens, and micro F1 over the tags that are not `outside` (the "O" tag)."""
-    result = {"accuracy": accuracy(labels, predictions)}
-    tags = sorted(set(labels) | set(predictions))
-    named = [t for t in tags if t != outside]
-    result["f1"] = float(sk.f1_score(labels, predictions, labels=named, average="micro", zero_division=0))
+CHUNK_PREFIXES = ("B-", "I-", "E-", "S-", "L-", "U-")
+
+
+def is_chunk_tagging(tags: Sequence[str]) -> bool:
+    """Whether every tag is "O" or PREFIX-TYPE (IOB1, IOB2, IOE, BIOES, BILOU): entity spans can be read."""
+    named = [t for t in tags if t != "O"]
+    return bool(named) and all(t.startswith(CHUNK_PREFIXES) and len(t) > 2 for t in named)
+
+
+def token_metrics(gold: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]]) -> dict[str, float]:
+    """Per-sentence tag sequences (names) in, scores out.
+
+    `accuracy` counts every scored token; `token_f1` is micro F1 over tokens whose tag is not "O". With
+    chunk tags (B-PER, I-LOC, ...) `f1`, `precision` and `recall` are entity-level as in CoNLL's
+    conlleval (an entity counts when its type and both ends match; seqeval's default mode), the figure NER
+    papers report; with other tag sets (POS tags) `f1` is the token-level one.
+    """
+    if len(gold) != len(predicted) or any(len(g) != len(p) for g, p in zip(gold, predicted, strict=False)):
+        raise ValueError("gold and predicted tag sequences must have the same number and lengths")
+    flat_gold = [t for row in gold for t in row]
+    flat_predicted = [t for row in predicted for t in row]
+    named = sorted({t for t in flat_gold + flat_predicted if t != "O"})
+    result = {
+        "accuracy": accuracy(flat_gold, flat_predicted),
+        "token_f1": float(sk.f1_score(flat_gold, flat_predicted, labels=named, average="micro", zero_division=0))
+        if named
+        else 0.0,
+    }
+    if is_chunk_tagging(flat_gold + flat_predicted):
+        from seqeval import metrics as entity
+
+        rows = dict(y_true=[list(row) for row in gold], y_pred=[list(row) for row in predicted], zero_division=0)
+        result.update(
+            f1=float(entity.f1_score(**rows)),
+            precision=float(entity.precision_score(**rows)),
+            recall=float(entity.recall_score(**rows)),
+        )
+    else:
+        result["f1"] = result["token_f1"]
     return result
 
 

@@ -136,10 +136,8 @@ def score(space: LabelSpace, targets: list[Any], predictions: list[Any]) -> dict
         return task_metrics.regression_metrics(targets, predictions)
     if space.problem == "multi":
         return task_metrics.multilabel_metrics(np.asarray(targets), np.asarray(predictions))
-    gold = [t for row in targets for t in row if t != -100]
-    flat = [p for row in predictions for p in row]
-    outside = space.names.index("O") if "O" in space.names else None
-    return task_metrics.token_metrics(gold, flat, outside)
+    gold = [[space.names[t] for t in row if t != -100] for row in targets]
+    return task_metrics.token_metrics(gold, [[space.names[p] for p in row] for row in predictions])
 
 
 def evaluate_splits(model, data: TaskData, settings: FinetuneSettings) -> tuple[dict[str, float], dict[str, list]]:
