@@ -9,6 +9,8 @@ import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from neobert.commands.export import add_prompt_option
+
     parser.add_argument("--model", required=True, help="a NeoBERT folder (e.g. what `neobert export` wrote)")
     parser.add_argument(
         "--data",
@@ -29,12 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup-steps", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument(
-        "--prompt",
-        action="append",
-        default=[],
-        metavar="NAME=TEXT",
-        help='prompt stored with the model; "query" and "document" prompts are also used in training, '
+    add_prompt_option(
+        parser,
+        'prompt stored with the model; "query" and "document" prompts are also used in training, '
         'e.g. --prompt "query=query: " --prompt "document=passage: "',
     )
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")

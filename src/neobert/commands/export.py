@@ -15,13 +15,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.add_argument("--onnx", action="store_true", help="also write the encoder as model.onnx (onnxruntime)")
     parser.add_argument("--int8", action="store_true", help="with --onnx: also write model_int8.onnx (int8 weights)")
-    parser.add_argument(
-        "--prompt",
-        action="append",
-        default=[],
-        metavar="NAME=TEXT",
-        help='a prompt stored for sentence-transformers and `neobert encode`, e.g. --prompt "query=query: "',
+    add_prompt_option(
+        parser, 'a prompt stored for sentence-transformers and `neobert encode`, e.g. --prompt "query=query: "'
     )
+
+
+def add_prompt_option(parser: argparse.ArgumentParser, description: str) -> None:
+    """`--prompt NAME=TEXT`, repeatable; read back with `parse_prompts`."""
+    parser.add_argument("--prompt", action="append", default=[], metavar="NAME=TEXT", help=description)
 
 
 def parse_prompts(items: list[str]) -> dict[str, str]:
