@@ -1,6 +1,7 @@
 """The command line end to end on a small corpus the test prepares: pretrain, resume, export, demo."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -42,9 +43,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def pretrain(corpus, out, *extra):
-    return main(
-        ["pretrain", "configs/pretrain/demo.yaml", *TINY, f"data.path={corpus}", f"system.output_dir={out}", *extra]
-    )
+    return main(["pretrain", "demo", *TINY, f"data.path={corpus}", f"system.output_dir={out}", *extra])
 
 
 def test_pretrain_resume_and_export(corpus, tmp_path, tokenizer):
@@ -119,3 +118,23 @@ def test_demo_runs_end_to_end_on_a_small_corpus(corpus, tmp_path, capsys):
     assert set(report["model"]) >= {"loss", "accuracy", "perplexity"} and 0 <= report["unigram"]["accuracy"] <= 1
     assert code == (0 if report["model"]["accuracy"] > report["unigram"]["accuracy"] else 1)
     assert "unigram baseline" in capsys.readouterr().out
+
+
+def test_pretrain_takes_preset_names_beside_yaml_files(tmp_path, capsys):
+    import neobert
+    from neobert.commands.pretrain import split_items
+    from neobert.train.config import PRESET_ROOT, load_config, preset_path
+
+    own = tmp_path / "mine.yaml"
+    own.write_text("train:\n  lr: 0.0005\n")
+    paths, overrides = split_items(["neobert-250m-stage2", "ablations/m1", str(own), "budget.steps=3"])
+    assert paths == [str(preset_path("neobert-250m-stage2")), str(preset_path("ablations/m1")), str(own)]
+    assert overrides == ["budget.steps=3"]
+    # The presets are package data: they travel with a wheel install, not only with a checkout.
+    assert PRESET_ROOT.is_relative_to(Path(neobert.__file__).parent)
+    stage2 = load_config([str(preset_path("neobert-250m-stage2"))], [])
+    assert stage2.data.max_length == 4096 and stage2.model.preset == "neobert-250m"  # its inherit resolved
+    assert main(["pretrain", "no-such-preset"]) == 2
+    error = capsys.readouterr().err
+    assert "no pre-training preset 'no-such-preset'" in error and "'neobert-250m-stage1'" in error
+    assert main(["pretrain", str(tmp_path / "absent.yaml")]) == 2

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -14,8 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "items",
         nargs="+",
         metavar="CONFIG_OR_OVERRIDE",
-        help="YAML presets, merged in order (e.g. configs/pretrain/demo.yaml), then dotted overrides "
-        "such as train.lr=6e-4 budget.hours=2",
+        help="YAML files or preset names (demo, neobert-250m-stage1, neobert-250m-stage2, ablations/m0..m9), "
+        "merged in order, then dotted overrides such as train.lr=6e-4 budget.hours=2",
     )
     parser.add_argument(
         "--resume",
@@ -29,9 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def split_items(items: list[str]) -> tuple[list[str], list[str]]:
-    """YAML files on one side, `key=value` overrides on the other."""
+    """YAML files (a preset name stands for its file) on one side, `key=value` overrides on the other."""
+    from neobert.train.config import preset_path
+
     overrides = [item for item in items if "=" in item]
-    return [item for item in items if "=" not in item], overrides
+    paths = [item for item in items if "=" not in item]
+    return [p if Path(p).exists() or p.endswith((".yaml", ".yml")) else str(preset_path(p)) for p in paths], overrides
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,8 +43,8 @@ def run(args: argparse.Namespace) -> int:
     from neobert.train.data import make_eval_batches, make_loader
     from neobert.train.pretrain import pretrain
 
-    paths, overrides = split_items(args.items)
     try:
+        paths, overrides = split_items(args.items)
         config = load_config(paths, overrides)
         result = pretrain(config, make_loader, make_eval_batches, resume=args.resume, stop_at_step=args.stop_at_step)
     except (ValueError, FileNotFoundError) as error:

@@ -356,14 +356,17 @@ def load_config(paths: list[str | os.PathLike] | str | os.PathLike = (), overrid
     return build_dataclass(PretrainConfig, tree)
 
 
-# Presets live in the source checkout's configs/ (the README's install is an editable one).
-PRESET_ROOT = Path(__file__).resolve().parents[3] / "configs" / "pretrain"
+# Presets ship inside the package (package data), so a wheel install has them as a checkout does.
+PRESET_ROOT = Path(__file__).resolve().parents[1] / "configs" / "pretrain"
+
+
+def preset_names() -> list[str]:
+    return sorted(str(p.relative_to(PRESET_ROOT).with_suffix("")) for p in PRESET_ROOT.rglob("*.yaml"))
 
 
 def preset_path(name: str) -> Path:
-    """`configs/pretrain/<name>.yaml`, e.g. "demo", "neobert-250m-stage1" or "ablations/m0"."""
+    """`neobert/configs/pretrain/<name>.yaml`, e.g. "demo", "neobert-250m-stage1" or "ablations/m0"."""
     path = PRESET_ROOT / f"{name}.yaml"
     if not path.is_file():
-        known = sorted(str(p.relative_to(PRESET_ROOT).with_suffix("")) for p in PRESET_ROOT.rglob("*.yaml"))
-        raise FileNotFoundError(f"no pre-training preset {name!r} in {PRESET_ROOT}; known: {known}")
+        raise FileNotFoundError(f"no pre-training preset {name!r} in {PRESET_ROOT}; known: {preset_names()}")
     return path
