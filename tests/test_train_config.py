@@ -1,13 +1,12 @@
 """Pre-training configuration: presets load, overrides are typed, bad keys and values fail clearly."""
 
-from pathlib import Path
 
 import pytest
 import yaml
 
-from neobert.train.config import PretrainConfig, batch_split, load_config
+from neobert.train.config import PRESET_ROOT, PretrainConfig, batch_split, load_config
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "pretrain"
+CONFIGS = PRESET_ROOT
 PRESETS = sorted(CONFIGS.rglob("*.yaml"))
 
 

@@ -3,19 +3,18 @@
 import math
 import os
 import signal
-from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModelForMaskedLM
 
 from neobert.train.checkpoint import CheckpointError, find_latest_good, read_checkpoint
-from neobert.train.config import PretrainConfig, load_config
+from neobert.train.config import PRESET_ROOT, PretrainConfig, load_config
 from neobert.train.metrics import read_jsonl
 from neobert.train.pretrain import PretrainResult, TrainingDiverged, build_model, pretrain
 
 LENGTH = 16
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "pretrain"
+CONFIGS = PRESET_ROOT
 VOCAB = 2000  # a small vocabulary keeps the embedding and decoder (most of a tiny model) cheap
 CLS, SEP, MASK = 101, 102, 103
 
