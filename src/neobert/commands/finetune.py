@@ -16,6 +16,7 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-pack", action="store_true", help="pad NeoBERT batches instead of packing them")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,6 +52,7 @@ def settings_from(args: argparse.Namespace, **overrides):
         eval_batch_size=args.eval_batch_size,
         seed=args.seed,
         progress=not args.no_progress,
+        packed=not args.no_pack,
     )
     fields.update(overrides)
     return FinetuneSettings(**fields)

@@ -251,14 +251,42 @@ def pad_batch(rows: Sequence[list[int]], pad_id: int, label_rows: Sequence[list[
     return batch
 
 
-def collate(data: Encoded, indices: Sequence[int], pad_id: int, problem: str) -> dict:
+def collate(data: Encoded, indices: Sequence[int], pad_id: int, problem: str, packed: bool = False) -> dict:
+    """A model batch for the examples at `indices`: padded (batch, longest), or with `packed` one row of
+    the examples end to end with `cu_seqlens` (NeoBERT models only; no compute spent on padding)."""
+    rows = [data.input_ids[i] for i in indices]
+    if packed:
+        return pack_batch(rows, [data.targets[i] for i in indices], problem)
     if problem == "token":
-        return pad_batch([data.input_ids[i] for i in indices], pad_id, [data.targets[i] for i in indices])
-    batch = pad_batch([data.input_ids[i] for i in indices], pad_id)
-    targets = [data.targets[i] for i in indices]
-    dtype = torch.long if problem == "single" else torch.float
-    batch["labels"] = torch.tensor(targets, dtype=dtype)
+        return pad_batch(rows, pad_id, [data.targets[i] for i in indices])
+    batch = pad_batch(rows, pad_id)
+    batch["labels"] = _sequence_labels([data.targets[i] for i in indices], problem)
     return batch
+
+
+def pack_batch(rows: Sequence[list[int]], targets: Sequence[Any], problem: str) -> dict:
+    """One row holding every example: token labels laid end to end like the ids, one label per example
+    otherwise (the heads pool each example's first token)."""
+    lengths = torch.tensor([len(row) for row in rows])
+    batch = {
+        "input_ids": torch.tensor([t for row in rows for t in row], dtype=torch.long)[None],
+        "cu_seqlens": torch.nn.functional.pad(torch.cumsum(lengths, 0), (1, 0)).to(torch.int32),
+        "max_seqlen": int(lengths.max()),
+    }
+    if problem == "token":
+        batch["labels"] = torch.tensor([t for row in targets for t in row], dtype=torch.long)[None]
+    else:
+        batch["labels"] = _sequence_labels(targets, problem)
+    return batch
+
+
+def _sequence_labels(targets: Sequence[Any], problem: str) -> torch.Tensor:
+    return torch.tensor(list(targets), dtype=torch.long if problem == "single" else torch.float)
+
+
+def real_tokens(batch: dict) -> int:
+    """Tokens of real text in a padded or packed batch."""
+    return int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
 
 
 def epoch_order(size: int, seed: int, epoch: int) -> list[int]:
@@ -268,9 +296,11 @@ def epoch_order(size: int, seed: int, epoch: int) -> list[int]:
     return order
 
 
-def eval_batches(data: Encoded, batch_size: int, pad_id: int, problem: str) -> Iterator[tuple[list[int], dict]]:
+def eval_batches(
+    data: Encoded, batch_size: int, pad_id: int, problem: str, packed: bool = False
+) -> Iterator[tuple[list[int], dict]]:
     """Batches of similar lengths (less padding); yields the example indices with each batch."""
     order = sorted(range(len(data)), key=lambda i: len(data.input_ids[i]))
     for start in range(0, len(order), batch_size):
         indices = order[start : start + batch_size]
-        yield indices, collate(data, indices, pad_id, problem)
+        yield indices, collate(data, indices, pad_id, problem, packed)

@@ -25,7 +25,7 @@ import torch
 
 from neobert.eval import metrics as task_metrics
 from neobert.files import write_bytes_atomically, write_json_atomically
-from neobert.finetune.data import Encoded, LabelSpace, collate, epoch_order, eval_batches
+from neobert.finetune.data import Encoded, LabelSpace, collate, epoch_order, eval_batches, real_tokens
 from neobert.train.checkpoint import (
     RankState,
     apply_retention,
@@ -61,6 +61,7 @@ class FinetuneSettings:
     eps: float = 1e-8
     metric: str | None = None
     classifier_dropout: float = 0.1
+    packed: bool = True  # NeoBERT models take each batch as one packed row (other models are padded)
     progress: bool = True
     keep_checkpoints: bool = True
 
@@ -105,25 +106,39 @@ def optimizer_for(model: torch.nn.Module, settings: FinetuneSettings) -> torch.o
     return torch.optim.AdamW(groups, lr=settings.lr, betas=tuple(settings.betas), eps=settings.eps)
 
 
+def packs(model: torch.nn.Module, settings: FinetuneSettings) -> bool:
+    """Whether batches go to this model packed: asked for, and a NeoBERT model (which takes `cu_seqlens`)."""
+    return settings.packed and getattr(getattr(model, "config", None), "model_type", None) == "neobert"
+
+
 @torch.no_grad()
-def predict(model: torch.nn.Module, data: Encoded, space: LabelSpace, batch_size: int, pad_id: int) -> list[Any]:
+def predict(
+    model: torch.nn.Module, data: Encoded, space: LabelSpace, batch_size: int, pad_id: int, packed: bool = False
+) -> list[Any]:
     """Per example: a class id, a number, a 0/1 vector (multi-label) or a list of tag ids on scored tokens."""
     was_training = model.training
     model.eval()
     out: list[Any] = [None] * len(data)
     try:
-        for indices, batch in eval_batches(data, batch_size, pad_id, space.problem):
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+        for indices, batch in eval_batches(data, batch_size, pad_id, space.problem, packed):
+            inputs = {k: v for k, v in batch.items() if k != "labels"}
+            logits = model(**inputs).logits.float()
+            if space.problem == "token":
+                if packed:  # one row: split it back into examples
+                    sizes = [len(data.input_ids[i]) for i in indices]
+                    pieces = zip(logits[0].split(sizes), batch["labels"][0].split(sizes), strict=True)
+                else:
+                    pieces = zip(logits, batch["labels"], strict=True)
+                for index, (row_logits, row_labels) in zip(indices, pieces, strict=True):
+                    out[index] = row_logits[row_labels != -100].argmax(-1).tolist()
+                continue
             for row, index in enumerate(indices):
                 if space.problem == "single":
                     out[index] = int(logits[row].argmax())
                 elif space.problem == "regression":
                     out[index] = float(logits[row, 0])
-                elif space.problem == "multi":
-                    out[index] = (logits[row] > 0).int().tolist()
                 else:
-                    scored = batch["labels"][row] != -100
-                    out[index] = logits[row][scored].argmax(-1).tolist()
+                    out[index] = (logits[row] > 0).int().tolist()
     finally:
         model.train(was_training)
     return out
@@ -144,7 +159,7 @@ def evaluate_splits(model, data: TaskData, settings: FinetuneSettings) -> tuple[
     """Metrics on every validation split; with several splits (MNLI) names are prefixed by the split."""
     results, predictions = {}, {}
     for name, split in data.validation.items():
-        predicted = predict(model, split, data.space, settings.eval_batch_size, data.pad_id)
+        predicted = predict(model, split, data.space, settings.eval_batch_size, data.pad_id, packs(model, settings))
         metrics = score(data.space, split.targets, predicted)
         prefix = f"{name}_" if len(data.validation) > 1 else ""
         results.update({prefix + key: value for key, value in metrics.items()})
@@ -220,7 +235,7 @@ def finetune(
         epoch, position = divmod(loop["step"] * settings.batch_size, per_epoch * settings.batch_size)
         order = epoch_order(len(data.train), settings.seed, epoch)
         indices = order[position : position + settings.batch_size]
-        batch = collate(data.train, indices, data.pad_id, data.space.problem)
+        batch = collate(data.train, indices, data.pad_id, data.space.problem, packs(model, settings))
         started = time.perf_counter()
         loss = model(**batch).loss
         loss.backward()
@@ -228,7 +243,7 @@ def finetune(
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         train_seconds += time.perf_counter() - started
-        loop["tokens"] += int(batch["attention_mask"].sum())
+        loop["tokens"] += real_tokens(batch)
         loop["step"] += 1
         progress.update(1, {"loss": float(loss.detach()), "best": loop["best"]})
         if loop["step"] % every and loop["step"] != total:
