@@ -64,6 +64,9 @@ def test_sdpa_gets_a_key_mask_never_a_square_one(model, monkeypatch):
 
 
 def test_similar_length_documents_share_one_sdpa_call_and_stay_apart(model, monkeypatch):
+    from neobert.model import attention
+
+    monkeypatch.setattr(attention, "MAX_RUN_CALLS", 0)  # group even these few runs
     # Sorted: 4 4 | 7 7 7 7 8 | 20. Padding four 7s to 8 adds 23% to that group's attention work (within
     # the 25% slack); a 7 padded with the 4s, or 20 with anything, would add far more.
     lengths = [7, 7, 20, 7, 4, 4, 8, 7]
@@ -97,7 +100,34 @@ def test_similar_length_documents_share_one_sdpa_call_and_stay_apart(model, monk
     assert not torch.allclose(again[0, 7:14], grouped[0, 7:14])
 
 
-def test_packed_sdpa_gradients_match_the_eager_reference(model):
+def test_few_runs_of_equal_lengths_are_called_in_place_without_masks(model, monkeypatch):
+    lengths = [9, 9, 9, 6, 6, 2]  # length-sorted, as `encode` batches are: three runs
+    flat = random_ids(1, sum(lengths))
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+    model.config._attn_implementation = "eager"
+    with torch.no_grad():
+        reference = model(input_ids=flat, cu_seqlens=cu).last_hidden_state
+    calls = []
+    original = F.scaled_dot_product_attention
+
+    def recording_sdpa(q, k, v, attn_mask=None, **kwargs):
+        calls.append((q.shape[0], q.shape[2], attn_mask))
+        return original(q, k, v, attn_mask=attn_mask, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", recording_sdpa)
+    model.config._attn_implementation = "sdpa"
+    with torch.no_grad():
+        runs = model(input_ids=flat, cu_seqlens=cu).last_hidden_state
+    assert calls[:3] == [(3, 9, None), (2, 6, None), (1, 2, None)]
+    assert len(calls) == 3 * model.config.num_hidden_layers
+    torch.testing.assert_close(runs, reference, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("max_run_calls", [0, 8])
+def test_packed_sdpa_gradients_match_the_eager_reference(model, monkeypatch, max_run_calls):
+    from neobert.model import attention
+
+    monkeypatch.setattr(attention, "MAX_RUN_CALLS", max_run_calls)
     lengths = [5, 6, 6, 13]
     flat = random_ids(1, sum(lengths))
     cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)

@@ -63,16 +63,44 @@ def sdpa_padded(q, k, v, layout: AttentionLayout) -> torch.Tensor:
 
 
 def sdpa_packed(q, k, v, layout: AttentionLayout) -> torch.Tensor:
-    """No work on cross-document pairs, and few calls: documents are grouped by length (see
-    `_length_groups`) and each group runs as one padded batch with a key mask (none when its lengths agree)."""
+    """No work on cross-document pairs, and few calls. Runs of consecutive equal-length documents (what
+    length-sorted batches are made of) are viewed as batches in place, one call each, when there are few
+    such runs; otherwise documents are grouped by length (see `_length_groups`) and each group runs as one
+    padded batch with a key mask (none when its lengths agree)."""
     out = torch.empty_like(q)
     heads, dim = q.shape[2:]
+    runs = _equal_length_runs(layout)
+    if len(runs) <= MAX_RUN_CALLS:
+        start = 0
+        for n, count in runs:
+            piece = slice(start, start + n * count)
+            qs, ks, vs = (t[0, piece].reshape(count, n, heads, dim).transpose(1, 2) for t in (q, k, v))
+            out[0, piece] = F.scaled_dot_product_attention(qs, ks, vs).transpose(1, 2).reshape(n * count, heads, dim)
+            start += n * count
+        return out
     for index, keep, flat in _length_groups(layout):
         qs, ks, vs = (t[0][index].transpose(1, 2) for t in (q, k, v))
         mask = None if keep is None else keep[:, None, None, :]
         grouped = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask).transpose(1, 2)
         out[0, flat] = grouped.reshape(-1, heads, dim) if keep is None else grouped[keep]
     return out
+
+
+# Up to this many runs of equal-length documents, calls on in-place views beat gathering into groups.
+MAX_RUN_CALLS = 8
+
+
+def _equal_length_runs(layout: AttentionLayout) -> list[tuple[int, int]]:
+    """(length, how many in a row) over the packed documents, cached on the layout for every layer."""
+    if "runs" not in layout.cache:
+        runs: list[list[int]] = []
+        for n in layout.seqlens:
+            if runs and runs[-1][0] == n:
+                runs[-1][1] += 1
+            else:
+                runs.append([n, 1])
+        layout.cache["runs"] = [(n, count) for n, count in runs]
+    return layout.cache["runs"]
 
 
 # A group may grow while padding adds at most this fraction to its attention work (sum of length^2).
