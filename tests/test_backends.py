@@ -63,13 +63,9 @@ def test_sdpa_gets_a_key_mask_never_a_square_one(model, monkeypatch):
     assert packed_calls == [None] * (len(LENGTHS) * model.config.num_hidden_layers)
 
 
-def test_similar_length_documents_share_one_sdpa_call_and_stay_apart(model, monkeypatch):
-    from neobert.model import attention
-
-    monkeypatch.setattr(attention, "MAX_RUN_CALLS", 0)  # group even these few runs
-    # Sorted: 4 4 | 7 7 7 7 8 | 20. Padding four 7s to 8 adds 23% to that group's attention work (within
-    # the 25% slack); a 7 padded with the 4s, or 20 with anything, would add far more.
-    lengths = [7, 7, 20, 7, 4, 4, 8, 7]
+def packed_sdpa_calls(model, monkeypatch, lengths):
+    """(eager reference, sdpa output, SDPA calls as (batch, length, mask shape or None), ids, cu_seqlens)
+    for random documents of `lengths` packed into one row."""
     flat = random_ids(1, sum(lengths))
     cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
     model.config._attn_implementation = "eager"
@@ -79,15 +75,26 @@ def test_similar_length_documents_share_one_sdpa_call_and_stay_apart(model, monk
     original = F.scaled_dot_product_attention
 
     def recording_sdpa(q, k, v, attn_mask=None, **kwargs):
-        calls.append((tuple(q.shape[:1] + q.shape[2:3]), None if attn_mask is None else tuple(attn_mask.shape)))
+        calls.append((q.shape[0], q.shape[2], None if attn_mask is None else tuple(attn_mask.shape)))
         return original(q, k, v, attn_mask=attn_mask, **kwargs)
 
     monkeypatch.setattr(F, "scaled_dot_product_attention", recording_sdpa)
     model.config._attn_implementation = "sdpa"
     with torch.no_grad():
-        grouped = model(input_ids=flat, cu_seqlens=cu).last_hidden_state
+        output = model(input_ids=flat, cu_seqlens=cu).last_hidden_state
+    monkeypatch.setattr(F, "scaled_dot_product_attention", original)
+    return reference, output, calls, flat, cu
+
+
+def test_similar_length_documents_share_one_sdpa_call_and_stay_apart(model, monkeypatch):
+    from neobert.model import attention
+
+    monkeypatch.setattr(attention, "MAX_RUN_CALLS", 0)  # group even these few runs
+    # Sorted: 4 4 | 7 7 7 7 8 | 20. Padding four 7s to 8 adds 23% to that group's attention work (within
+    # the 25% slack); a 7 padded with the 4s, or 20 with anything, would add far more.
+    reference, grouped, calls, flat, cu = packed_sdpa_calls(model, monkeypatch, [7, 7, 20, 7, 4, 4, 8, 7])
     # Equal lengths need no mask; the mixed group gets a key mask (never a square one).
-    assert calls[:3] == [((2, 4), None), ((5, 8), (5, 1, 1, 8)), ((1, 20), None)]
+    assert calls[:3] == [(2, 4, None), (5, 8, (5, 1, 1, 8)), (1, 20, None)]
     assert len(calls) == 3 * model.config.num_hidden_layers
     torch.testing.assert_close(grouped, reference, atol=1e-5, rtol=1e-5)
     # Each document is still its own: changing one leaves its group mates untouched.
@@ -101,23 +108,8 @@ def test_similar_length_documents_share_one_sdpa_call_and_stay_apart(model, monk
 
 
 def test_few_runs_of_equal_lengths_are_called_in_place_without_masks(model, monkeypatch):
-    lengths = [9, 9, 9, 6, 6, 2]  # length-sorted, as `encode` batches are: three runs
-    flat = random_ids(1, sum(lengths))
-    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
-    model.config._attn_implementation = "eager"
-    with torch.no_grad():
-        reference = model(input_ids=flat, cu_seqlens=cu).last_hidden_state
-    calls = []
-    original = F.scaled_dot_product_attention
-
-    def recording_sdpa(q, k, v, attn_mask=None, **kwargs):
-        calls.append((q.shape[0], q.shape[2], attn_mask))
-        return original(q, k, v, attn_mask=attn_mask, **kwargs)
-
-    monkeypatch.setattr(F, "scaled_dot_product_attention", recording_sdpa)
-    model.config._attn_implementation = "sdpa"
-    with torch.no_grad():
-        runs = model(input_ids=flat, cu_seqlens=cu).last_hidden_state
+    # Length-sorted, as `encode` batches are: three runs.
+    reference, runs, calls, _, _ = packed_sdpa_calls(model, monkeypatch, [9, 9, 9, 6, 6, 2])
     assert calls[:3] == [(3, 9, None), (2, 6, None), (1, 2, None)]
     assert len(calls) == 3 * model.config.num_hidden_layers
     torch.testing.assert_close(runs, reference, atol=1e-5, rtol=1e-5)
