@@ -229,13 +229,14 @@ def finetune(
     if previous is not None:
         progress.message(f"resuming from {previous} (step {loop['step']})")
     stopped_early = loop["stale"] >= settings.patience
+    packed = packs(model, settings)
     train_seconds = 0.0
     start_tokens = loop["tokens"]
     while loop["step"] < total and not stopped_early:
         epoch, position = divmod(loop["step"] * settings.batch_size, per_epoch * settings.batch_size)
         order = epoch_order(len(data.train), settings.seed, epoch)
         indices = order[position : position + settings.batch_size]
-        batch = collate(data.train, indices, data.pad_id, data.space.problem, packs(model, settings))
+        batch = collate(data.train, indices, data.pad_id, data.space.problem, packed)
         started = time.perf_counter()
         loss = model(**batch).loss
         loss.backward()

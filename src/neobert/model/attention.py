@@ -118,12 +118,15 @@ def _length_groups(layout: AttentionLayout) -> list[tuple[torch.Tensor, torch.Te
     lengths, device = layout.seqlens, layout.cu_seqlens.device
     starts = layout.cu_seqlens.tolist()
     groups: list[list[int]] = []
+    work = 0  # sum of length^2 over the current group: its attention work without padding
     for doc in sorted(range(len(lengths)), key=lengths.__getitem__):
-        work = sum(lengths[d] ** 2 for d in groups[-1]) + lengths[doc] ** 2 if groups else 0
-        if groups and (len(groups[-1]) + 1) * lengths[doc] ** 2 <= GROUP_SLACK * work:
+        square = lengths[doc] ** 2
+        if groups and (len(groups[-1]) + 1) * square <= GROUP_SLACK * (work + square):
             groups[-1].append(doc)
+            work += square
         else:
             groups.append([doc])
+            work = square
     plan = []
     for group in groups:
         longest = lengths[group[-1]]  # sorted by length
