@@ -1,8 +1,13 @@
 """AdamW with optional decay exemptions, and the paper's learning-rate schedule as a pure function of the step.
 
 The schedule (spec B.5): linear warmup to the peak, then cosine (or linear) decay to `final_fraction` of
-the peak, reached at `decay_fraction` of the run's steps, then constant. Step numbers count optimiser
-updates already taken: the first update uses step 0.
+the peak, reached at `decay_fraction` of the run, then constant. Step numbers count optimiser updates
+already taken: the first update uses step 0.
+
+"Of the run" means of its steps for a step or token budget. For a wall-clock budget it means of the budget's
+*progress*, max(step / estimated steps, elapsed / budget), which the loop feeds in: a machine that slows down
+mid-run then moves the schedule on with the clock, so the run still ends at the floor, never cut short with
+the learning rate near its peak.
 """
 
 from __future__ import annotations
@@ -22,9 +27,10 @@ SCHEDULES = ("cosine", "linear", "constant")
 class LRSchedule:
     """Multiplier of the peak learning rate at each step.
 
-    A callable object rather than a closure so that `LambdaLR.state_dict()` stores its fields: an hours
-    budget fixes `total_steps` after calibration, and a resumed run must see the same value.
-    `total_steps=None` means "not known yet": the schedule holds the peak after warmup.
+    A callable object rather than a closure so that `LambdaLR.state_dict()` stores its fields, and a resumed
+    run sees the same values. `total_steps=None` means "not known yet": the schedule holds the peak after
+    warmup. With `progress` set (a wall-clock budget), the decay follows it instead of the step count: it
+    starts from the progress reached when warmup ended and reaches the floor at `decay_fraction`.
     """
 
     warmup_steps: int
@@ -32,6 +38,8 @@ class LRSchedule:
     kind: str = "cosine"
     final_fraction: float = 0.1
     decay_fraction: float = 0.9
+    progress: float | None = None
+    warmup_end_progress: float | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in SCHEDULES:
@@ -57,13 +65,38 @@ class LRSchedule:
         self.check_total(total_steps)
         self.total_steps = total_steps
 
+    def advance(self, progress: float, step: int) -> None:
+        """Move the clock-driven schedule to `progress` (never backwards) after `step` updates."""
+        self.progress = min(1.0, max(progress, self.progress or 0.0))
+        if step >= self.warmup_steps and self.warmup_end_progress is None:
+            self.warmup_end_progress = self.progress
+
+    def fraction_reached(self, step: int) -> float:
+        """How much of the run's schedule `step` updates have covered (1.0: the run is complete)."""
+        if self.progress is not None:
+            return self.progress
+        if self.total_steps:
+            return min(1.0, step / self.total_steps)
+        return 0.0
+
+    def decay_position(self, step: int) -> float | None:
+        """Where in the decay `step` stands, from 0 (the peak) to 1 (the floor); None before it is known."""
+        if self.progress is not None:
+            start = self.warmup_end_progress if self.warmup_end_progress is not None else self.progress
+            if self.decay_fraction <= start:
+                return 1.0
+            return min(1.0, max(0.0, (self.progress - start) / (self.decay_fraction - start)))
+        if self.total_steps is None:
+            return None
+        end = self.decay_end(self.total_steps)
+        return min(1.0, (step - self.warmup_steps) / (end - self.warmup_steps))
+
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:
             return (step + 1) / self.warmup_steps
-        if self.kind == "constant" or self.total_steps is None:
+        progress = None if self.kind == "constant" else self.decay_position(step)
+        if progress is None:
             return 1.0
-        end = self.decay_end(self.total_steps)
-        progress = min(1.0, (step - self.warmup_steps) / (end - self.warmup_steps))
         if self.kind == "cosine":
             shape = 0.5 * (1.0 + math.cos(math.pi * progress))
         else:

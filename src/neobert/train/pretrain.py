@@ -18,6 +18,7 @@ import torch
 
 from neobert.model.heads import NeoBERTForMaskedLM
 from neobert.train import distributed as dist_utils
+from neobert.train.budget import WallClockBudget
 from neobert.train.checkpoint import CheckpointError, find_latest_good
 from neobert.train.config import PretrainConfig
 from neobert.train.metrics import ConsoleProgress, MetricsLogger, plot_loss_curve
@@ -51,6 +52,10 @@ class PretrainResult:
     checkpoint: Path | None
     last_metrics: dict[str, float] = field(default_factory=dict)
     last_eval: dict[str, float] = field(default_factory=dict)
+    # How much of the learning-rate schedule the run covered (1.0: it ended at the floor), and the rate of its
+    # last step.
+    schedule_fraction: float = 0.0
+    final_lr: float = 0.0
 
 
 class StopSignals:
@@ -128,12 +133,29 @@ def _run(trainer: Trainer, resume: bool | str, stop_at_step: int | None) -> Pret
             loop.log_window()
         if status == "interrupted":
             progress.message(f"stopped by a signal at step {trainer.step}; checkpoint saved")
+        fraction, floor = (
+            trainer.schedule.fraction_reached(trainer.step),
+            config.train.lr * config.train.final_lr_fraction,
+        )
+        progress.message(
+            f"{status} at step {trainer.step}: {fraction:.0%} of the schedule reached, last learning rate "
+            f"{trainer.lr:.3g} (peak {config.train.lr:.3g}, floor {floor:.3g})"
+        )
     finally:
         logger.close()
         progress.close()
     if context.is_main and "jsonl" in system.log_sinks and (loop.last_metrics or loop.last_eval):
         plot_loss_curve(trainer.output_dir / "metrics.jsonl", trainer.output_dir / "loss_curve.png")
-    return PretrainResult(status, trainer.step, trainer.output_dir, checkpoint, loop.last_metrics, loop.last_eval)
+    return PretrainResult(
+        status,
+        trainer.step,
+        trainer.output_dir,
+        checkpoint,
+        loop.last_metrics,
+        loop.last_eval,
+        trainer.schedule.fraction_reached(trainer.step),
+        trainer.lr,
+    )
 
 
 class _Loop:
@@ -143,7 +165,13 @@ class _Loop:
         self.trainer, self.logger, self.progress, self.stop_at_step = trainer, logger, progress, stop_at_step
         self.session_start = time.perf_counter()
         self.window_start = self.session_start
-        self.calibration: tuple[int, float] | None = None
+        hours = trainer.config.budget.hours
+        self.clock = (
+            WallClockBudget(hours * 3600, trainer.config.budget.calibration_steps, trainer.schedule.total_steps)
+            if hours is not None
+            else None
+        )
+        self.session_first_step = trainer.step
         self.last_saved_step = trainer.step if trainer.last_good_step is not None else None
         self.last_metrics: dict[str, float] = {}
         self.last_eval: dict[str, float] = {}
@@ -155,8 +183,7 @@ class _Loop:
     def run(self, signals: StopSignals) -> str:
         trainer, train = self.trainer, self.trainer.config.train
         while True:
-            total = trainer.schedule.total_steps
-            if total is not None and trainer.step >= total:
+            if self._schedule_complete():
                 return "completed"
             if self.stop_at_step is not None and trainer.step >= self.stop_at_step:
                 return "paused"
@@ -170,7 +197,7 @@ class _Loop:
                 return "data_exhausted"
             self.pending_window = True
             self.progress.update(1, self.last_metrics and {"loss": self.last_metrics["train/loss"]})
-            self._calibrate()
+            self._follow_clock()
             step = trainer.step
             if step % train.log_every == 0:
                 self.log_window()
@@ -186,38 +213,49 @@ class _Loop:
         trainer = self.trainer
         if trainer.context.enabled and trainer.step % trainer.config.train.log_every:
             return None
-        hours = trainer.config.budget.hours
-        flags = torch.tensor(
-            [float(signals.received is not None), float(hours is not None and self.elapsed() >= hours * 3600)],
-            device=trainer.context.device,
-        )
-        interrupted, out_of_time = dist_utils.all_reduce_max(flags, trainer.context).tolist()
+        flags = torch.tensor([float(signals.received is not None), self.elapsed()], device=trainer.context.device)
+        interrupted, elapsed = dist_utils.all_reduce_max(flags, trainer.context).tolist()
         if interrupted:
             return "interrupted"
-        return "completed" if out_of_time else None
+        if self.clock is None:
+            return None
+        if trainer.context.enabled and trainer.step > self.session_first_step:
+            self.clock.observe(trainer.step, elapsed)
+        return "completed" if elapsed >= self.clock.seconds else None
 
-    def _calibrate(self) -> None:
-        """With an hours budget, fix the step count (and so the schedule) from the speed of the first steps;
-        the first step of a session is left out of the timing (allocation, compilation)."""
-        trainer, budget = self.trainer, self.trainer.config.budget
-        if budget.hours is None or trainer.schedule.total_steps is not None:
+    def _schedule_complete(self) -> bool:
+        schedule = self.trainer.schedule
+        if self.clock is not None:
+            return schedule.progress is not None and schedule.progress >= 1.0
+        return schedule.total_steps is not None and self.trainer.step >= schedule.total_steps
+
+    def _follow_clock(self) -> None:
+        """With an hours budget, move the schedule to the budget's progress after each step. The step count
+        is estimated from the speed of the steps since the session's first (allocation, compilation) and
+        refined every `calibration_steps` steps; the learning rate follows max(step / estimate, time)."""
+        trainer, clock = self.trainer, self.clock
+        if clock is None:
             return
-        now = time.perf_counter()
-        if self.calibration is None:
-            self.calibration = (trainer.step, now)
-            return
-        first_step, started = self.calibration
-        if trainer.step - first_step < budget.calibration_steps:
-            return
-        per_step = (now - started) / (trainer.step - first_step)
-        remaining = max(0.0, budget.hours * 3600 - self.elapsed())
-        estimate = dist_utils.broadcast_object(trainer.step + max(1, int(remaining / per_step)), trainer.context)
-        try:
-            trainer.schedule.set_total_steps(estimate)
-        except ValueError as error:
-            raise ValueError(f"budget.hours={budget.hours} allows about {estimate} steps here: {error}") from None
-        self.progress.set_total(estimate)
-        self.progress.message(f"hours budget: {per_step:.3f} s a step, so {estimate} steps in all")
+        if not trainer.context.enabled and trainer.step > self.session_first_step:
+            clock.observe(trainer.step, self.elapsed())
+        calibrating = clock.estimate is None
+        estimate = clock.refine(trainer.step)
+        if estimate is not None:
+            if calibrating:  # a later refinement only moves the progress bar: the warmup is under way
+                try:
+                    trainer.schedule.check_total(estimate)
+                except ValueError as error:
+                    budget = trainer.config.budget.hours
+                    raise ValueError(f"budget.hours={budget} allows about {estimate} steps here: {error}") from None
+            trainer.schedule.total_steps = estimate
+            self.progress.set_total(estimate)
+            if calibrating:
+                self.progress.message(
+                    f"hours budget: {clock.seconds_per_step():.3f} s a step, so about {estimate} steps in all "
+                    "(refined as the run goes; the schedule follows the clock)"
+                )
+        trainer.schedule.advance(clock.progress(trainer.step), trainer.step)
+        trainer.refresh_lr()
 
     def log_window(self) -> None:
         trainer = self.trainer
@@ -242,6 +280,7 @@ class _Loop:
             "train/packing_efficiency": efficiency if efficiency is not None else sums["tokens"] / sums["slots"],
             "train/flops_per_s": sums["flops"] / seconds,
             "time/elapsed_s": self.elapsed(),
+            "train/schedule_fraction": trainer.schedule.fraction_reached(trainer.step),
         }
         utilisation = sums["flops"] / seconds / trainer.peak if trainer.peak else None
         if utilisation is not None:

@@ -189,15 +189,29 @@ class Trainer:
         for group, wanted in zip(self.optimizer.param_groups, reference.param_groups, strict=True):
             group.update({k: v for k, v in wanted.items() if k not in ("params", "lr", "initial_lr")})
         fresh = schedule_from(train, budget.total_steps(self.config.tokens_per_step))
-        if budget.hours is not None and saved_config.get("budget", {}).get("hours") == budget.hours:
-            fresh.total_steps = self.schedule.total_steps  # keep the step count calibrated earlier
+        saved_hours = saved_config.get("budget", {}).get("hours")
+        if budget.hours is not None and saved_hours is not None:
+            # A wall-clock run keeps its calibrated step count and its progress, rescaled if the budget changed:
+            # the elapsed time is part of the checkpoint, so the schedule goes on from where the clock stands.
+            scale = saved_hours / budget.hours
+            fresh.total_steps = self.schedule.total_steps if scale == 1 else None
+            if self.schedule.progress is not None:
+                fresh.progress = min(1.0, self.schedule.progress * scale)
+            if self.schedule.warmup_end_progress is not None:
+                fresh.warmup_end_progress = self.schedule.warmup_end_progress * scale
         fresh.check_total(fresh.total_steps)
         vars(self.schedule).update(vars(fresh))
         self.scheduler.base_lrs = [train.lr] * len(self.optimizer.param_groups)
-        for group in self.optimizer.param_groups:
-            group["lr"] = train.lr * self.schedule(self.scheduler.last_epoch)
-        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+        self.refresh_lr()
         self.lr = self.optimizer.param_groups[0]["lr"]
+
+    def refresh_lr(self) -> None:
+        """Set the next step's learning rate from the schedule as it stands now (a wall-clock budget moves it
+        between steps)."""
+        factor = self.schedule(self.scheduler.last_epoch)
+        for base, group in zip(self.scheduler.base_lrs, self.optimizer.param_groups, strict=True):
+            group["lr"] = base * factor
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     # ---- one optimiser step -----------------------------------------------------------------------------
 

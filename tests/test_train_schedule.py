@@ -1,0 +1,142 @@
+"""The learning-rate schedule under each budget: a wall-clock budget follows the clock, so a run that slows
+down mid-way still ends at the floor with its warmup honoured; step and token budgets are as before."""
+
+import math
+import time
+
+import pytest
+
+from neobert.train.budget import WallClockBudget
+from neobert.train.checkpoint import read_checkpoint
+from neobert.train.metrics import read_jsonl
+from neobert.train.optim import LRSchedule
+from neobert.train.pretrain import pretrain
+from test_train_pretrain import SyntheticLoader, tiny_config
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+PEAK, FLOOR_FRACTION = 3e-3, 0.1
+
+
+def cosine_multiplier(position: float) -> float:
+    return FLOOR_FRACTION + (1 - FLOOR_FRACTION) * 0.5 * (1 + math.cos(math.pi * position))
+
+
+def test_step_schedule_is_the_closed_form():
+    schedule = LRSchedule(warmup_steps=10, total_steps=110)
+    assert [schedule(s) for s in range(3)] == [0.1, 0.2, 0.3]
+    end = round(0.9 * 110)  # 99
+    for step in (10, 40, 77, 98):
+        assert schedule(step) == pytest.approx(cosine_multiplier((step - 10) / (end - 10)), abs=1e-12)
+    assert schedule(99) == schedule(109) == pytest.approx(FLOOR_FRACTION, abs=1e-12)
+    assert schedule.fraction_reached(55) == 0.5
+
+
+def test_progress_schedule_decays_from_the_end_of_warmup_to_the_floor():
+    schedule = LRSchedule(warmup_steps=4, total_steps=None)
+    schedule.advance(0.02, step=2)
+    assert schedule(2) == 3 / 4  # warmup goes by steps, whatever the clock says
+    schedule.advance(0.1, step=4)  # warmup ends at 10% of the budget
+    assert schedule.warmup_end_progress == 0.1 and schedule(4) == pytest.approx(1.0)
+    schedule.advance(0.5, step=9)
+    assert schedule(9) == pytest.approx(cosine_multiplier((0.5 - 0.1) / (0.9 - 0.1)), abs=1e-12)
+    schedule.advance(0.3, step=10)  # the clock never runs backwards
+    assert schedule.progress == 0.5
+    schedule.advance(0.9, step=11)
+    assert schedule(11) == pytest.approx(FLOOR_FRACTION, abs=1e-12)
+    schedule.advance(7.0, step=12)
+    assert schedule.progress == 1.0 and schedule.fraction_reached(12) == 1.0
+
+
+def test_wall_clock_progress_follows_time_when_steps_slow_down():
+    clock = WallClockBudget(seconds=100.0, window_steps=5)
+    for step in range(1, 11):  # one second a step
+        clock.observe(step, float(step))
+        clock.refine(step)
+    assert clock.estimate == 10 + 90  # 90 s left at 1 s a step
+    assert clock.progress(10) == pytest.approx(0.10)
+    for step in range(11, 21):  # ten times slower
+        clock.observe(step, 10.0 + 10.0 * (step - 10))
+        clock.refine(step)
+    # 110 s spent of 100: the time term says done although 20 steps are far below the first estimate
+    assert clock.progress(20) == 1.0
+    assert clock.seconds_per_step() == pytest.approx(10.0)
+    # between agreed samples the clock extrapolates at the recent speed
+    assert clock.elapsed_at(22) == pytest.approx(110.0 + 20.0)
+
+
+def test_wall_clock_refuses_a_non_positive_budget():
+    with pytest.raises(ValueError, match="must be positive"):
+        WallClockBudget(seconds=0.0, window_steps=3)
+
+
+class SlowingLoader(SyntheticLoader):
+    """Steps that become `factor` times slower after `after` batches, as when another job starts."""
+
+    def __init__(self, *args, after: int, delay: float, **kwargs):
+        super().__init__(*args, on_batch=self._maybe_wait, **kwargs)
+        self.after, self.delay = after, delay
+
+    def _maybe_wait(self, served: int) -> None:
+        time.sleep(0.01 if served < self.after else self.delay)
+
+
+def learning_rates(out) -> dict[int, float]:
+    return {r["step"]: r["train/lr"] for r in read_jsonl(out / "metrics.jsonl") if "train/lr" in r}
+
+
+def test_a_run_slowed_mid_way_still_ends_at_the_floor(tmp_path):
+    # 6 s: about 20 fast steps calibrate an estimate of hundreds, then each step takes 0.25 s.
+    config = tiny_config(tmp_path, "budget.hours=0.0016667", "budget.calibration_steps=5", "train.warmup_steps=5")
+    loader = {}
+
+    def make_loader(config, micro_batch, context):
+        loader["it"] = SlowingLoader(config, micro_batch, after=20, delay=0.25)
+        return loader["it"]
+
+    started = time.perf_counter()
+    result = pretrain(config, make_loader)
+    took = time.perf_counter() - started
+    assert result.status == "completed" and result.schedule_fraction == 1.0
+    assert took < 6.0 + 5.0  # ended on the budget, not on the stale estimate
+    assert result.final_lr == pytest.approx(PEAK * FLOOR_FRACTION, rel=1e-9)
+    rates = learning_rates(tmp_path)
+    assert [rates[s] for s in range(1, 6)] == pytest.approx([PEAK * k / 5 for k in range(1, 6)], rel=1e-9)
+    after_warmup = [rates[s] for s in sorted(rates) if s > 5]
+    assert all(a >= b for a, b in zip(after_warmup, after_warmup[1:], strict=False))  # monotone decay
+    # the steps were far fewer than the first estimate: the old rule would have stopped near the peak
+    first_estimate = 5 + (6.0 / 0.01)
+    assert result.step < first_estimate / 4
+
+
+def test_resume_keeps_the_clock(tmp_path):
+    config = tiny_config(tmp_path, "budget.hours=0.0011111", "budget.calibration_steps=3", "train.warmup_steps=2")
+
+    def make_loader(config, micro_batch, context):
+        return SlowingLoader(config, micro_batch, after=0, delay=0.1)
+
+    paused = pretrain(config, make_loader, stop_at_step=12)
+    saved = read_checkpoint(paused.checkpoint).trainer_state
+    progress_before = saved["scheduler"]["lr_lambdas"][0]["progress"]
+    assert 0 < progress_before < 1
+    assert saved["elapsed_seconds"] == pytest.approx(progress_before * 4.0, rel=0.05)
+    resumed = pretrain(config, make_loader, resume=True)
+    assert resumed.status == "completed" and resumed.schedule_fraction == 1.0
+    assert resumed.final_lr == pytest.approx(PEAK * FLOOR_FRACTION, rel=1e-9)
+    rates = learning_rates(tmp_path)
+    assert rates[13] <= rates[12]  # no jump back to the peak after the resume
+    total = read_checkpoint(resumed.checkpoint).trainer_state["elapsed_seconds"]
+    assert total == pytest.approx(4.0, rel=0.15)  # the budget counts both sessions
+
+
+def test_step_and_token_budgets_end_on_their_count(tmp_path):
+    by_steps = pretrain(tiny_config(tmp_path / "s", "budget.steps=6"), lambda c, m, x: SyntheticLoader(c, m))
+    assert by_steps.step == 6 and by_steps.schedule_fraction == 1.0
+    tokens = 6 * 4 * 16  # six steps of 4 sequences of 16 tokens
+    by_tokens = pretrain(
+        tiny_config(tmp_path / "t", "budget.steps=null", f"budget.tokens={tokens}"),
+        lambda c, m, x: SyntheticLoader(c, m),
+    )
+    assert by_tokens.step == 6
+    assert learning_rates(tmp_path / "s") == learning_rates(tmp_path / "t")
+    assert by_steps.final_lr == pytest.approx(PEAK * LRSchedule(2, 6)(5), rel=1e-12)
