@@ -88,6 +88,9 @@ def summarise(config, result, corpus: Path, seconds: float) -> dict:
         "corpus": str(corpus),
         "model": model,
         "unigram": unigram,
+        "schedule_fraction": result.schedule_fraction,
+        "final_lr": result.final_lr,
+        "precision": result.precision,
         "last_train_metrics": result.last_metrics,
         "config": config.resolved(),
         "git_commit": _git_commit(),
@@ -103,8 +106,9 @@ def table(report: dict) -> str:
     ]
     lines = [f"{a:18s} {b:>18s} {c:>9s} {d:>11s}" for a, b, c, d in rows]
     lines.append(
-        f"{report['steps']} steps in {report['seconds'] / 60:.1f} min; {model['masked_tokens']:,} masked held-out "
-        "tokens (the unigram baseline always predicts the most frequent training token)"
+        f"{report['steps']} steps in {report['seconds'] / 60:.1f} min ({report['schedule_fraction']:.0%} of the "
+        f"schedule, {report['precision']['dtype']}); {model['masked_tokens']:,} masked held-out tokens (the unigram "
+        "baseline always predicts the most frequent training token)"
     )
     return "\n".join(lines)
 

@@ -56,6 +56,7 @@ class PretrainResult:
     # last step.
     schedule_fraction: float = 0.0
     final_lr: float = 0.0
+    precision: dict[str, Any] = field(default_factory=dict)  # what the run computed in, and why
 
 
 class StopSignals:
@@ -115,6 +116,7 @@ def _run(trainer: Trainer, resume: bool | str, stop_at_step: int | None) -> Pret
     )
     progress = ConsoleProgress(trainer.schedule.total_steps, trainer.step, system.progress_bar, not context.is_main)
     loop = _Loop(trainer, logger, progress, stop_at_step)
+    progress.message(f"precision: {trainer.precision.name}, {trainer.precision.reason}")
     if resumed_from is not None:
         progress.message(f"resumed from {resumed_from} at step {trainer.step}")
         for change in trainer.changed_on_resume:
@@ -155,6 +157,7 @@ def _run(trainer: Trainer, resume: bool | str, stop_at_step: int | None) -> Pret
         loop.last_eval,
         trainer.schedule.fraction_reached(trainer.step),
         trainer.lr,
+        trainer.precision.as_record(),
     )
 
 

@@ -39,6 +39,7 @@ from neobert.train.metrics import (
     peak_flops,
 )
 from neobert.train.optim import build_optimizer, build_scheduler, schedule_from
+from neobert.train.precision import model_shapes, resolve_precision
 
 
 class Loader(Protocol):
@@ -98,13 +99,6 @@ def config_changes(before: dict[str, Any], after: dict[str, Any], prefix: str = 
     return changes
 
 
-def resolve_precision(choice: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32."""
-    if choice == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    return torch.bfloat16 if choice == "bf16" else None
-
-
 class Trainer:
     def __init__(
         self,
@@ -140,7 +134,13 @@ class Trainer:
         self.schedule = schedule_from(train, config.budget.total_steps(config.tokens_per_step))
         self.scheduler = build_scheduler(self.optimizer, self.schedule)
         self.loader = make_loader(config, self.micro_batch, context)
-        dtype = resolve_precision(system.precision, context.device)
+        tokens = self.micro_batch * config.data.max_length
+        shapes = model_shapes(self.model_config, tokens, round(tokens * config.data.mlm_probability))
+        # Ranks must compute alike: rank 0's probe decides for all.
+        self.precision = dist_utils.broadcast_object(
+            resolve_precision(system.precision, context.device, shapes), context
+        )
+        dtype = self.precision.dtype
         self.autocast = (lambda: torch.autocast(context.device.type, dtype=dtype)) if dtype else contextlib.nullcontext
         self.peak = peak_flops(context.device, system.peak_flops)
 

@@ -1,0 +1,122 @@
+"""Which precision a run computes in. On a GPU, bf16 autocast. On a CPU it depends on the host: with AMX or
+AVX512-BF16 a bf16 matrix product can run several times faster than fp32, on AVX2-only hosts about ten times
+slower, and for a small model the casts autocast adds may cost more than the products save. So
+`precision=auto` on a CPU times, once per process, a forward and backward of the model's own matrix shapes
+in both precisions, casts included, and picks the faster; `fp32` and `bf16` force the choice.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+# bf16 must win by this much to be chosen: a near tie is not worth rounding every product.
+BF16_MARGIN = 1.10
+PEAK_SIZE = 1024
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    dtype: torch.dtype | None  # the autocast dtype; None for plain fp32
+    reason: str
+    # Measured on a CPU for `auto`: seconds of the shape probe in each precision and the square
+    # matrix-product peaks (GFLOP/s) beside them.
+    fp32_probe_s: float | None = None
+    bf16_probe_s: float | None = None
+    fp32_peak_gflops: float | None = None
+    bf16_peak_gflops: float | None = None
+
+    @property
+    def name(self) -> str:
+        return "bf16" if self.dtype == torch.bfloat16 else "fp32"
+
+    def as_record(self) -> dict:
+        record = asdict(self)
+        record["dtype"] = self.name
+        return record
+
+
+def resolve_precision(
+    choice: str, device: torch.device, shapes: tuple[tuple[int, int, int], ...] = ()
+) -> PrecisionChoice:
+    """`shapes` are the model's (rows, in, out) products for one micro-batch, used by the CPU probe."""
+    if choice not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"system.precision must be auto, fp32 or bf16, got {choice!r}")
+    if choice == "fp32":
+        return PrecisionChoice(None, "asked for (system.precision=fp32)")
+    if choice == "bf16":
+        return PrecisionChoice(torch.bfloat16, "asked for (system.precision=bf16)")
+    if device.type == "cuda":
+        return PrecisionChoice(torch.bfloat16, "auto on CUDA: bf16 autocast")
+    if device.type != "cpu" or not shapes:
+        return PrecisionChoice(None, f"auto on {device.type}: fp32")
+    return _probe_cpu(tuple(shapes), torch.get_num_threads())
+
+
+@functools.cache
+def _probe_cpu(shapes: tuple[tuple[int, int, int], ...], threads: int) -> PrecisionChoice:
+    fp32 = _time_products(shapes, autocast=False)
+    bf16 = _time_products(shapes, autocast=True)
+    peaks = {dtype: matmul_peak_gflops(dtype) for dtype in (torch.float32, torch.bfloat16)}
+    use_bf16 = bf16 * BF16_MARGIN < fp32
+    reason = (
+        f"auto on this CPU ({threads} threads): the model's products took {fp32 * 1e3:.1f} ms in fp32 and "
+        f"{bf16 * 1e3:.1f} ms under bf16 autocast, so {'bf16' if use_bf16 else 'fp32'}"
+    )
+    return PrecisionChoice(
+        torch.bfloat16 if use_bf16 else None,
+        reason,
+        fp32_probe_s=fp32,
+        bf16_probe_s=bf16,
+        fp32_peak_gflops=peaks[torch.float32],
+        bf16_peak_gflops=peaks[torch.bfloat16],
+    )
+
+
+def _time_products(shapes: tuple[tuple[int, int, int], ...], autocast: bool, repeats: int = 3) -> float:
+    """Best-of-`repeats` seconds for a forward and backward of every product, with fp32 master weights as
+    in training (so autocast pays its casts)."""
+    generator = torch.Generator().manual_seed(0)
+    operands = [
+        (
+            torch.randn(rows, fan_in, generator=generator, requires_grad=True),
+            torch.randn(fan_out, fan_in, generator=generator, requires_grad=True),
+        )
+        for rows, fan_in, fan_out in shapes
+    ]
+    best = float("inf")
+    for attempt in range(repeats + 1):
+        started = time.perf_counter()
+        for inputs, weight in operands:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                out = F.linear(inputs, weight)
+            out.float().sum().backward()
+        if attempt:  # the first pass warms the kernels and the allocator up
+            best = min(best, time.perf_counter() - started)
+    return best
+
+
+def matmul_peak_gflops(dtype: torch.dtype, size: int = PEAK_SIZE, repeats: int = 4) -> float:
+    a = torch.randn(size, size).to(dtype)
+    b = torch.randn(size, size).to(dtype)
+    a @ b
+    started = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size**3 * repeats / (time.perf_counter() - started) / 1e9
+
+
+def model_shapes(config, tokens: int, masked: int) -> tuple[tuple[int, int, int], ...]:
+    """One micro-batch's matrix products of one encoder layer and the MLM decoder: what dominates the step."""
+    hidden, inner = config.hidden_size, config.intermediate_size
+    products = [(tokens, hidden, 3 * hidden), (tokens, hidden, hidden)]
+    if config.hidden_act == "swiglu":
+        products += [(tokens, hidden, 2 * config.ffn_hidden_size), (tokens, config.ffn_hidden_size, hidden)]
+    else:
+        products += [(tokens, hidden, inner), (tokens, inner, hidden)]
+    layers = [shape for shape in products for _ in range(config.num_hidden_layers)]
+    return tuple(layers + [(max(masked, 1), hidden, config.vocab_size)])

@@ -1,0 +1,63 @@
+"""`system.precision`: forced fp32 / bf16, and `auto`, which on a CPU times the model's own products in both
+precisions and takes the faster (the hosts here differ: bf16 is several times faster on some, slower on
+others)."""
+
+import pytest
+import torch
+
+from neobert.config import NeoBERTConfig
+from neobert.train import precision
+from neobert.train.pretrain import pretrain
+from test_train_pretrain import make_loader, tiny_config
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+CPU = torch.device("cpu")
+SHAPES = ((64, 32, 96), (13, 32, 500))
+
+
+def test_forced_choices_and_bad_names():
+    assert precision.resolve_precision("fp32", CPU, SHAPES).dtype is None
+    assert precision.resolve_precision("bf16", CPU, SHAPES).dtype is torch.bfloat16
+    assert precision.resolve_precision("auto", torch.device("cuda"), SHAPES).dtype is torch.bfloat16
+    with pytest.raises(ValueError, match="system.precision must be auto, fp32 or bf16, got 'fp16'"):
+        precision.resolve_precision("fp16", CPU, SHAPES)
+
+
+@pytest.mark.parametrize(("fp32_s", "bf16_s", "expected"), [(1.0, 0.5, torch.bfloat16), (1.0, 0.95, None)])
+def test_auto_takes_bf16_only_where_it_pays(monkeypatch, fp32_s, bf16_s, expected):
+    monkeypatch.setattr(precision, "_time_products", lambda shapes, autocast: bf16_s if autocast else fp32_s)
+    precision._probe_cpu.cache_clear()
+    try:
+        choice = precision.resolve_precision("auto", CPU, SHAPES)
+    finally:
+        precision._probe_cpu.cache_clear()
+    assert choice.dtype is expected
+    assert (choice.fp32_probe_s, choice.bf16_probe_s) == (fp32_s, bf16_s)
+    assert choice.name in choice.reason
+
+
+def test_auto_on_this_host_is_consistent_with_its_own_measurement():
+    precision._probe_cpu.cache_clear()
+    choice = precision.resolve_precision("auto", CPU, SHAPES)
+    assert (choice.dtype is torch.bfloat16) == (choice.bf16_probe_s * precision.BF16_MARGIN < choice.fp32_probe_s)
+    assert choice.fp32_peak_gflops > 0 and choice.bf16_peak_gflops > 0
+    assert precision.resolve_precision("auto", CPU, SHAPES) is choice  # measured once per process
+
+
+def test_model_shapes_cover_each_layer_and_the_decoder():
+    config = NeoBERTConfig.from_preset("tiny", num_hidden_layers=3)
+    shapes = precision.model_shapes(config, tokens=256, masked=51)
+    assert len(shapes) == 3 * 4 + 1
+    assert shapes[-1] == (51, 128, config.vocab_size)
+    assert (256, 128, 2 * config.ffn_hidden_size) in shapes and (256, config.ffn_hidden_size, 128) in shapes
+
+
+def test_a_run_records_and_uses_its_precision(tmp_path):
+    result = pretrain(tiny_config(tmp_path / "bf16", "system.precision=bf16", "budget.steps=4"), make_loader)
+    assert result.precision["dtype"] == "bf16" and "system.precision=bf16" in result.precision["reason"]
+    fp32 = pretrain(tiny_config(tmp_path / "fp32", "system.precision=fp32", "budget.steps=4"), make_loader)
+    assert fp32.precision["dtype"] == "fp32"
+    # bf16 autocast really ran: the losses differ from fp32's, by bf16 rounding only
+    first = {k: v for k, v in fp32.last_metrics.items() if k == "train/loss"}
+    assert first["train/loss"] != result.last_metrics["train/loss"]
+    assert result.last_metrics["train/loss"] == pytest.approx(first["train/loss"], rel=2e-2)
