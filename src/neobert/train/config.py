@@ -78,6 +78,15 @@ class DataSection:
     micro_batch_size: int | None = None
     length_mixture: list[LengthBucket] = field(default_factory=list)
     eval_batches: int = 20
+    # The held-out rule, kept apart from the training recipe so that runs trained with other mask rates,
+    # lengths, sequence schemes, batch sizes or seeds are scored on the same masked positions. None: as in
+    # training (eval_batch_size None: this rank's micro-batch).
+    eval_max_length: int | None = None
+    eval_sequence: Literal["truncate", "pack"] | None = None
+    eval_mlm_probability: float | None = None
+    eval_mask_mode: Literal["all", "bert"] | None = None
+    eval_batch_size: int | None = None
+    eval_seed: int | None = None
     seed: int = 0
     # The tokenizer the corpus must have been prepared with (name or folder); None: bert-base-uncased.
     tokenizer: str | None = None
@@ -93,6 +102,11 @@ class DataSection:
             raise ValueError(f"data.micro_batch_size must be positive, got {self.micro_batch_size}")
         if self.eval_batches < 0:
             raise ValueError(f"data.eval_batches must be non-negative, got {self.eval_batches}")
+        for name in ("eval_max_length", "eval_batch_size"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ValueError(f"data.{name} must be positive, got {getattr(self, name)}")
+        if self.eval_mlm_probability is not None and not 0 < self.eval_mlm_probability < 1:
+            raise ValueError(f"data.eval_mlm_probability must lie in (0, 1), got {self.eval_mlm_probability}")
         if self.batch_unit == "tokens" and self.batch_size % self.max_length:
             raise ValueError(
                 f"data.batch_size of {self.batch_size} tokens is not a whole number of "

@@ -16,21 +16,40 @@ from neobert.train.distributed import DistributedContext
 _MASK_STRATEGIES = {"all": "all_mask", "bert": "80_10_10"}
 
 
+def _held_out(value, training_value):
+    return training_value if value is None else value
+
+
 def loader_config(config: PretrainConfig, split: str, micro_batch: int, held_out: bool = False) -> LoaderConfig:
     data = config.data
     if data.path is None:
         raise ValueError("data.path is not set: point it at a folder written by `neobert prepare`")
+    if not held_out:
+        sequence, max_length, rate, mode, seed = (
+            data.sequence,
+            data.max_length,
+            data.mlm_probability,
+            data.mask_mode,
+            data.seed,
+        )
+    else:  # the held-out rule (data.eval_*), which defaults to the training recipe
+        sequence = _held_out(data.eval_sequence, data.sequence)
+        max_length = _held_out(data.eval_max_length, data.max_length)
+        rate = _held_out(data.eval_mlm_probability, data.mlm_probability)
+        mode = _held_out(data.eval_mask_mode, data.mask_mode)
+        seed = _held_out(data.eval_seed, data.seed)
+        micro_batch = _held_out(data.eval_batch_size, micro_batch)
     return LoaderConfig(
         path=data.path,
         split=split,
-        scheme=data.sequence,
-        layout="packed" if data.sequence == "pack" else "padded",
-        max_length=data.max_length,
+        scheme=sequence,
+        layout="packed" if sequence == "pack" else "padded",
+        max_length=max_length,
         batch_size=micro_batch,
         # Held-out batches are the same whatever the phase: one pass, no length mixture.
         length_mixture=() if held_out else tuple(data.length_mixture),
-        masking=MaskingConfig(rate=data.mlm_probability, strategy=_MASK_STRATEGIES[data.mask_mode]),
-        seed=data.seed,
+        masking=MaskingConfig(rate=rate, strategy=_MASK_STRATEGIES[mode]),
+        seed=seed,
         epochs=1 if held_out else None,
     )
 
