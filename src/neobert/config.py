@@ -70,6 +70,9 @@ class NeoBERTConfig(PretrainedConfig):
     rms_norm: bool = True
     hidden_act: str = "swiglu"
     dim_head: int | None = None
+    # The release's decoder is its own matrix (untied); True shares the token embedding with it, which
+    # small models trained briefly can afford better than 30,522 x hidden parameters of their own.
+    tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs: Any) -> None:
         for key in _STRAY_KEYS:

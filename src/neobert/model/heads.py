@@ -30,11 +30,14 @@ def _as_output(return_dict: bool | None, config: NeoBERTConfig, output_class, lo
 
 
 class NeoBERTForMaskedLM(NeoBERTPreTrainedModel):
-    """The released `NeoBERTLMHead`: an untied linear decoder with bias on the final hidden states.
+    """The released `NeoBERTLMHead`: an untied linear decoder with bias on the final hidden states
+    (`tie_word_embeddings=True` shares its weight with the token embedding; the bias stays its own).
 
     With `labels` in training mode, the decoder runs only where the label is not -100 and `logits` holds
     just those rows (n_masked, vocab); in eval mode the logits are dense (batch, length, vocab).
     """
+
+    _tied_weights_keys = {"decoder.weight": "model.encoder.weight"}
 
     def __init__(self, config: NeoBERTConfig):
         super().__init__(config)
