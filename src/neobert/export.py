@@ -3,12 +3,13 @@ all load: the masked-LM weights in the released layout, the tokenizer, and sente
 
 from __future__ import annotations
 
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 
 from transformers import AutoModelForMaskedLM
 
+from neobert.files import follow_umask
 from neobert.tokenizer import load_tokenizer
 
 # Hub-qualified, so that `trust_remote_code=True` without this package fetches the official code; with
@@ -43,13 +44,16 @@ def export_model(
     model = AutoModelForMaskedLM.from_pretrained(source)
     tok = load_tokenizer(tokenizer if tokenizer is not None else _tokenizer_in(source))
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    # mkdir, not mkdtemp (0700): the folder is for sharing; follow_umask below sets what is inside.
+    staging = out.parent / f".{out.name}.{secrets.token_hex(4)}"
+    staging.mkdir()
     try:
         _write_sentence_transformers(staging, model.config.hidden_size, model.config.max_length, pooling, prompts)
         model.config.auto_map = dict(OFFICIAL_AUTO_MAP)
         # After sentence-transformers' files: its save writes the backbone alone, this restores the full model.
         model.save_pretrained(staging)
         tok.save_pretrained(staging)
+        follow_umask(staging)
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)
