@@ -57,7 +57,7 @@ def test_pretrain_resume_and_export(corpus, tmp_path, tokenizer):
     exported = tmp_path / "exported"
     assert main(["export", str(out / "checkpoints" / "latest"), "--out", str(exported)]) == 0
     config = json.loads((exported / "config.json").read_text())
-    assert config["auto_map"]["AutoModelForMaskedLM"] == "chandar-lab/NeoBERT--model.NeoBERTLMHead"
+    assert config["auto_map"]["AutoModelForMaskedLM"] == "modeling_neobert.NeoBERTForMaskedLM"
     checkpoint = AutoModelForMaskedLM.from_pretrained(out / "checkpoints" / "latest").eval()
     model = AutoModelForMaskedLM.from_pretrained(exported).eval()
     batch = tokenizer(["the quick brown fox"], return_tensors="pt")

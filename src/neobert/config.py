@@ -12,6 +12,10 @@ _STRAY_KEYS = ("kwargs", "trust_remote_code", "pretrained_model_name_or_path")
 
 HIDDEN_ACTS = ("swiglu", "gelu")
 
+# The layout of the model code that `neobert export` writes into a folder (neobert.remote_code). Raise it
+# when code written before can no longer be read the same way; config.json records it.
+CODE_FORMAT_VERSION = 1
+
 # The released checkpoint (spec A.1) and the paper's sizes. `tiny` is for tests and the demo.
 PRESETS: dict[str, dict[str, Any]] = {
     "neobert-250m": dict(hidden_size=768, num_hidden_layers=28, num_attention_heads=12, intermediate_size=3072),
@@ -38,6 +42,25 @@ def swiglu_hidden_size(intermediate_size: int) -> int:
     """The released rule: two thirds of `intermediate_size`, rounded up to a multiple of 8."""
     hidden = int(2 * intermediate_size / 3)
     return (hidden + 7) // 8 * 8
+
+
+def _check_code_format(version: Any) -> None:
+    """A folder's recorded code format must be the one this code reads (None: the folder carries no code)."""
+    if version is None or version == CODE_FORMAT_VERSION:
+        return
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ValueError(f"config.json: neobert_code_version must be an integer, got {version!r}")
+    older = version < CODE_FORMAT_VERSION
+    fix = (
+        "`neobert export FOLDER --out NEW_FOLDER` writes the current code next to the same weights"
+        if older
+        else "upgrade neobert, or load the folder with the code it carries (trust_remote_code=True where "
+        "neobert is not installed), or re-export it with `neobert export`"
+    )
+    raise ValueError(
+        f"this NeoBERT folder records model code format {version}, {'older' if older else 'newer'} than "
+        f"format {CODE_FORMAT_VERSION} that the loading code reads: {fix}"
+    )
 
 
 class NeoBERTConfig(PretrainedConfig):
@@ -77,6 +100,7 @@ class NeoBERTConfig(PretrainedConfig):
     def __post_init__(self, **kwargs: Any) -> None:
         for key in _STRAY_KEYS:
             kwargs.pop(key, None)
+        _check_code_format(kwargs.get("neobert_code_version"))
         self.hidden_act = str(self.hidden_act).lower()
         self._validate_shapes()
         self.dim_head = self.hidden_size // self.num_attention_heads

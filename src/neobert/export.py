@@ -1,24 +1,19 @@
 """Write a trained model as a folder that transformers, sentence-transformers and the official remote code
-all load: the masked-LM weights in the released layout, the tokenizer, and sentence-transformers' modules."""
+all load: the masked-LM weights in the released layout, the tokenizer, sentence-transformers' modules and,
+by default, the model code itself (neobert.remote_code), so that it loads where neobert is not installed."""
 
 from __future__ import annotations
 
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 
 from transformers import AutoModelForMaskedLM
 
+from neobert.config import NeoBERTConfig
+from neobert.files import follow_umask
 from neobert.tokenizer import load_tokenizer
 
-# Hub-qualified, so that `trust_remote_code=True` without this package fetches the official code; with
-# `import neobert` the registered classes are used instead.
-OFFICIAL_AUTO_MAP = {
-    "AutoConfig": "chandar-lab/NeoBERT--model.NeoBERTConfig",
-    "AutoModel": "chandar-lab/NeoBERT--model.NeoBERT",
-    "AutoModelForMaskedLM": "chandar-lab/NeoBERT--model.NeoBERTLMHead",
-    "AutoModelForSequenceClassification": "chandar-lab/NeoBERT--model.NeoBERTForSequenceClassification",
-}
 POOLING_MODES = ("mean", "cls", "max")
 
 
@@ -29,10 +24,13 @@ def export_model(
     tokenizer: str | None = None,
     overwrite: bool = False,
     prompts: dict[str, str] | None = None,
+    with_code: bool = True,
 ) -> Path:
     """`source`: a training checkpoint or any NeoBERT folder `from_pretrained` reads. Written to a temporary
     folder first and renamed, so `out` is either complete or untouched. `prompts` (e.g. {"query": "query: ",
-    "document": ""}) are stored for sentence-transformers' `prompt_name=` and `neobert.embed.encode`."""
+    "document": ""}) are stored for sentence-transformers' `prompt_name=` and `neobert.embed.encode`.
+    `with_code`: write the model code too (`trust_remote_code=True` then loads the folder without neobert);
+    without it the folder loads only where neobert is imported."""
     if pooling not in POOLING_MODES:
         raise ValueError(f"pooling must be one of {POOLING_MODES}, got {pooling!r}")
     source, out = Path(source), Path(out)
@@ -40,16 +38,24 @@ def export_model(
         raise FileNotFoundError(f"{source} holds no model (no config.json)")
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
-    model = AutoModelForMaskedLM.from_pretrained(source)
+    # The source's own code format does not matter: the folder gets the current code.
+    settings, _ = NeoBERTConfig.get_config_dict(source)
+    settings.pop("neobert_code_version", None)
+    model = AutoModelForMaskedLM.from_pretrained(source, config=NeoBERTConfig.from_dict(settings))
     tok = load_tokenizer(tokenizer if tokenizer is not None else _tokenizer_in(source))
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    # mkdir, not mkdtemp (0700): the folder is for sharing; follow_umask below sets what is inside.
+    staging = out.parent / f".{out.name}.{secrets.token_hex(4)}"
+    staging.mkdir()
     try:
         _write_sentence_transformers(staging, model.config.hidden_size, model.config.max_length, pooling, prompts)
-        model.config.auto_map = dict(OFFICIAL_AUTO_MAP)
+        if not with_code:
+            # The source's auto_map (the released snapshot's `model.NeoBERT`, say) names files not copied here.
+            model.config.__dict__.pop("auto_map", None)
         # After sentence-transformers' files: its save writes the backbone alone, this restores the full model.
-        model.save_pretrained(staging)
+        model.save_pretrained(staging, self_contained=with_code)
         tok.save_pretrained(staging)
+        follow_umask(staging)
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)

@@ -22,6 +22,15 @@ def publish(temporary: str, path: Path) -> None:
     os.replace(temporary, path)
 
 
+def follow_umask(folder: Path) -> None:
+    """Gives `folder`, and everything under it, the permissions the user's umask gives new files: writers
+    that go through private temporary files (transformers' weight shards, for one) leave them at 0600."""
+    mask = _umask()
+    for path in (Path(folder), *Path(folder).rglob("*")):
+        if not path.is_symlink():
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+
+
 def write_bytes_atomically(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

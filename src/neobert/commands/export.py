@@ -1,5 +1,5 @@
-"""`neobert export CHECKPOINT --out FOLDER`: a folder for transformers, sentence-transformers and the official
-remote code."""
+"""`neobert export CHECKPOINT --out FOLDER`: a folder for transformers (with or without neobert installed),
+sentence-transformers and the official remote code."""
 
 from __future__ import annotations
 
@@ -13,6 +13,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pooling", default="mean", help="sentence-transformers pooling: mean, cls or max")
     parser.add_argument("--tokenizer", default=None, help="tokenizer name or folder (default: bert-base-uncased)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    parser.add_argument(
+        "--without-code",
+        action="store_true",
+        help="leave out the model code (the folder then loads only where neobert is installed)",
+    )
     parser.add_argument("--onnx", action="store_true", help="also write the encoder as model.onnx (onnxruntime)")
     parser.add_argument("--int8", action="store_true", help="with --onnx: also write model_int8.onnx (int8 weights)")
     add_prompt_option(
@@ -43,7 +48,15 @@ def run(args: argparse.Namespace) -> int:
         if args.int8 and not args.onnx:
             raise ValueError("--int8 quantises the ONNX export: add --onnx")
         prompts = parse_prompts(args.prompt)
-        out = export_model(args.source, args.out, args.pooling, args.tokenizer, args.overwrite, prompts or None)
+        out = export_model(
+            args.source,
+            args.out,
+            args.pooling,
+            args.tokenizer,
+            args.overwrite,
+            prompts or None,
+            with_code=not args.without_code,
+        )
         if args.onnx:
             from neobert.onnx_export import export_onnx
 

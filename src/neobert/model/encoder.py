@@ -71,6 +71,30 @@ class NeoBERTPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_flash_attn = True
     _supports_attention_backend = False
+    # Writes this model's code into a folder as remote code and points the config at it; installed by
+    # `import neobert` (neobert.remote_code). The generated remote code has none: transformers copies it.
+    code_writer = None
+
+    def save_pretrained(self, save_directory, *args, self_contained: bool | None = None, **kwargs) -> None:
+        """`self_contained=True` also writes the model code into the folder (transformers remote code), so it
+        loads with `trust_remote_code=True` where neobert is not installed. By default a model loaded from
+        such a folder writes the code again, and other models do not."""
+        carried = getattr(self.config, "neobert_code_version", None) is not None
+        self_contained = carried if self_contained is None else self_contained
+        if self._auto_class is not None:  # running as remote code: transformers copies the files itself
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        if self_contained and kwargs.get("is_main_process", True):
+            if self.code_writer is None:
+                raise ValueError("self_contained=True needs neobert installed: `neobert export` writes the code")
+            self.code_writer(save_directory, self.config)
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        # Not writing the code: the saved config.json must not point at files the folder lacks.
+        keys = ("auto_map", "neobert_code_version") if carried else ()
+        stashed = {key: self.config.__dict__.pop(key) for key in keys if key in self.config.__dict__}
+        try:
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        finally:
+            self.config.__dict__.update(stashed)
 
     def _init_weights(self, module: nn.Module) -> None:
         # The released recipe (spec A.9): every encoder and decoder matrix uniform(-r, r), biases zero,
