@@ -112,7 +112,7 @@ def test_corpus_from_another_tokenizer_fails_before_training(tmp_path, capsys):
 def test_demo_runs_end_to_end_on_a_small_corpus(corpus, tmp_path, capsys):
     out = tmp_path / "demo"
     overrides = [item for item in TINY if not item.startswith("system.log_sinks")]
-    code = main(["demo", "--corpus", str(corpus), "--out", str(out), *overrides, "budget.steps=3"])
+    code = main(["demo", "--corpus", str(corpus), "--out", str(out), "--no-probe", *overrides, "budget.steps=3"])
     report = json.loads((out / "report.json").read_text())
     assert report["steps"] == 3 and report["status"] == "completed"
     assert set(report["model"]) >= {"loss", "accuracy", "perplexity"} and 0 <= report["unigram"]["accuracy"] <= 1

@@ -1,6 +1,7 @@
 """`neobert demo`: the main job on a fresh clone. Prepares the offline demo corpus (cached after the first run),
-pre-trains the `tiny` model for about ten minutes, evaluates held-out masked-LM loss and accuracy against
-the unigram baseline, prints a table and writes a report (JSON) with the loss curve."""
+pre-trains the demo model for about ten minutes, evaluates held-out masked-LM loss and accuracy against
+the unigram baseline, probes the frozen embeddings of the trained model and of its random initialisation on
+the offline suite, prints a table and writes a report (JSON) with the loss curve."""
 
 from __future__ import annotations
 
@@ -21,6 +22,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--corpus", default=None, help="prepared corpus folder (default: the cached demo corpus)")
     parser.add_argument("--out", default=None, help="run folder (default: runs/demo-<date>-<time>)")
+    parser.add_argument(
+        "--no-probe",
+        action="store_true",
+        help="skip the frozen-embedding linear probe of the trained model and its random initialisation",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
 
     result = pretrain(config, make_loader, make_eval_batches)
     report = summarise(config, result, corpus, time.time() - started)
+    if not args.no_probe and result.checkpoint is not None:
+        report["probe"] = probe_against_random_init(config, result.checkpoint)
     print(table(report))
     path = Path(out) / "report.json"
     write_json_atomically(path, report, indent=2)
@@ -63,6 +71,27 @@ def prepare_demo_corpus() -> Path:
     return folder
 
 
+def probe_against_random_init(config, checkpoint: Path) -> dict:
+    """The offline suite's linear probe on frozen mean-pooled embeddings, for the trained encoder and for the
+    very initialisation the run started from (same seed): whether training helped the representations."""
+    from transformers import AutoModel
+
+    from neobert.eval.offline_suite import SuiteBudget, probe_suite
+    from neobert.tokenizer import load_tokenizer
+    from neobert.train.trainer import initial_model
+
+    started = time.time()
+    initial = initial_model(config).model
+    trained = AutoModel.from_pretrained(checkpoint)
+    budget = SuiteBudget(max_train=1000, max_test=400, max_length=config.data.max_length)
+    scores = probe_suite({"trained": trained, "random init": initial}, load_tokenizer(config.data.tokenizer), budget)
+    return {
+        "budget": {"max_train": 1000, "max_test": 400},
+        "scores": scores,
+        "seconds": round(time.time() - started, 1),
+    }
+
+
 def summarise(config, result, corpus: Path, seconds: float) -> dict:
     from neobert.data.sequences import TokenCorpus
     from neobert.train.baselines import token_counts, unigram_baseline
@@ -80,7 +109,9 @@ def summarise(config, result, corpus: Path, seconds: float) -> dict:
         "perplexity": math.exp(result.last_eval["eval/loss"]),
         "masked_tokens": int(result.last_eval["eval/masked_tokens"]),
     }
+    shape = config.model.neobert_config()
     return {
+        "model_label": f"NeoBERT {shape.num_hidden_layers}x{shape.hidden_size}",
         "status": result.status,
         "steps": result.step,
         "seconds": round(seconds, 1),
@@ -101,7 +132,7 @@ def table(report: dict) -> str:
     model, unigram = report["model"], report["unigram"]
     rows = [
         ("", "held-out MLM loss", "accuracy", "perplexity"),
-        ("NeoBERT tiny", f"{model['loss']:.3f}", f"{model['accuracy']:.3f}", f"{model['perplexity']:.1f}"),
+        (report["model_label"], f"{model['loss']:.3f}", f"{model['accuracy']:.3f}", f"{model['perplexity']:.1f}"),
         ("unigram baseline", f"{unigram['loss']:.3f}", f"{unigram['accuracy']:.3f}", f"{unigram['perplexity']:.1f}"),
     ]
     lines = [f"{a:18s} {b:>18s} {c:>9s} {d:>11s}" for a, b, c, d in rows]
@@ -110,6 +141,14 @@ def table(report: dict) -> str:
         f"schedule, {report['precision']['dtype']}); {model['masked_tokens']:,} masked held-out tokens (the unigram "
         "baseline always predicts the most frequent training token)"
     )
+    probe = report.get("probe")
+    if probe:
+        trained, initial = probe["scores"]["trained"], probe["scores"]["random init"]
+        tasks = [name for name in trained if name != "mean"]
+        lines.append("\nfrozen-embedding linear probe (offline suite, mean-pooled, accuracy on fixed test splits):")
+        lines.append(f"{'':14s}" + "".join(f"{name:>17s}" for name in [*tasks, "mean"]))
+        for label, scores in (("trained", trained), ("random init", initial)):
+            lines.append(f"{label:14s}" + "".join(f"{scores[name]:17.3f}" for name in [*tasks, "mean"]))
     return "\n".join(lines)
 
 

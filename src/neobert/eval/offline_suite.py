@@ -90,14 +90,31 @@ def mean_pooled(model, tokenizer, texts: list[str], max_length: int, batch_size:
 
 
 def linear_probe(folder: Path, train: Examples, test: Examples, max_length: int) -> float:
+    return probe_encoder(AutoModel.from_pretrained(folder), tokenizer_for(folder), train, test, max_length)
+
+
+def probe_encoder(model, tokenizer, train: Examples, test: Examples, max_length: int) -> float:
+    """Test accuracy of a logistic regression on the frozen encoder's mean-pooled embeddings."""
     from sklearn.linear_model import LogisticRegression
 
-    model = AutoModel.from_pretrained(folder)
-    tokenizer = tokenizer_for(folder)
     x_train = mean_pooled(model, tokenizer, train.texts, max_length)
     x_test = mean_pooled(model, tokenizer, test.texts, max_length)
     classifier = LogisticRegression(max_iter=2000).fit(x_train, train.labels)
     return float(classifier.score(x_test, test.labels))
+
+
+def probe_suite(
+    encoders: dict[str, Any], tokenizer, budget: SuiteBudget, data: dict[str, tuple[Examples, Examples]] | None = None
+) -> dict[str, dict[str, float]]:
+    """The linear probe of every task (`data`: name -> (train, test); default the suite's) for each named
+    encoder (a loaded `NeoBERTModel` or any encoder with `last_hidden_state`), with the mean over tasks:
+    how `neobert demo` sets a trained model beside its random initialisation."""
+    data = data if data is not None else {task.name: task_examples(task, budget) for task in TASKS}
+    scores = {}
+    for name, model in encoders.items():
+        per_task = {task: probe_encoder(model, tokenizer, *data[task], budget.max_length) for task in data}
+        scores[name] = {**per_task, "mean": float(np.mean(list(per_task.values())))}
+    return scores
 
 
 def fine_tuned(folder: Path, train: Examples, test: Examples, budget: SuiteBudget, out: Path) -> float:

@@ -75,6 +75,12 @@ def build_model(config: PretrainConfig) -> NeoBERTForMaskedLM:
     return model
 
 
+def initial_model(config: PretrainConfig) -> NeoBERTForMaskedLM:
+    """The weights a run starts from: `build_model` under the run's seed, the same on every rank."""
+    torch.manual_seed(config.train.seed)
+    return build_model(config)
+
+
 def _weights_from(path: str) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
@@ -116,8 +122,8 @@ class Trainer:
         self.checkpoint_root = self.output_dir / "checkpoints"
 
         # Same seed on every rank for the weights (FSDP shards what each rank built), then per rank.
-        torch.manual_seed(train.seed)
-        model = model if model is not None else build_model(config)
+        if model is None:
+            model = initial_model(config)
         self.model_config = model.config
         self.parameters_for_flops = non_embedding_parameters(self.model_config)
         torch.manual_seed(train.seed + 1000 * context.rank)

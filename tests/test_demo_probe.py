@@ -1,0 +1,89 @@
+"""The demo's frozen-embedding probe: a linear probe on mean-pooled embeddings, for the trained model and for
+the initialisation its run started from."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+from transformers import AutoModel
+
+from data_helpers import prepare_files, sample_texts, write_jsonl
+from neobert.cli import main
+from neobert.eval import offline_suite
+from neobert.finetune.data import Examples
+from neobert.tokenizer import load_tokenizer
+from neobert.train.config import load_config, preset_path
+from neobert.train.trainer import initial_model
+from test_commands import TINY
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class BagOfTokens(nn.Module):
+    """Token embeddings, no context: enough to tell "good" from "bad" when the word decides the label."""
+
+    def __init__(self, scale: float):
+        super().__init__()
+        self.embedding = nn.Embedding(30522, 16)
+        self.embedding.weight.data.mul_(scale)
+
+    def forward(self, input_ids, attention_mask):
+        return type("Out", (), {"last_hidden_state": self.embedding(input_ids)})()
+
+
+def word_task(n: int, offset: int) -> Examples:
+    words = ["table", "river", "window", "garden", "paper"]
+    texts = [f"{words[(i + offset) % 5]} {'good' if i % 2 else 'bad'} {words[(i * 3) % 5]}" for i in range(n)]
+    return Examples(texts, ["pos" if i % 2 else "neg" for i in range(n)], source="words")
+
+
+def test_the_probe_separates_what_the_embeddings_separate():
+    data = {"words": (word_task(60, 0), word_task(30, 1))}
+    budget = offline_suite.SuiteBudget(max_length=16)
+    torch.manual_seed(0)
+    scores = offline_suite.probe_suite(
+        {"bag": BagOfTokens(1.0), "constant": BagOfTokens(0.0)}, load_tokenizer(), budget, data
+    )
+    assert scores["bag"] == {"words": 1.0, "mean": 1.0}
+    assert scores["constant"]["words"] == 0.5  # every vector equal: the majority class of a balanced test set
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("probe-corpus")
+    source = write_jsonl(folder / "docs.jsonl", sample_texts(300, long_every=0))
+    prepare_files([source], folder / "prepared", max_length=32, heldout_fraction=0.1)
+    return folder / "prepared"
+
+
+def test_demo_reports_the_probe_of_the_trained_model_and_of_its_initialisation(corpus, tmp_path, monkeypatch, capsys):
+    data = {"words": (word_task(40, 0), word_task(20, 1)), "more words": (word_task(30, 2), word_task(20, 3))}
+    monkeypatch.setattr(offline_suite, "task_examples", lambda task, budget: data[task.name])
+    monkeypatch.setattr(offline_suite, "TASKS", [offline_suite.SuiteTask(n, "x", None) for n in data])
+    out = tmp_path / "demo"
+    overrides = [item for item in TINY if not item.startswith("system.log_sinks")] + ["budget.steps=3"]
+    main(["demo", "--corpus", str(corpus), "--out", str(out), *overrides])
+    report = json.loads((out / "report.json").read_text())
+    scores = report["probe"]["scores"]
+    assert set(scores) == {"trained", "random init"} and set(scores["trained"]) == {"words", "more words", "mean"}
+
+    # The same numbers, recomputed here from the checkpoint and from the run's own initialisation.
+    config = load_config([preset_path("demo")], [f"data.path={corpus}", f"system.output_dir={out}", *overrides])
+    tokenizer = load_tokenizer()
+    budget = offline_suite.SuiteBudget(max_train=1000, max_test=400, max_length=config.data.max_length)
+    expected = offline_suite.probe_suite(
+        {"trained": AutoModel.from_pretrained(report["checkpoint"]), "random init": initial_model(config).model},
+        tokenizer,
+        budget,
+        data,
+    )
+    assert scores == expected
+    assert "random init" in capsys.readouterr().out
+
+
+def test_demo_without_the_probe(corpus, tmp_path):
+    out = tmp_path / "demo"
+    overrides = [item for item in TINY if not item.startswith("system.log_sinks")] + ["budget.steps=3"]
+    main(["demo", "--corpus", str(corpus), "--out", str(out), "--no-probe", *overrides])
+    assert "probe" not in json.loads((out / "report.json").read_text())
