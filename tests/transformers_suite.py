@@ -58,13 +58,14 @@ def ensure_suite() -> Path:
     with tempfile.TemporaryDirectory() as scratch:
         download = subprocess.run(
             [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--dest", scratch]
-            + ["--disable-pip-version-check", f"transformers=={version}"],
+            + ["--disable-pip-version-check", "--retries", "2", "--timeout", "20", f"transformers=={version}"],
             capture_output=True,
             text=True,
         )
         archives = list(Path(scratch).glob("transformers-*.tar.gz"))
         if download.returncode != 0 or not archives:
-            raise RuntimeError(f"pip could not download transformers=={version}'s sources: {download.stderr[-800:]}")
+            last_line = (download.stderr.strip().splitlines() or ["no message"])[-1]
+            raise RuntimeError(f"pip could not download transformers=={version}'s sources: {last_line}")
         staging = Path(tempfile.mkdtemp(prefix=".transformers-tests.", dir=root.parent))
         try:
             package = staging / PACKAGE
@@ -79,6 +80,9 @@ def ensure_suite() -> Path:
                 target.parent.mkdir(exist_ok=True)
                 (target.parent / "__init__.py").touch()
                 target.write_text(text)
+            if (root / PACKAGE / "__init__.py").is_file():  # another test process finished first
+                shutil.rmtree(staging)
+                return root
             if root.exists():  # a partial folder from an interrupted run
                 shutil.rmtree(root)
             staging.rename(root)
