@@ -1,13 +1,14 @@
 """transformers' own common model tests, for the installed transformers version, importable as a package.
 
 The files come from that version's source distribution on the package index (`pip download`), extracted
-once into the running environment (`<venv>/transformers-tests-<version>/hf_tests/`) and never committed.
+once into the running environment (`<venv>/transformers-tests-<version>/hf_tests/`), never committed.
 The distribution ships the top-level `tests/*.py` files but not the packages they import relatively; those
 are provided here as the smallest modules that let the files import (see `_MISSING_MODULES`).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -44,7 +45,10 @@ _MISSING_MODULES = {
 
 
 def suite_root() -> Path:
-    return Path(sys.prefix) / f"transformers-tests-{transformers.__version__}"
+    """Inside the running virtual environment (`.venv` under `make test`); a system Python's prefix is not
+    writable, so there the temporary folder is used instead."""
+    home = Path(sys.prefix) if os.access(sys.prefix, os.W_OK) else Path(tempfile.gettempdir())
+    return home / f"transformers-tests-{transformers.__version__}"
 
 
 def ensure_suite() -> Path:
