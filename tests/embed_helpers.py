@@ -9,9 +9,9 @@ from neobert import NeoBERTForMaskedLM, load_tokenizer
 from neobert.export import export_model
 
 
-def exported_model(folder: Path, prompts: dict[str, str] | None = None, seed: int = 0) -> Path:
+def exported_model(folder: Path, prompts: dict[str, str] | None = None, seed: int = 0, pooling: str = "mean") -> Path:
     torch.manual_seed(seed)
     raw = folder / "raw"
     NeoBERTForMaskedLM(small_config()).save_pretrained(raw)
     load_tokenizer().save_pretrained(raw)
-    return export_model(raw, folder / "exported", prompts=prompts)
+    return export_model(raw, folder / "exported", pooling=pooling, prompts=prompts)

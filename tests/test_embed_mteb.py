@@ -1,5 +1,6 @@
 """The MTEB wrapper runs a custom retrieval task (local data) through mteb's own evaluator."""
 
+import numpy as np
 import pytest
 
 from embed_helpers import exported_model
@@ -72,3 +73,14 @@ def test_prompts_by_task_type(folder):
     # With a query-only instruction, identical texts are no longer identical vectors: scores stay valid.
     results = mteb.evaluate(encoder, LocalRetrieval(), cache=None, show_progress_bar=False)
     assert 0.0 < results.task_results[0].get_score() <= 1.0
+
+
+def test_the_wrapper_pools_as_the_folder_says(tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    folder = exported_model(tmp_path, pooling="cls")
+    theirs = SentenceTransformer(str(folder), device="cpu").encode(QUERIES, normalize_embeddings=True)
+    encoder = NeoBERTEncoder(str(folder), use_default_prompts=False)
+    batches = [{"text": QUERIES[:2]}, {"text": QUERIES[2:]}]
+    ours = encoder.encode(batches, task_metadata=LocalRetrieval.metadata, hf_split="test", hf_subset="default")
+    np.testing.assert_allclose(ours, theirs, atol=1e-5, rtol=0)

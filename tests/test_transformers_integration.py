@@ -1,4 +1,5 @@
-"""`import neobert` makes every Auto class and the fill-mask / feature-extraction pipelines work."""
+"""`import neobert` makes every Auto class and the fill-mask, feature-extraction, text- and token-classification
+pipelines work."""
 
 import pytest
 import torch
@@ -82,3 +83,34 @@ def test_feature_extraction_pipeline(saved, tokenizer):
     with torch.no_grad():
         expected = model.model(**ids).last_hidden_state
     torch.testing.assert_close(features, expected, atol=1e-5, rtol=1e-5)
+
+
+def _saved_head(folder, tokenizer, head_class):
+    model = head_class(small_config(num_labels=3, id2label={0: "A", 1: "B", 2: "C"})).eval()
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return model
+
+
+def test_text_classification_pipeline(tmp_path, tokenizer):
+    model = _saved_head(tmp_path, tokenizer, NeoBERTForSequenceClassification)
+    classify = pipeline("text-classification", model=str(tmp_path), top_k=None)
+    scores = {row["label"]: row["score"] for row in classify(["a short review of a film"])[0]}
+    with torch.no_grad():
+        expected = model(**tokenizer("a short review of a film", return_tensors="pt")).logits[0].softmax(-1)
+    torch.testing.assert_close(torch.tensor([scores[label] for label in "ABC"]), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_token_classification_pipeline(tmp_path, tokenizer):
+    model = _saved_head(tmp_path, tokenizer, NeoBERTForTokenClassification)
+    tag = pipeline("token-classification", model=str(tmp_path), aggregation_strategy="none", ignore_labels=[])
+    text = "paris is in france"
+    rows = tag(text)
+    ids = tokenizer(text, return_tensors="pt")
+    with torch.no_grad():
+        probabilities = model(**ids).logits[0].softmax(-1)
+    words = ids["input_ids"][0, 1:-1]  # [CLS] and [SEP] are special tokens the pipeline leaves out
+    assert [row["word"] for row in rows] == tokenizer.convert_ids_to_tokens(words)
+    best = probabilities[1:-1].max(-1)
+    assert [row["entity"] for row in rows] == ["ABC"[i] for i in best.indices.tolist()]
+    torch.testing.assert_close(torch.tensor([row["score"] for row in rows]), best.values, atol=1e-5, rtol=1e-5)

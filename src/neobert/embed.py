@@ -25,18 +25,50 @@ POOLINGS = ("mean", "cls", "max")
 PRECISIONS = ("float32", "int8", "binary")
 BACKENDS = ("torch", "onnx", "onnx-int8")
 ST_CONFIG = "config_sentence_transformers.json"
+ST_MODULES = "modules.json"
+# Older sentence-transformers write one flag per mode instead of `pooling_mode`.
+_ST_POOLING_FLAGS = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_max_tokens": "max",
+}
 
 
 @dataclass
 class Embedder:
     """An encoder with what `encode` needs beside it: the tokenizer, the prompts stored with the model
-    (sentence-transformers' `prompts`, e.g. {"query": "query: "}) and, for the ONNX backend, a session."""
+    (sentence-transformers' `prompts`, e.g. {"query": "query: "}), the pooling stored with it (its
+    sentence-transformers Pooling module; None when there is none) and, for the ONNX backend, a session."""
 
     model: Any
     tokenizer: Any
     prompts: dict[str, str] = field(default_factory=dict)
     max_length: int = 4096
     onnx_session: Any = None
+    pooling: str | None = None
+
+
+def stored_pooling(path: str | Path) -> str | None:
+    """The pooling mode of the sentence-transformers Pooling module in a model folder, or None without one.
+
+    Modes `encode` has no implementation of (e.g. "weightedmean", or several flags at once) are returned as
+    they are, so that `encode` can name them."""
+    path = Path(path)
+    if not (path / ST_MODULES).is_file():
+        return None
+    modules = json.loads((path / ST_MODULES).read_text())
+    for module in modules:
+        if str(module.get("type", "")).rsplit(".", 1)[-1] != "Pooling":
+            continue
+        settings_file = path / module.get("path", "") / "config.json"
+        if not settings_file.is_file():
+            raise FileNotFoundError(f"{path / ST_MODULES} names a Pooling module, but {settings_file} is missing")
+        settings = json.loads(settings_file.read_text())
+        if "pooling_mode" in settings:
+            return str(settings["pooling_mode"])
+        flags = [key for key, on in settings.items() if key.startswith("pooling_mode_") and on is True]
+        return "+".join(_ST_POOLING_FLAGS.get(flag, flag.removeprefix("pooling_mode_")) for flag in flags) or None
+    return None
 
 
 def load_embedder(path: str | Path, backend: str = "torch") -> Embedder:
@@ -56,12 +88,14 @@ def load_embedder(path: str | Path, backend: str = "torch") -> Embedder:
     if (path / ST_CONFIG).is_file():
         prompts = dict(json.loads((path / ST_CONFIG).read_text()).get("prompts") or {})
     config = AutoConfig.from_pretrained(path)
+    pooling = stored_pooling(path)
     if backend != "torch":
         from neobert.onnx_export import onnx_session
 
-        return Embedder(None, tokenizer, prompts, config.max_length, onnx_session(path, backend=backend))
+        session = onnx_session(path, backend=backend)
+        return Embedder(None, tokenizer, prompts, config.max_length, session, pooling)
     model = AutoModel.from_pretrained(path).eval()
-    return Embedder(model, tokenizer, prompts, config.max_length)
+    return Embedder(model, tokenizer, prompts, config.max_length, pooling=pooling)
 
 
 def as_embedder(model_or_path: Any, tokenizer: Any = None, backend: str = "torch") -> Embedder:
@@ -195,7 +229,7 @@ def _resolve_prompt(embedder: Embedder, prompt: str | None, prompt_name: str | N
 def encode(
     model_or_path: Any,
     texts: str | Sequence[str],
-    pooling: str = "mean",
+    pooling: str | None = None,
     normalize: bool = True,
     prompt: str | None = None,
     prompt_name: str | None = None,
@@ -211,6 +245,8 @@ def encode(
     """Embed `texts` with a NeoBERT encoder; returns a (len(texts), dim) numpy array (dim,) for one string.
 
     `model_or_path`: a folder, an `Embedder` (from `load_embedder`, to load once) or a NeoBERT model.
+    `pooling`: mean, cls or max; by default the folder's own (the Pooling module `neobert export --pooling`
+    writes, which sentence-transformers reads too), else mean.
     `prompt` is prepended to every text (e.g. "query: "); `prompt_name` picks one of the prompts stored
     with the model (sentence-transformers' `prompts`, e.g. "query" / "document"), so queries and documents
     can be encoded with their own instruction. `max_length` (default: the model's limit) truncates longer
@@ -220,7 +256,7 @@ def encode(
     "onnx-int8" for a folder holding model.onnx / model_int8.onnx (`neobert export-onnx [--int8]`); the
     ONNX backends pad their length-sorted batches.
     """
-    if pooling not in POOLINGS:
+    if pooling is not None and pooling not in POOLINGS:
         raise ValueError(f"unknown pooling {pooling!r}; choose one of {POOLINGS}")
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
@@ -232,6 +268,13 @@ def encode(
         raise ValueError(f"output_dim must be a positive integer, got {output_dim!r}")
     texts, single = check_texts(texts)
     embedder = as_embedder(model_or_path, tokenizer, backend)
+    if pooling is None:
+        pooling = embedder.pooling or "mean"
+        if pooling not in POOLINGS:
+            raise ValueError(
+                f"the model's sentence-transformers Pooling module asks for {pooling!r} pooling, which encode "
+                f"does not implement; pass pooling= one of {POOLINGS}"
+            )
     hidden_size = embedder.model.config.hidden_size if embedder.model is not None else None
     prefix = _resolve_prompt(embedder, prompt, prompt_name)
     limit = max_length or embedder.max_length

@@ -18,17 +18,21 @@ OPSET = 17
 
 
 class _ExportableEncoder(torch.nn.Module):
-    """The encoder with its rotary table as a real-valued (cos, sin) constant: ONNX has no complex type, and
-    the model's own table is built lazily in Python. Covers `max_length` positions (longer inputs fail)."""
+    """The encoder with its rotary (cos, sin) table computed in the graph from the input's length: ONNX has
+    no complex type, the model's own table is built lazily in Python, and a constant table would cap the
+    length. The angles are formed as `RotaryTable` forms them (float32 position times inverse frequency)."""
 
-    def __init__(self, encoder, max_length: int):
+    def __init__(self, encoder):
         super().__init__()
         self.encoder = encoder
-        table = torch.view_as_real(encoder.rotary.get(max_length, torch.device("cpu"))[:max_length])
-        self.register_buffer("rotary_table", table.float(), persistent=False)
+        rotary = encoder.rotary
+        exponents = torch.arange(0, rotary.head_dim, 2, dtype=torch.float32) / rotary.head_dim
+        self.register_buffer("inv_freq", 1.0 / (rotary.theta**exponents), persistent=False)
 
         def real_rotary(layout, device):
-            return self.rotary_table[: layout.length][None, :, None, None]
+            positions = torch.arange(layout.length, dtype=torch.float32, device=device)
+            angles = positions[:, None] * self.inv_freq[None, :]
+            return torch.stack((angles.cos(), angles.sin()), dim=-1)[None, :, None, None]
 
         # The padded path of NeoBERTModel asks `_rotary` for (1, L, 1, 1, head_dim/2, 2): same shape here.
         encoder._rotary = real_rotary
@@ -45,10 +49,9 @@ def _explicit_rms_norm(self, x: torch.Tensor) -> torch.Tensor:
     return normed * self.weight if self.weight is not None else normed
 
 
-def export_onnx(
-    model_dir: str | Path, out: str | Path | None = None, max_length: int | None = None, int8: bool = False
-) -> Path:
-    """Write `model.onnx` into `out` (default: next to the model, in `model_dir`), and with `int8` also
+def export_onnx(model_dir: str | Path, out: str | Path | None = None, int8: bool = False) -> Path:
+    """Write `model.onnx` into `out` (default: next to the model, in `model_dir`), any length accepted (as
+    the PyTorch model, rotary positions have no limit), and with `int8` also
     `model_int8.onnx` (see `quantize_onnx`). When `out` is another folder, the model folder's other files
     (tokenizer, sentence-transformers config) are copied there too, so that `encode(out, texts,
     backend="onnx")` works from it alone. Returns the path of model.onnx."""
@@ -63,7 +66,7 @@ def export_onnx(
     encoder = AutoModel.from_pretrained(model_dir, attn_implementation="sdpa").eval()
     if not encoder.config.rope:
         raise ValueError("ONNX export covers rotary-position models (every NeoBERT preset but bert-like-m0)")
-    wrapper = _ExportableEncoder(encoder, max_length or encoder.config.max_length).eval()
+    wrapper = _ExportableEncoder(encoder).eval()
     if out != model_dir:
         if out.exists() and any(out.iterdir()):
             raise FileExistsError(f"{out} exists and is not empty")

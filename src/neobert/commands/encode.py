@@ -15,7 +15,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, help="texts: .txt (one per line) or .jsonl (see --text-field)")
     parser.add_argument("--output", required=True, help=".npy file to write, shape (texts, dim)")
     parser.add_argument("--text-field", default="text", help="the JSON Lines field holding the text")
-    parser.add_argument("--pooling", default="mean", help="mean, cls or max")
+    parser.add_argument(
+        "--pooling",
+        default=None,
+        help="mean, cls or max (default: the folder's sentence-transformers pooling, else mean)",
+    )
     parser.add_argument("--prompt", default=None, help='text put before every input, e.g. "query: "')
     parser.add_argument("--prompt-name", default=None, help="a prompt stored with the model, e.g. query")
     parser.add_argument("--batch-size", type=int, default=64)

@@ -10,7 +10,6 @@ import sys
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="a model folder (e.g. what `neobert export` or `neobert contrastive` wrote)")
     parser.add_argument("--out", default=None, help="folder to write (default: model.onnx inside MODEL)")
-    parser.add_argument("--max-length", type=int, default=None, help="positions covered (default: the model's)")
     parser.add_argument("--int8", action="store_true", help="also write model_int8.onnx (dynamic int8 quantisation)")
 
 
@@ -18,7 +17,7 @@ def run(args: argparse.Namespace) -> int:
     from neobert.onnx_export import export_onnx
 
     try:
-        path = export_onnx(args.model, args.out, args.max_length, int8=args.int8)
+        path = export_onnx(args.model, args.out, int8=args.int8)
     except (ValueError, FileNotFoundError, FileExistsError) as error:
         print(f"neobert export-onnx: {error}", file=sys.stderr)
         return 2

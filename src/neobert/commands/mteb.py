@@ -12,7 +12,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="an embedder folder (e.g. what `neobert contrastive` wrote)")
     parser.add_argument("--tasks", required=True, help="comma-separated MTEB task names, e.g. Banking77Classification")
     parser.add_argument("--out", default=None, help="folder for mteb's result cache and a summary.json")
-    parser.add_argument("--pooling", default="mean", help="mean, cls or max")
+    parser.add_argument(
+        "--pooling",
+        default=None,
+        help="mean, cls or max (default: the folder's sentence-transformers pooling, else mean)",
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--no-prompts", action="store_true", help="no default instructions by task type")
 

@@ -49,7 +49,8 @@ def neobert_model_meta(path: str | Path, embedder) -> ModelMeta:
 
 
 class NeoBERTEncoder(AbsEncoder):
-    """MTEB's encoder protocol over `neobert.embed.encode` (length-sorted, packed, normalised)."""
+    """MTEB's encoder protocol over `neobert.embed.encode` (length-sorted, packed, normalised); `pooling`
+    None uses the folder's stored pooling, as `encode` does."""
 
     def __init__(
         self,
@@ -57,7 +58,7 @@ class NeoBERTEncoder(AbsEncoder):
         revision: str | None = None,
         *,
         device: str | None = None,
-        pooling: str = "mean",
+        pooling: str | None = None,
         batch_size: int = 64,
         use_default_prompts: bool = True,
         prompts: dict[str, str] | None = None,

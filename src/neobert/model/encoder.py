@@ -162,7 +162,7 @@ class NeoBERTModel(NeoBERTPreTrainedModel):
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
-        output_attentions = bool(output_attentions)
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         hidden, layout = self.embed(input_ids, inputs_embeds, attention_mask, position_ids, cu_seqlens, max_seqlen)
         rotary = self._rotary(layout, hidden.device) if self.config.rope else None

@@ -1,0 +1,105 @@
+"""The `[hf]` extra: a `transformers.Trainer` fine-tuning run (train, save, reload into a pipeline) and LoRA
+through PEFT with `neobert.lora.lora_config` (train, save the adapter, reload it, same outputs)."""
+
+import pytest
+import torch
+
+from conftest import small_config
+from neobert import NeoBERTForMaskedLM, NeoBERTForSequenceClassification
+from neobert.lora import LORA_TARGET_MODULES, lora_config
+
+pytest.importorskip("accelerate", reason="Trainer needs accelerate: pip install 'neobert[hf]'")
+peft = pytest.importorskip("peft", reason="LoRA needs PEFT: pip install 'neobert[hf]'")
+
+# Two classes told apart by their words, so a few steps visibly lower the loss.
+TEXTS = ["good fine great nice", "bad awful poor sad", "great good nice", "poor bad sad awful"] * 4
+LABELS = [0, 1, 0, 1] * 4
+
+
+@pytest.fixture
+def backbone(tmp_path, tokenizer):
+    """A pre-trained-style folder (masked LM and tokenizer) that task heads start from."""
+    folder = tmp_path / "backbone"
+    NeoBERTForMaskedLM(small_config()).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _batch(tokenizer):
+    batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    return {**batch, "labels": torch.tensor(LABELS)}
+
+
+def test_trainer_fine_tunes_saves_and_the_pipeline_reloads(backbone, tokenizer, tmp_path):
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, pipeline
+
+    model = NeoBERTForSequenceClassification.from_pretrained(backbone, num_labels=2)
+    rows = [{**tokenizer(text), "labels": label} for text, label in zip(TEXTS, LABELS, strict=True)]
+    arguments = TrainingArguments(
+        output_dir=str(tmp_path / "run"),
+        max_steps=12,
+        per_device_train_batch_size=8,
+        learning_rate=1e-3,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    trainer = Trainer(model=model, args=arguments, train_dataset=rows, data_collator=DataCollatorWithPadding(tokenizer))
+    trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(losses) == 12 and max(losses[-3:]) < min(losses[:3])
+    out = tmp_path / "classifier"
+    trainer.save_model(str(out))
+    tokenizer.save_pretrained(out)
+
+    classify = pipeline("text-classification", model=str(out), top_k=None)
+    scores = {row["label"]: row["score"] for row in classify([TEXTS[0]])[0]}
+    trained = trainer.model.eval()
+    with torch.no_grad():
+        expected = trained(**tokenizer(TEXTS[0], return_tensors="pt")).logits[0].softmax(-1)
+    got = torch.tensor([scores[trained.config.id2label[i]] for i in range(2)])
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_lora_trains_saves_and_reloads_to_the_same_outputs(backbone, tokenizer, tmp_path):
+    torch.manual_seed(0)
+    model = NeoBERTForSequenceClassification.from_pretrained(backbone, num_labels=2)
+    adapted = peft.get_peft_model(model, lora_config("SEQ_CLS"))
+    trainable = [name for name, p in adapted.named_parameters() if p.requires_grad]
+    adapted_layers = {name.split(".lora_")[0].rsplit(".", 1)[-1] for name in trainable if ".lora_" in name}
+    assert adapted_layers == set(LORA_TARGET_MODULES)
+    assert all(".lora_" in name or ".modules_to_save." in name for name in trainable)
+    assert any(".dense.modules_to_save." in name for name in trainable)  # the untrained head is trained too
+
+    batch = _batch(tokenizer)
+    optimizer = torch.optim.AdamW([p for p in adapted.parameters() if p.requires_grad], lr=5e-3)
+    adapted.train()
+    losses = []
+    for _ in range(10):
+        loss = adapted(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert max(losses[-3:]) < min(losses[:3])
+    adapted.eval()
+    with torch.no_grad():
+        expected = adapted(**batch).logits
+    adapted.save_pretrained(tmp_path / "adapter")
+
+    torch.manual_seed(1)  # the fresh head below starts from other weights than the trained one did
+    fresh = NeoBERTForSequenceClassification.from_pretrained(backbone, num_labels=2).eval()
+    with torch.no_grad():
+        assert not torch.allclose(fresh(**batch).logits, expected, atol=1e-3)
+    reloaded = peft.PeftModel.from_pretrained(fresh, tmp_path / "adapter").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**batch).logits, expected, atol=1e-5, rtol=1e-5)
+        merged = reloaded.merge_and_unload()
+        torch.testing.assert_close(merged(**batch).logits, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_lora_config_names_bad_task_types():
+    with pytest.raises(ValueError, match="unknown task_type 'CAUSAL_LM'"):
+        lora_config("CAUSAL_LM")
