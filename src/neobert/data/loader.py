@@ -31,12 +31,14 @@ from neobert.data.sequences import (
     TokenCorpus,
     collate_packed,
     collate_padded,
+    collate_rows,
     pack_best_fit,
     sequence_units,
 )
 from neobert.data.shards import DataError
 
-LAYOUTS = ("padded", "packed")
+# "rows": each pack is one row with full attention (cross-document, the naive packing of M6).
+LAYOUTS = ("padded", "packed", "rows")
 STATE_VERSION = 1
 MIXTURE_STREAM = 1_000_003  # a stream id no component uses, for the per-batch mixture draw
 
@@ -77,8 +79,10 @@ class LoaderConfig:
             raise ValueError(f"scheme must be one of {SCHEMES}, not {self.scheme!r}")
         if self.layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, not {self.layout!r}")
-        if self.scheme == "pack" and self.layout != "packed":
-            raise ValueError("scheme 'pack' puts several documents in a row: use layout 'packed'")
+        if self.scheme == "pack" and self.layout == "padded":
+            raise ValueError("scheme 'pack' puts several documents in a row: use layout 'packed' (or 'rows')")
+        if self.layout == "rows" and self.scheme != "pack":
+            raise ValueError("layout 'rows' lays packs in rows: it needs scheme 'pack'")
         if self.batch_size < 1 or self.pack_window < 1:
             raise ValueError("batch_size and pack_window must be positive")
 
@@ -187,6 +191,10 @@ class PretrainingLoader:
         if self.config.layout == "packed":
             batch = collate_packed(content, lengths, ids["cls"], ids["sep"])
             slots = len(samples) * self.max_length if self.config.scheme == "pack" else batch["input_ids"].numel()
+        elif self.config.layout == "rows":
+            per_row = [len(sample) for sample in samples]
+            batch = collate_rows(content, lengths, per_row, ids["cls"], ids["sep"], ids["pad"], self.max_length)
+            slots = batch["input_ids"].numel()
         else:
             batch = collate_padded(content, lengths, ids["cls"], ids["sep"], ids["pad"], self.config.pad_to_multiple_of)
             slots = batch["input_ids"].numel()

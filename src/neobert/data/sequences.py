@@ -188,6 +188,30 @@ def collate_packed(content: np.ndarray, lengths: np.ndarray, cls_id: int, sep_id
     }
 
 
+def collate_rows(
+    content: np.ndarray,
+    lengths: np.ndarray,
+    units_per_row: list[int],
+    cls_id: int,
+    sep_id: int,
+    pad_id: int,
+    width: int,
+) -> dict[str, torch.Tensor]:
+    """Naive packing (the paper's first try, M6): the sequences of each pack laid end to end in one row of
+    `width`, positions running on across them and attention over the whole row, so documents see each other."""
+    ids, cu = _with_specials(content, lengths, cls_id, sep_id)
+    row_ends = np.cumsum(units_per_row)
+    bounds = cu[np.concatenate([[0], row_ends])]
+    batch = np.full((len(units_per_row), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(units_per_row), width), dtype=np.int64)
+    for row, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+        if stop - start > width:
+            raise ValueError(f"a pack of {stop - start} tokens does not fit a row of {width}")
+        batch[row, : stop - start] = ids[start:stop]
+        mask[row, : stop - start] = 1
+    return {"input_ids": torch.from_numpy(batch), "attention_mask": torch.from_numpy(mask)}
+
+
 def collate_padded(
     content: np.ndarray, lengths: np.ndarray, cls_id: int, sep_id: int, pad_id: int, multiple_of: int = 8
 ) -> dict[str, torch.Tensor]:

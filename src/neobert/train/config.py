@@ -65,8 +65,9 @@ class DataSection:
     eval_split: Literal["train", "heldout"] | None = "heldout"
     max_length: int = 1024
     # "truncate": one document per sequence, its tail dropped (the paper). "pack": documents end to end,
-    # each attending only to itself.
-    sequence: Literal["truncate", "pack"] = "truncate"
+    # each attending only to itself. "pack_naive": packed rows where documents attend to each other (the
+    # paper's first packing, M6; for ablations).
+    sequence: Literal["truncate", "pack", "pack_naive"] = "truncate"
     mlm_probability: float = 0.2
     # "all": every selected token becomes [MASK] (the paper); "bert": 80% [MASK], 10% random, 10% kept.
     mask_mode: Literal["all", "bert"] = "all"
@@ -82,7 +83,7 @@ class DataSection:
     # lengths, sequence schemes, batch sizes or seeds are scored on the same masked positions. None: as in
     # training (eval_batch_size None: this rank's micro-batch).
     eval_max_length: int | None = None
-    eval_sequence: Literal["truncate", "pack"] | None = None
+    eval_sequence: Literal["truncate", "pack", "pack_naive"] | None = None
     eval_mlm_probability: float | None = None
     eval_mask_mode: Literal["all", "bert"] | None = None
     eval_batch_size: int | None = None

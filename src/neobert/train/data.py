@@ -14,6 +14,7 @@ from neobert.train.config import PretrainConfig
 from neobert.train.distributed import DistributedContext
 
 _MASK_STRATEGIES = {"all": "all_mask", "bert": "80_10_10"}
+_LAYOUTS = {"truncate": "padded", "pack": "packed", "pack_naive": "rows"}
 
 
 def _held_out(value, training_value):
@@ -42,8 +43,8 @@ def loader_config(config: PretrainConfig, split: str, micro_batch: int, held_out
     return LoaderConfig(
         path=data.path,
         split=split,
-        scheme=sequence,
-        layout="packed" if sequence == "pack" else "padded",
+        scheme="truncate" if sequence == "truncate" else "pack",
+        layout=_LAYOUTS[sequence],
         max_length=max_length,
         batch_size=micro_batch,
         # Held-out batches are the same whatever the phase: one pass, no length mixture.
