@@ -1,7 +1,9 @@
-"""What the benchmarks share: timing with cores used, the matrix-product peak, the run's setup, output."""
+"""What the benchmarks share: timing with cores used, the fp32 and bf16 matrix-product peaks, running a row
+in either precision, the run's setup, output."""
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -10,6 +12,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -17,9 +20,11 @@ import transformers
 
 import neobert
 import neobert.runtime
+from neobert.train.precision import time_matmul
 
 ROOT = Path(__file__).resolve().parent.parent
 MIN_CORES = 1.8  # below this, the machine was busy and the figure is unreliable
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def time_calls(fn: Callable[[], object], repeats: int, warmup: int = 1) -> dict:
@@ -36,13 +41,58 @@ def time_calls(fn: Callable[[], object], repeats: int, warmup: int = 1) -> dict:
     return {"median_s": statistics.median(walls), "cores": cores, "reliable": cores >= MIN_CORES}
 
 
-def measure_peak(sizes: tuple[int, ...], repeats: int) -> dict:
+def measure_peak(sizes: tuple[int, ...], repeats: int, precision: str = "fp32") -> dict:
+    """The square matrix-product peak in one precision: the library's own measurement, at each size."""
     rows = []
     for n in sizes:
-        a, b = torch.randn(n, n), torch.randn(n, n)
-        timing = time_calls(lambda a=a, b=b: a @ b, max(5, repeats))
-        rows.append({"size": n, **timing, "gflops": 2 * n**3 / timing["median_s"] / 1e9})
-    return {"sizes": rows, "gflops": max(row["gflops"] for row in rows)}
+        timing = asdict(time_matmul(DTYPES[precision], n, max(5, repeats)))
+        rows.append({**timing, "reliable": timing["cores"] >= MIN_CORES})
+    return {"precision": precision, "sizes": rows, "gflops": max(row["gflops"] for row in rows)}
+
+
+def measure_peaks(sizes: tuple[int, ...], repeats: int) -> dict:
+    """Both peaks, whatever `--precision` asks for: they say whether bf16 can pay on this host at all."""
+    return {peak_key(name): measure_peak(sizes, repeats, name) for name in DTYPES}
+
+
+def peak_key(precision: str) -> str:
+    """Report keys without a suffix are fp32 (as they were before bf16 was measured); bf16 adds `_bf16`."""
+    return "peak" if precision == "fp32" else "peak_bf16"
+
+
+def add_precision_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "both"),
+        default="both",
+        help="fp32, bf16 autocast over fp32 weights, or each in turn (default)",
+    )
+
+
+def precisions(choice: str) -> tuple[str, ...]:
+    return tuple(DTYPES) if choice == "both" else (choice,)
+
+
+def computing_in(precision: str) -> torch.autocast:
+    """bf16 as the trainer runs it: autocast over fp32 weights, so every call pays its casts."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def add_speed_ratios(rows: list[dict], rate: str, identity: Callable[[dict], tuple]) -> None:
+    """Gives each bf16 row `bf16_over_fp32`: its `rate` over the fp32 row with the same `identity`."""
+    fp32 = {identity(r): r[rate] for r in rows if r["precision"] == "fp32" and rate in r}
+    for row in rows:
+        if row["precision"] == "bf16" and rate in row and identity(row) in fp32:
+            row["bf16_over_fp32"] = row[rate] / fp32[identity(row)]
+
+
+def ratio_cell(row: dict) -> str:
+    return f"{row['bf16_over_fp32']:.2f}x" if "bf16_over_fp32" in row else ""
+
+
+def peaks_line(report: dict) -> str:
+    fp32, bf16 = report["peak"]["gflops"], report["peak_bf16"]["gflops"]
+    return f"matrix-product peak: fp32 {fp32:.1f}, bf16 {bf16:.1f} GFLOP/s (bf16/fp32 {bf16 / fp32:.2f}x)"
 
 
 def git(*args: str) -> str | None:

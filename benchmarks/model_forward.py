@@ -1,11 +1,15 @@
-"""Forward-pass throughput of NeoBERT, BERT and ModernBERT on this machine's CPU (fp32, inference).
+"""Forward-pass throughput of NeoBERT, BERT and ModernBERT on this machine's CPU (inference), in fp32 and
+under bf16 autocast.
 
-Measures, in one process: the fp32 matrix-product peak, each model's forward throughput as a share of
-that peak, and NeoBERT's real-token throughput on a batch of varied lengths, padded versus packed.
-Prints a table and writes every figure, with the setup, to a JSON file.
+Measures, in one process: the fp32 and bf16 matrix-product peaks, each model's forward throughput in each
+precision as a share of that precision's peak (and bf16's speed over fp32's), and NeoBERT's real-token
+throughput on a batch of varied lengths, padded versus packed. Prints a table and writes every figure,
+with the setup, to a JSON file: `peak` and `packed_vs_padded` are fp32, `peak_bf16` and
+`packed_vs_padded_bf16` bf16; each forward row names its precision. The targets are set for fp32.
 
     python benchmarks/model_forward.py            # the full run: several minutes
     python benchmarks/model_forward.py --quick    # tiny sizes, seconds; what the test runs
+    python benchmarks/model_forward.py --precision fp32   # one precision (bf16 is ~10x slower on AVX2 CPUs)
 """
 
 from __future__ import annotations
@@ -23,8 +27,15 @@ import neobert
 from bench_common import (
     MIN_CORES,
     ROOT,
+    add_precision_option,
+    add_speed_ratios,
+    computing_in,
     cores_cell,
-    measure_peak,
+    measure_peaks,
+    peak_key,
+    peaks_line,
+    precisions,
+    ratio_cell,
     set_allocator,
     setup_info,
     table,
@@ -114,11 +125,18 @@ def random_ids(batch: int, length: int, generator: torch.Generator) -> torch.Ten
     return torch.randint(*TOKEN_RANGE, (batch, length), generator=generator)
 
 
-def measure_forward(model: nn.Module, params: int, shape: tuple[int, int], repeats: int, peak: float) -> dict:
+def measure_forward(
+    model: nn.Module, params: int, shape: tuple[int, int], repeats: int, precision: str, peak: float
+) -> dict:
     batch, length = shape
     ids = random_ids(batch, length, torch.Generator().manual_seed(0))
     mask = torch.ones_like(ids)
-    timing = time_calls(lambda: model(input_ids=ids, attention_mask=mask), repeats)
+
+    def forward():
+        with computing_in(precision):
+            model(input_ids=ids, attention_mask=mask)
+
+    timing = time_calls(forward, repeats)
     flops = forward_flops(params, model.config, batch, length)
     gflops = flops / timing["median_s"] / 1e9
     tokens_per_s = batch * length / timing["median_s"]
@@ -131,19 +149,23 @@ def measure_forward(model: nn.Module, params: int, shape: tuple[int, int], repea
     }
 
 
-def benchmark_models(plan: Plan, repeats: int, peak: float) -> list[dict]:
+def benchmark_models(plan: Plan, repeats: int, peaks: dict[str, float]) -> list[dict]:
+    """One row per model, shape and precision (in `peaks`), the model built once for all of them."""
     rows = []
     for candidate in candidates(plan):
         model = candidate.build().eval()
         params = non_embedding_params(model, candidate.is_embedding)
         for batch, length in plan.shapes:
-            row = {"model": candidate.name, "batch": batch, "length": length, "non_embedding_params": params}
-            if candidate.max_length is not None and length > candidate.max_length:
-                row["skipped"] = f"{batch}x{length}: max_position_embeddings is {candidate.max_length}"
-            else:
-                row.update(measure_forward(model, params, (batch, length), repeats, peak))
-            rows.append(row)
+            for precision, peak in peaks.items():
+                row = {"model": candidate.name, "batch": batch, "length": length, "precision": precision}
+                row["non_embedding_params"] = params
+                if candidate.max_length is not None and length > candidate.max_length:
+                    row["skipped"] = f"{batch}x{length}: max_position_embeddings is {candidate.max_length}"
+                else:
+                    row.update(measure_forward(model, params, (batch, length), repeats, precision, peak))
+                rows.append(row)
         del model
+    add_speed_ratios(rows, "tokens_per_s", lambda r: (r["model"], r["batch"], r["length"]))
     return rows
 
 
@@ -172,24 +194,40 @@ def max_difference(padded_out: torch.Tensor, packed_out: torch.Tensor, lengths: 
     return float((real - packed_out[0]).abs().max())
 
 
-def benchmark_packing(plan: Plan, repeats: int) -> dict:
+def benchmark_packing(plan: Plan, repeats: int, precision: str) -> dict:
     model = neobert.NeoBERTModel(neobert.NeoBERTConfig.from_preset(plan.neobert_preset)).eval()
     lengths = varied_lengths(plan.varied_max_len)
     padded, packed = padded_and_packed(lengths)
     real_tokens = sum(lengths)
-    result = {"preset": plan.neobert_preset, "lengths": lengths, "mean_length": real_tokens / len(lengths)}
+    result = {
+        "preset": plan.neobert_preset,
+        "precision": precision,
+        "lengths": lengths,
+        "mean_length": real_tokens / len(lengths),
+    }
+
+    def forward(inputs: dict) -> torch.Tensor:
+        with computing_in(precision):
+            return model(**inputs).last_hidden_state.float()
+
     for name, inputs in (("padded", padded), ("packed", packed)):
-        timing = time_calls(lambda inputs=inputs: model(**inputs), repeats)
+        timing = time_calls(lambda inputs=inputs: forward(inputs), repeats)
         result[name] = {**timing, "real_tokens_per_s": real_tokens / timing["median_s"]}
     result["ratio"] = result["packed"]["real_tokens_per_s"] / result["padded"]["real_tokens_per_s"]
-    padded_out = model(**padded).last_hidden_state
-    result["max_abs_diff"] = max_difference(padded_out, model(**packed).last_hidden_state, lengths)
+    result["max_abs_diff"] = max_difference(forward(padded), forward(packed), lengths)
     return result
 
 
-def check_targets(forward: list[dict], packing: dict, plan: Plan) -> list[dict]:
+def check_targets(forward: list[dict], packing: dict | None, plan: Plan) -> list[dict]:
+    """The targets are set for fp32: none when only bf16 ran."""
+    if packing is None:
+        return []
     batch, length = plan.shapes[0]
-    neo = next(r for r in forward if r["model"] == "neobert" and (r["batch"], r["length"]) == (batch, length))
+    neo = next(
+        r
+        for r in forward
+        if r["model"] == "neobert" and (r["batch"], r["length"], r["precision"]) == (batch, length, "fp32")
+    )
     return [
         target(f"NeoBERT {batch}x{length} % of peak", neo["percent_of_peak"], 100 * PEAK_TARGET),
         target("packed/padded real tokens/s", packing["ratio"], PACKED_TARGET),
@@ -197,50 +235,67 @@ def check_targets(forward: list[dict], packing: dict, plan: Plan) -> list[dict]:
 
 
 def forward_cells(r: dict) -> list[str]:
-    cells = [r["model"], f"{r['batch']}x{r['length']}"]
+    cells = [r["model"], f"{r['batch']}x{r['length']}", r["precision"]]
     if "skipped" in r:
-        return cells + ["n/a"] * 5
+        return cells + ["n/a"] * 6
     return cells + [
         f"{r['median_s']:.3f}",
         f"{r['tokens_per_s']:.0f}",
         f"{r['gflops']:.1f}",
         f"{r['percent_of_peak']:.1f}%",
+        ratio_cell(r),
         cores_cell(r),
     ]
 
 
+def packing_lines(packing: dict) -> list[str]:
+    lines = [
+        f"Padded vs packed, NeoBERT {packing['preset']}, {packing['precision']}: lengths {packing['lengths']} "
+        f"(mean {packing['mean_length']:.1f}, {sum(packing['lengths'])} real tokens)"
+    ]
+    rows = [
+        [name, f"{r['median_s']:.3f}", f"{r['real_tokens_per_s']:.0f}", cores_cell(r)]
+        for name, r in ((name, packing[name]) for name in ("padded", "packed"))
+    ]
+    lines += table(("layout", "median s", "real tokens/s", "cores"), rows)
+    return lines + [
+        f"packed/padded: {packing['ratio']:.2f}x; max |packed - padded| at real positions: "
+        f"{packing['max_abs_diff']:.2e}",
+        "",
+    ]
+
+
 def render(report: dict) -> str:
-    setup, peak, packing = report["setup"], report["peak"], report["packed_vs_padded"]
-    sizes = peak["sizes"]
+    setup = report["setup"]
     dirty = " (with uncommitted edits)" if setup["git_dirty"] else ""
     lines = [
         f"CPU: {setup['cpu_model']}, {setup['threads']} threads; torch {setup['torch']}, "
         f"transformers {setup['transformers']}; allocator: {setup['allocator']}",
         f"commit {setup['git_commit']}{dirty}; {setup['date']}; median of {setup['repeats']} timed runs",
         "",
-        "fp32 matrix-product peak (a @ b, square matrices)",
+        "matrix-product peaks (a @ b, square matrices)",
     ]
-    rows = [[str(r["size"]), f"{r['median_s']:.4f}", f"{r['gflops']:.1f}", cores_cell(r)] for r in sizes]
-    lines += table(("size", "median s", "GFLOP/s", "cores"), rows)
-    lines += [f"peak: {peak['gflops']:.1f} GFLOP/s", "", "Forward throughput (fp32, eval, inference_mode)"]
-    header = ("model", "shape", "median s", "tokens/s", "GFLOP/s", "% peak", "cores")
-    lines += table(header, [forward_cells(r) for r in report["forward"]])
-    lines += [f"n/a: {r['model']} {r['skipped']}" for r in report["forward"] if "skipped" in r]
-    lines += [f"note: {MODERNBERT_NOTE}", f"* below {MIN_CORES} cores: the machine was busy; unreliable.", ""]
-    lines.append(
-        f"Padded vs packed, NeoBERT {packing['preset']}: lengths {packing['lengths']} "
-        f"(mean {packing['mean_length']:.1f}, {sum(packing['lengths'])} real tokens)"
-    )
     rows = [
-        [name, f"{r['median_s']:.3f}", f"{r['real_tokens_per_s']:.0f}", cores_cell(r)]
-        for name, r in ((name, packing[name]) for name in ("padded", "packed"))
+        [str(r["size"]), precision, f"{r['median_s']:.4f}", f"{r['gflops']:.1f}", cores_cell(r)]
+        for precision in ("fp32", "bf16")
+        for r in report[peak_key(precision)]["sizes"]
     ]
-    lines += table(("layout", "median s", "real tokens/s", "cores"), rows)
+    lines += table(("size", "precision", "median s", "GFLOP/s", "cores"), rows)
     lines += [
-        f"packed/padded: {packing['ratio']:.2f}x; max |packed - padded| at real positions: "
-        f"{packing['max_abs_diff']:.2e}",
+        peaks_line(report),
         "",
+        "Forward throughput (eval, inference_mode; bf16: autocast over fp32 weights; % of that precision's peak)",
     ]
+    header = ("model", "shape", "precision", "median s", "tokens/s", "GFLOP/s", "% peak", "x fp32", "cores")
+    lines += table(header, [forward_cells(r) for r in report["forward"]])
+    skipped = {(r["model"], r["skipped"]) for r in report["forward"] if "skipped" in r}
+    lines += [f"n/a: {model} {reason}" for model, reason in sorted(skipped)]
+    lines += [f"note: {MODERNBERT_NOTE}", f"* below {MIN_CORES} cores: the machine was busy; unreliable.", ""]
+    for key in ("packed_vs_padded", "packed_vs_padded_bf16"):
+        if key in report:
+            lines += packing_lines(report[key])
+    if not report["targets"]:
+        lines.append("no targets checked: they are set for fp32 (run with --precision fp32 or both)")
     lines += [
         f"{'PASS' if t['passed'] else 'FAIL'} {t['name']}: {t['value']:.2f} (target >= {t['target']:g})"
         for t in report["targets"]
@@ -257,6 +312,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=None, help="timed forwards per figure (default 5)")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "model_forward.json")
     parser.add_argument("--no-tune-allocator", action="store_true", help="keep glibc's malloc defaults")
+    add_precision_option(parser)
     return parser.parse_args(argv)
 
 
@@ -266,11 +322,15 @@ def main(argv: list[str] | None = None) -> dict:
     plan = QUICK if args.quick else FULL
     repeats = args.repeats or plan.repeats
     report: dict = {"setup": {**setup_info(allocator, args.quick), "repeats": repeats}}
+    chosen = precisions(args.precision)
     with torch.inference_mode():
-        report["peak"] = measure_peak(plan.matrix_sizes, repeats)
-        report["forward"] = benchmark_models(plan, repeats, report["peak"]["gflops"])
-        report["packed_vs_padded"] = benchmark_packing(plan, repeats)
-    report["targets"] = check_targets(report["forward"], report["packed_vs_padded"], plan)
+        report.update(measure_peaks(plan.matrix_sizes, repeats))
+        peaks = {precision: report[peak_key(precision)]["gflops"] for precision in chosen}
+        report["forward"] = benchmark_models(plan, repeats, peaks)
+        for precision in chosen:
+            suffix = "" if precision == "fp32" else f"_{precision}"
+            report[f"packed_vs_padded{suffix}"] = benchmark_packing(plan, repeats, precision)
+    report["targets"] = check_targets(report["forward"], report.get("packed_vs_padded"), plan)
     report["notes"] = [MODERNBERT_NOTE]
     write_json(report, args.out)  # before printing, so a closed stdout cannot lose the figures
     print(render(report))

@@ -1,17 +1,21 @@
-"""Training-step throughput of NeoBERT against BertForMaskedLM and ModernBertForMaskedLM (CPU, fp32).
+"""Training-step throughput of NeoBERT against BertForMaskedLM and ModernBertForMaskedLM (CPU), in fp32 and
+with bf16 autocast.
 
 One batch of real-looking shape for every model: 8 documents, the longest 512 tokens, the mean about half
 that, 20% of the real tokens masked (the same positions for every model). The peers take it padded
 (8 x 512 with a mask), as they are used; NeoBERT takes it packed (one row, `cu_seqlens`) and, for
-reference, padded. A step is forward with labels, backward and a fused AdamW step.
+reference, padded. A step is forward with labels, backward and a fused AdamW step; in bf16 it is the
+trainer's: fp32 master weights, the forward under bf16 autocast, backward and the update outside it.
 
-Reported per model: seconds a step, real tokens a second, cores used, and the FLOP/s of the work each
-model actually does (3 x forward: encoder matrices and attention over the positions it computes, plus the
-MLM head over the positions it decodes: all of them for the peers, the masked ones for NeoBERT), as a
-share of the fp32 matrix-product peak measured in the same run.
+Reported per model and precision: seconds a step, real tokens a second, cores used, and the FLOP/s of the
+work each model actually does (3 x forward: encoder matrices and attention over the positions it
+computes, plus the MLM head over the positions it decodes: all of them for the peers, the masked ones for
+NeoBERT), as a share of that precision's matrix-product peak measured in the same run (`peak` is fp32,
+`peak_bf16` bf16), and bf16's real tokens/s over fp32's. The targets are set for fp32.
 
     python benchmarks/train_step.py            # several minutes
     python benchmarks/train_step.py --quick    # tiny sizes, seconds
+    python benchmarks/train_step.py --precision fp32   # one precision (bf16 is ~10x slower on AVX2 CPUs)
 """
 
 from __future__ import annotations
@@ -28,8 +32,15 @@ from transformers import BertConfig, BertForMaskedLM, ModernBertConfig, ModernBe
 import neobert
 from bench_common import (
     ROOT,
+    add_precision_option,
+    add_speed_ratios,
+    computing_in,
     cores_cell,
-    measure_peak,
+    measure_peaks,
+    peak_key,
+    peaks_line,
+    precisions,
+    ratio_cell,
     set_allocator,
     setup_info,
     table,
@@ -111,14 +122,16 @@ def step_flops(model: nn.Module, runner: Runner, batch: dict) -> float:
     return 3 * forward
 
 
-def measure(runner: Runner, batch: dict, repeats: int, peak: float, real_tokens: int) -> dict:
+def measure(runner: Runner, batch: dict, repeats: int, precision: str, peak: float, real_tokens: int) -> dict:
     torch.manual_seed(0)
     model = runner.build().train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        model(**batch).loss.backward()
+        with computing_in(precision):
+            loss = model(**batch).loss
+        loss.backward()
         optimizer.step()
 
     timing = time_calls(step, repeats)
@@ -126,6 +139,7 @@ def measure(runner: Runner, batch: dict, repeats: int, peak: float, real_tokens:
     gflops = flops / timing["median_s"] / 1e9
     return {
         "model": runner.name,
+        "precision": precision,
         **timing,
         "real_tokens_per_s": real_tokens / timing["median_s"],
         "flops_per_step": flops,
@@ -134,27 +148,50 @@ def measure(runner: Runner, batch: dict, repeats: int, peak: float, real_tokens:
     }
 
 
+def fp32_targets(steps: list[dict]) -> list[dict]:
+    """The targets are set for fp32: none when only bf16 ran."""
+    by_name = {r["model"]: r for r in steps if r["precision"] == "fp32"}
+    if not by_name:
+        return []
+    best_peer = max(by_name["bert"]["real_tokens_per_s"], by_name["modernbert"]["real_tokens_per_s"])
+    return [
+        target("NeoBERT (packed) % of peak", by_name["neobert (packed)"]["percent_of_peak"], PEAK_TARGET),
+        target(
+            "NeoBERT real tokens/s over the faster peer",
+            by_name["neobert (packed)"]["real_tokens_per_s"] / best_peer,
+            1.0,
+        ),
+    ]
+
+
 def render(report: dict) -> str:
     setup = report["setup"]
     lines = [
         f"CPU: {setup['cpu_model']}, {setup['threads']} threads; torch {setup['torch']}, "
         f"transformers {setup['transformers']}; allocator: {setup['allocator']}; commit {setup['git_commit']}",
         f"batch: {len(report['lengths'])} documents, lengths {report['lengths']} ({report['real_tokens']} real "
-        f"tokens); median of {setup['repeats']} steps; peak {report['peak']['gflops']:.1f} GFLOP/s",
+        f"tokens); median of {setup['repeats']} steps",
+        peaks_line(report),
+        "bf16: autocast over fp32 master weights, as the trainer runs; % of that precision's peak",
         "",
     ]
     rows = [
         [
             r["model"],
+            r["precision"],
             f"{r['median_s']:.2f}",
             f"{r['real_tokens_per_s']:.0f}",
             f"{r['gflops']:.1f}",
             f"{r['percent_of_peak']:.1f}%",
+            ratio_cell(r),
             cores_cell(r),
         ]
         for r in report["steps"]
     ]
-    lines += table(("model", "s/step", "real tokens/s", "GFLOP/s", "% peak", "cores"), rows)
+    header = ("model", "precision", "s/step", "real tokens/s", "GFLOP/s", "% peak", "x fp32", "cores")
+    lines += table(header, rows)
+    if not report["targets"]:
+        lines += ["", "no targets checked: they are set for fp32 (run with --precision fp32 or both)"]
     lines += [
         "",
         *(
@@ -171,6 +208,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=None, help="timed steps per model (default 3)")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "train_step.json")
     parser.add_argument("--no-tune-allocator", action="store_true", help="keep glibc's malloc defaults")
+    add_precision_option(parser)
     args = parser.parse_args(argv)
     allocator = set_allocator(not args.no_tune_allocator)
     repeats = args.repeats or (1 if args.quick else 3)
@@ -180,23 +218,22 @@ def main(argv: list[str] | None = None) -> dict:
         "setup": {**setup_info(allocator, args.quick), "repeats": repeats},
         "lengths": lengths,
         "real_tokens": sum(lengths),
-        "peak": measure_peak((256, 512) if args.quick else (2048, 4096), repeats),
+        **measure_peaks((256, 512) if args.quick else (2048, 4096), repeats),
     }
-    peak = report["peak"]["gflops"]
     report["steps"] = [
-        measure(runner, packed if runner.layout == "packed" else padded, repeats, peak, sum(lengths))
+        measure(
+            runner,
+            packed if runner.layout == "packed" else padded,
+            repeats,
+            precision,
+            report[peak_key(precision)]["gflops"],
+            sum(lengths),
+        )
         for runner in runners(args.quick)
+        for precision in precisions(args.precision)
     ]
-    by_name = {r["model"]: r for r in report["steps"]}
-    best_peer = max(by_name["bert"]["real_tokens_per_s"], by_name["modernbert"]["real_tokens_per_s"])
-    report["targets"] = [
-        target("NeoBERT (packed) % of peak", by_name["neobert (packed)"]["percent_of_peak"], PEAK_TARGET),
-        target(
-            "NeoBERT real tokens/s over the faster peer",
-            by_name["neobert (packed)"]["real_tokens_per_s"] / best_peer,
-            1.0,
-        ),
-    ]
+    add_speed_ratios(report["steps"], "real_tokens_per_s", lambda r: r["model"])
+    report["targets"] = fp32_targets(report["steps"])
     write_json(report, args.out)
     print(render(report))
     print(f"\nwrote {args.out}")

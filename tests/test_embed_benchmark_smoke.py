@@ -1,5 +1,7 @@
 """The encode throughput benchmark runs end to end at tiny sizes and writes a complete JSON report."""
 
+import pytest
+
 from conftest import run_quick_benchmark
 
 ROUTES = [
@@ -30,3 +32,42 @@ def test_quick_encode_benchmark_writes_every_figure(tmp_path):
         "encode (ONNX int8) / SentenceTransformer, same model",
     ]
     assert "float32 bound at peak" in stdout and "cosine to float32" in stdout
+
+
+def test_quick_encode_benchmark_reports_the_torch_routes_in_bf16_too(tmp_path):
+    report, stdout = run_quick_benchmark("encode_throughput.py", tmp_path / "encode.json")
+    peaks = {"fp32": report["peak"]["gflops"], "bf16": report["peak_bf16"]["gflops"]}
+    assert report["peak"]["precision"] == "fp32" and report["peak_bf16"]["precision"] == "bf16"
+    assert [r["precision"] for r in report["rows"].values()] == ["fp32", "fp32", "int8", "fp32", "fp32"]
+    torch_routes = [name for name in ROUTES if name != "neobert.encode (ONNX int8)"]
+    assert list(report["rows_bf16"]) == torch_routes
+    assert all(row["precision"] == "bf16" for row in report["rows_bf16"].values())
+    assert "percent_of_peak" not in report["rows"]["neobert.encode (ONNX int8)"]  # int8 has no such peak
+
+    texts, tokens = report["setup"]["texts"], report["setup"]["mean_tokens"] * report["setup"]["texts"]
+    neobert_flops = 2 * report["float32_bound"]["non_embedding_params"] * tokens
+    for rows, precision in ((report["rows"], "fp32"), (report["rows_bf16"], "bf16")):
+        for name in torch_routes:
+            row = rows[name]
+            assert row["texts_per_s"] == pytest.approx(texts / row["median_s"], rel=1e-12)
+            assert row["percent_of_peak"] == pytest.approx(100 * row["gflops"] / peaks[precision], rel=1e-12)
+            if name.startswith(("neobert", "SentenceTransformer(NeoBERT)")):  # the same model's real tokens
+                assert row["gflops"] == pytest.approx(neobert_flops / row["median_s"] / 1e9, rel=1e-9)
+    for name, row in report["rows_bf16"].items():
+        ratio = row["texts_per_s"] / report["rows"][name]["texts_per_s"]
+        assert row["bf16_over_fp32"] == pytest.approx(ratio, rel=1e-12)
+        assert f"{ratio:.2f}x" in stdout
+    assert all("bf16_over_fp32" not in row for row in report["rows"].values())
+
+    for key, precision, rows in (
+        ("float32_bound", "fp32", report["rows"]),
+        ("bf16_bound", "bf16", report["rows_bf16"]),
+    ):
+        bound = report[key]
+        assert bound["peak_gflops"] == peaks[precision]
+        assert bound["seconds"] == pytest.approx(neobert_flops / (peaks[precision] * 1e9), rel=1e-9)
+        reference = rows["SentenceTransformer(NeoBERT)"]["texts_per_s"]
+        assert bound["over_sentence_transformers"] == pytest.approx(bound["texts_per_s"] / reference, rel=1e-12)
+    # bf16 autocast really ran (the vectors moved off float32's) and kept them close.
+    assert 0.999 < report["cosine_to_float32"]["bf16_packed_min"] < 1 - 1e-6
+    assert "bf16 bound at peak" in stdout

@@ -61,3 +61,10 @@ def test_a_run_records_and_uses_its_precision(tmp_path):
     first = {k: v for k, v in fp32.last_metrics.items() if k == "train/loss"}
     assert first["train/loss"] != result.last_metrics["train/loss"]
     assert result.last_metrics["train/loss"] == pytest.approx(first["train/loss"], rel=2e-2)
+
+
+def test_the_matrix_product_peak_is_its_products_flops_over_their_median():
+    for dtype in (torch.float32, torch.bfloat16):
+        timing = precision.time_matmul(dtype, size=64, repeats=3)
+        assert timing.size == 64 and timing.median_s > 0 and timing.cores > 0
+        assert timing.gflops == pytest.approx(2 * 64**3 / timing.median_s / 1e9, rel=1e-12)

@@ -8,6 +8,7 @@ in both precisions, casts included, and picks the faster; `fp32` and `bf16` forc
 from __future__ import annotations
 
 import functools
+import statistics
 import time
 from dataclasses import asdict, dataclass
 
@@ -100,14 +101,33 @@ def _time_products(shapes: tuple[tuple[int, int, int], ...], autocast: bool, rep
     return best
 
 
-def matmul_peak_gflops(dtype: torch.dtype, size: int = PEAK_SIZE, repeats: int = 4) -> float:
+@dataclass(frozen=True)
+class MatmulTiming:
+    size: int
+    median_s: float  # one size x size product
+    cores: float  # CPU time / wall time while timing: below the thread count, the machine was busy
+    gflops: float
+
+
+def time_matmul(dtype: torch.dtype, size: int = PEAK_SIZE, repeats: int = 4) -> MatmulTiming:
+    """Median of `repeats` square products in `dtype` after a warm-up one: the matrix-product peak that
+    `auto` and the benchmarks compare the model against."""
     a = torch.randn(size, size).to(dtype)
     b = torch.randn(size, size).to(dtype)
     a @ b
-    started = time.perf_counter()
+    walls = []
+    cpu_started = time.process_time()
     for _ in range(repeats):
+        started = time.perf_counter()
         a @ b
-    return 2 * size**3 * repeats / (time.perf_counter() - started) / 1e9
+        walls.append(time.perf_counter() - started)
+    median = statistics.median(walls)
+    cores = (time.process_time() - cpu_started) / sum(walls)
+    return MatmulTiming(size, median, cores, 2 * size**3 / median / 1e9)
+
+
+def matmul_peak_gflops(dtype: torch.dtype, size: int = PEAK_SIZE, repeats: int = 4) -> float:
+    return time_matmul(dtype, size, repeats).gflops
 
 
 def model_shapes(config, tokens: int, masked: int) -> tuple[tuple[int, int, int], ...]:
