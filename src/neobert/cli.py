@@ -9,7 +9,7 @@ import sys
 # name -> (module, one-line help). Each module defines `add_arguments(parser)` and `run(args) -> int`.
 COMMANDS: dict[str, tuple[str, str]] = {
     "smoke": ("neobert.commands.smoke", "build a tiny model, fill a mask, save and reload it (seconds)"),
-    "demo": ("neobert.commands.demo", "prepare the demo corpus, pre-train `tiny` ~10 min, evaluate, report"),
+    "demo": ("neobert.commands.demo", "prepare the demo corpus, pre-train ~10 min, evaluate, probe, report"),
     "prepare": ("neobert.commands.prepare", "tokenise text (files, datasets, --demo) into token shards"),
     "pretrain": ("neobert.commands.pretrain", "pre-train from YAML presets and dotted overrides (torchrun too)"),
     "export": ("neobert.commands.export", "a checkpoint as a transformers / sentence-transformers folder"),
@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export-onnx": ("neobert.commands.export_onnx", "the encoder as ONNX (dynamic batch and length)"),
     "mteb": ("neobert.commands.mteb", "run MTEB (v2) tasks on an embedder through mteb's evaluator"),
     "contrastive": ("neobert.commands.contrastive", "contrastive fine-tuning (InfoNCE) into a sentence embedder"),
+    "ablate": ("neobert.commands.ablate", "the paper's ablation ladder (Table 2) at small scale, seeds, table"),
 }
 
 

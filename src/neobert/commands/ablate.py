@@ -1,0 +1,60 @@
+"""`neobert ablate`: the paper's ablation ladder (Table 2) at small scale on the demo corpus, several seeds a
+row, with a table (mean ± std) and a PNG."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from neobert.ablate import ROW_NAMES
+
+    parser.add_argument("overrides", nargs="*", metavar="OVERRIDE", help="dotted overrides for every row")
+    parser.add_argument("--rows", default=None, help=f"comma-separated rows (default all: {','.join(ROW_NAMES)})")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per row (default 3)")
+    parser.add_argument("--steps", type=int, default=None, help="optimiser steps per run (default: ablations/small)")
+    parser.add_argument("--quick", action="store_true", help="tiny shapes and a few steps: checks the ladder runs")
+    parser.add_argument("--corpus", default=None, help="prepared corpus folder (default: the cached demo corpus)")
+    parser.add_argument("--out", default="runs/ablate", help="results folder (an interrupted ladder resumes there)")
+    parser.add_argument("--no-probe", action="store_true", help="skip the frozen-embedding linear probe")
+
+
+def run(args: argparse.Namespace) -> int:
+    from neobert.ablate import LadderSettings, format_table, run_ladder, select_rows
+    from neobert.commands.demo import prepare_demo_corpus
+    from neobert.commands.pretrain import split_items
+
+    paths, overrides = split_items(args.overrides)
+    if paths:
+        print(f"neobert ablate takes only key=value overrides, not {paths}", file=sys.stderr)
+        return 2
+    if args.seeds < 1:
+        print(f"neobert ablate: --seeds must be at least 1, got {args.seeds}", file=sys.stderr)
+        return 2
+    try:
+        rows = select_rows(args.rows.split(",") if args.rows else None)
+    except ValueError as error:
+        print(f"neobert ablate: {error}", file=sys.stderr)
+        return 2
+    corpus = Path(args.corpus) if args.corpus else prepare_demo_corpus()
+    settings = LadderSettings(
+        corpus=str(corpus),
+        out=args.out,
+        seeds=args.seeds,
+        steps=args.steps,
+        quick=args.quick,
+        probe=not args.no_probe,
+        probe_train=60 if args.quick else 500,
+        probe_test=40 if args.quick else 300,
+        extra=tuple(overrides),
+    )
+    try:
+        report = run_ladder(rows, settings)
+    except ValueError as error:
+        print(f"neobert ablate: {error}", file=sys.stderr)
+        return 2
+    print(format_table(rows, report["summary"]))
+    print(f"\nresults: {Path(args.out) / 'results.json'}\ntable: {Path(args.out) / 'ablations.md'}")
+    return 0
