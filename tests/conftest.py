@@ -48,9 +48,9 @@ def random_ids(batch: int, length: int, low: int = 1000, high: int = 30000) -> t
     return torch.randint(low, high, (batch, length))
 
 
-def run_quick_benchmark(script: str, out) -> tuple[dict, str]:
-    """Run `benchmarks/<script> --quick` in its own process (benchmarks tune the process's allocator, which
-    must not leak into the test run); returns its JSON report and its standard output."""
+def run_quick_benchmark(script: str, out, *extra: str) -> tuple[dict, str]:
+    """Run `benchmarks/<script> --quick [extra...]` in its own process (benchmarks tune the process's
+    allocator, which must not leak into the test run); returns its JSON report and its standard output."""
     import json
     import subprocess
     import sys
@@ -58,7 +58,7 @@ def run_quick_benchmark(script: str, out) -> tuple[dict, str]:
 
     path = Path(__file__).resolve().parent.parent / "benchmarks" / script
     done = subprocess.run(
-        [sys.executable, str(path), "--quick", "--out", str(out)], capture_output=True, text=True, timeout=300
+        [sys.executable, str(path), "--quick", "--out", str(out), *extra], capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr[-4000:]
     return json.loads(Path(out).read_text()), done.stdout
