@@ -93,9 +93,10 @@ def stage_rows(report: dict) -> list[list[str]]:
         if stage["status"] != "ok":  # a whole stage; runs within a stage carry their own status
             rows.append(not_ok(name, stage))
         elif name == "peak":
-            rows.append(
-                row("bf16 matmul peak", f"{stage['sizes'][-1]['size']}^3", {"TFLOP/s": number(stage["flops"] / 1e12)})
-            )
+            note = f"{stage['sizes'][-1]['size']}^3"
+            if stage.get("datasheet_flops"):
+                note += f", {stage['flops'] / stage['datasheet_flops']:.0%} of the datasheet's bf16 peak"
+            rows.append(row("bf16 matmul peak", note, {"TFLOP/s": number(stage["flops"] / 1e12)}))
         elif name == "tests":
             counts = ", ".join(f"{stage[k]} {k}" for k in ("passed", "failed", "error", "skipped"))
             rows.append(row("tests -m gpu", counts))
