@@ -27,15 +27,21 @@ MIN_CORES = 1.8  # below this, the machine was busy and the figure is unreliable
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def time_calls(fn: Callable[[], object], repeats: int, warmup: int = 1) -> dict:
-    """Median wall time over `repeats` calls after `warmup`, and cores used (CPU time / wall time)."""
+def time_calls(
+    fn: Callable[[], object], repeats: int, warmup: int = 1, sync: Callable[[], object] | None = None
+) -> dict:
+    """Median wall time over `repeats` calls after `warmup`, and cores used (CPU time / wall time).
+    `sync` (torch.cuda.synchronize) waits for a call's queued device work, so its time counts."""
+    sync = sync or (lambda: None)
     for _ in range(warmup):
         fn()
+    sync()
     walls = []
     cpu_start = time.process_time()
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
+        sync()
         walls.append(time.perf_counter() - start)
     cores = (time.process_time() - cpu_start) / sum(walls)
     return {"median_s": statistics.median(walls), "cores": cores, "reliable": cores >= MIN_CORES}
@@ -95,6 +101,22 @@ def peaks_line(report: dict) -> str:
     return f"matrix-product peak: fp32 {fp32:.1f}, bf16 {bf16:.1f} GFLOP/s (bf16/fp32 {bf16 / fp32:.2f}x)"
 
 
+def measure_device_peak(
+    sizes: tuple[int, ...],
+    repeats: int,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    sync: Callable[[], object] | None = None,
+) -> dict:
+    """The peak of `dtype` products on any device; `sync` waits for queued device work (CUDA)."""
+    rows = []
+    for n in sizes:
+        a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
+        timing = time_calls(lambda a=a, b=b: a @ b, max(5, repeats), sync=sync)
+        rows.append({"size": n, **timing, "gflops": 2 * n**3 / timing["median_s"] / 1e9})
+    return {"sizes": rows, "gflops": max(row["gflops"] for row in rows)}
+
+
 def git(*args: str) -> str | None:
     try:
         done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10)
@@ -129,8 +151,11 @@ def setup_info(allocator: str, quick: bool) -> dict:
     }
 
 
-def target(name: str, value: float, goal: float) -> dict:
-    return {"name": name, "value": value, "target": goal, "passed": value >= goal}
+def target(name: str, value: float | None, goal: float, at_most: bool = False) -> dict:
+    """Passed when `value` reaches `goal` (stays at or below it with `at_most`); an unmeasured value
+    (None) has not passed."""
+    passed = value is not None and (value <= goal if at_most else value >= goal)
+    return {"name": name, "value": value, "target": goal, "at_most": at_most, "passed": passed}
 
 
 def table(header: tuple[str, ...], rows: list[list[str]]) -> list[str]:

@@ -160,3 +160,28 @@ def test_flash_and_sdpa_agree_on_cuda():
             )
     for a, b in zip(results["sdpa"], results["flash_attention_2"], strict=True):
         torch.testing.assert_close(a, b, atol=3e-2, rtol=3e-2)
+
+
+# bf16 keeps 8 significant bits (eps 7.8e-3): a few roundings per layer leave outputs of magnitude ~2
+# within about 3 eps of fp32, while a wrong mask or document boundary is off by O(1).
+BF16_TOLERANCE = dict(atol=3e-2, rtol=3e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("precision", ["autocast", "bf16 weights"])
+@pytest.mark.parametrize("backend", ["sdpa", "flex_attention", "eager"])
+def test_bf16_matches_fp32_on_cuda(backend, precision):
+    """Each backend in bf16 (autocast as in training, or bf16 weights as in inference) against the fp32
+    eager reference, padded and packed, on CUDA."""
+    model = NeoBERTModel(small_config()).eval().cuda()
+    inputs = tuple(t.cuda() for t in padded_and_packed())
+    reference = outputs(model, "eager", inputs)
+    if precision == "autocast":
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            results = outputs(model, backend, inputs)
+    else:
+        results = outputs(model.bfloat16(), backend, inputs)
+    for result, expected in zip(results, reference, strict=True):
+        assert torch.isfinite(result).all()
+        torch.testing.assert_close(result.float(), expected, **BF16_TOLERANCE)
