@@ -1,0 +1,128 @@
+"""`neobert ablate`: the ladder's rows are the paper's steps, every row is scored by one held-out rule, seeds
+are summarised honestly, a diverged row is reported and the others go on, bad input is refused."""
+
+import json
+import math
+import statistics
+
+import pytest
+
+from data_helpers import prepare_files, sample_texts, write_jsonl
+from neobert import ablate
+from neobert.cli import main
+from neobert.eval import offline_suite
+from neobert.finetune.data import Examples
+from neobert.train.metrics import non_embedding_parameters
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ablate-corpus")
+    source = write_jsonl(folder / "docs.jsonl", sample_texts(300, long_every=4, long_words=120))
+    prepare_files([source], folder / "prepared", max_length=128, heldout_fraction=0.1)
+    return folder / "prepared"
+
+
+@pytest.fixture
+def small_probe(monkeypatch):
+    """Two word tasks in place of the offline suite's archives (the probe itself runs for real)."""
+    words = ["table", "river", "window", "garden", "paper"]
+
+    def task(n, offset):
+        texts = [f"{words[(i + offset) % 5]} {'good' if i % 2 else 'bad'}" for i in range(n)]
+        return Examples(texts, ["pos" if i % 2 else "neg" for i in range(n)], source="words")
+
+    data = {"a": (task(30, 0), task(20, 1)), "b": (task(30, 2), task(20, 3))}
+    monkeypatch.setattr(offline_suite, "task_examples", lambda t, budget: data[t.name])
+    monkeypatch.setattr(offline_suite, "TASKS", [offline_suite.SuiteTask(name, "x", None) for name in data])
+
+
+def settings(corpus, out, **kw):
+    return ablate.LadderSettings(corpus=str(corpus), out=str(out), **kw)
+
+
+def test_rows_are_the_papers_steps_under_one_held_out_rule(corpus, tmp_path):
+    configs = {row.name: ablate.row_config(row, settings(corpus, tmp_path), seed=0) for row in ablate.ROWS}
+    m0, m1, m4, m5 = configs["m0"], configs["m1"], configs["m4"], configs["m5"]
+    assert (m0.model.neobert_config().rope, m0.model.neobert_config().rms_norm) == (False, False)
+    assert m0.model.neobert_config().hidden_act == "gelu" and m1.model.neobert_config().hidden_act == "swiglu"
+    assert (m0.data.mlm_probability, m0.data.mask_mode, m0.data.sequence) == (0.15, "bert", "truncate")
+    assert (m0.train.schedule, m0.train.weight_decay) == ("linear", 0.0) == (m1.train.schedule, m1.train.weight_decay)
+    assert (m4.train.schedule, m4.train.weight_decay, m4.data.mask_mode) == ("cosine", 0.01, "bert")
+    assert (m5.data.mlm_probability, m5.data.mask_mode) == (0.2, "all")
+    assert configs["m6_naive"].data.sequence == "pack_naive" and configs["m6_pack"].data.sequence == "pack"
+    wide, deep = (configs[n].model.neobert_config() for n in ("m6_pack", "m8_deep"))
+    assert (wide.num_hidden_layers, wide.hidden_size, deep.num_hidden_layers, deep.hidden_size) == (4, 384, 9, 256)
+    assert non_embedding_parameters(deep) == pytest.approx(non_embedding_parameters(wide), rel=0.01)
+    # the same token slots per run and the same held-out sequences and masked positions for every row
+    rule = {
+        (
+            c.data.eval_max_length,
+            c.data.eval_sequence,
+            c.data.eval_mlm_probability,
+            c.data.eval_mask_mode,
+            c.data.eval_batch_size,
+            c.data.eval_seed,
+            c.data.eval_batches,
+            c.budget.steps,
+            c.tokens_per_step,
+        )
+        for c in configs.values()
+    }
+    assert rule == {(128, "pack", 0.2, "all", 32, 0, 20, 300, 32 * 128)}
+
+
+def test_quick_ladder_runs_every_row_and_summarises_its_seeds(corpus, tmp_path, small_probe, capsys):
+    out = tmp_path / "ladder"
+    assert main(["ablate", "--quick", "--seeds", "2", "--corpus", str(corpus), "--out", str(out)]) == 0
+    report = json.loads((out / "results.json").read_text())
+    runs = report["runs"]
+    assert sorted((r["row"], r["seed"]) for r in runs) == sorted((n, s) for n in ablate.ROW_NAMES for s in (0, 1))
+    assert all(r["status"] == "completed" and r["steps"] == 12 for r in runs)
+    for name, summary in report["summary"].items():
+        losses = [r["eval_loss"] for r in runs if r["row"] == name]
+        assert summary["eval_loss"] == pytest.approx([statistics.fmean(losses), statistics.stdev(losses)], abs=1e-12)
+        assert math.isfinite(summary["probe_mean"][0]) and 0 <= summary["probe_mean"][0] <= 1
+    m1, m0 = report["summary"]["m1"], report["summary"]["m0"]
+    assert m1["delta_accuracy"] == pytest.approx(m1["eval_accuracy"][0] - m0["eval_accuracy"][0], abs=1e-12)
+    # seeds differ: the same row with another seed trains on another order and initialisation
+    assert len({r["eval_loss"] for r in runs if r["row"] == "m5"}) == 2
+    table = (out / "ablations.md").read_text()
+    assert len(table.strip().splitlines()) == 2 + len(ablate.ROWS) and "+2.4%" in table
+    assert (out / "ablations.png").stat().st_size > 10_000
+    # an interrupted or repeated ladder resumes: nothing is trained again
+    before = (out / "results.json").read_text()
+    assert main(["ablate", "--quick", "--seeds", "2", "--corpus", str(corpus), "--out", str(out)]) == 0
+    assert json.loads(before)["runs"] == json.loads((out / "results.json").read_text())["runs"]
+    assert "ablate: m0 seed 0" not in capsys.readouterr().out.split("| row |")[-1]
+
+
+def test_a_diverging_row_is_reported_and_the_others_go_on(corpus, tmp_path, monkeypatch):
+    original = ablate.row_config
+
+    def explosive(row, settings, seed):
+        config = original(row, settings, seed)
+        if row.name == "m1":
+            config.train.lr = 1e6
+            config.train.clip_grad_norm = 0.0
+            config.train.log_every = 1  # a good first step is logged before the blow-up
+        return config
+
+    monkeypatch.setattr(ablate, "row_config", explosive)
+    rows = ablate.select_rows(["m0", "m1", "m4"])
+    report = ablate.run_ladder(rows, settings(corpus, tmp_path / "nan", quick=True, seeds=1, probe=False))
+    status = {r["row"]: r for r in report["runs"]}
+    assert status["m1"]["status"] == "diverged" and math.isfinite(status["m1"]["last_good_loss"])
+    assert status["m0"]["status"] == status["m4"]["status"] == "completed"
+    assert report["summary"]["m1"]["diverged"] == 1
+    assert "m1 (1 diverged)" in (tmp_path / "nan" / "ablations.md").read_text()
+
+
+def test_bad_rows_and_budgets_are_refused_before_training(corpus, tmp_path, capsys):
+    assert main(["ablate", "--rows", "m0,m99", "--corpus", str(corpus), "--out", str(tmp_path / "a")]) == 2
+    assert "unknown ablation row(s) m99; the rows are m0, m1" in capsys.readouterr().err
+    assert main(["ablate", "--quick", "--steps", "1", "--corpus", str(corpus), "--out", str(tmp_path / "b")]) == 2
+    assert "warmup" in capsys.readouterr().err
+    assert not (tmp_path / "b" / "runs").exists()
