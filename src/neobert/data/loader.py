@@ -70,7 +70,7 @@ class LoaderConfig:
     seed: int = 0
     epochs: int | None = None  # None: endless
     drop_last: bool = False  # with finite epochs: drop the final partial batch
-    verify: str = "size"  # shard checks on opening: "size" (cheap) or "full" (checksums)
+    verify: str = "first_use"  # shard checksums: on a shard's first use (see shards.open_shard), "full", "size"
 
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:

@@ -18,7 +18,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from neobert.data.shards import SPLITS, DataError, ShardEntry, check_tokenizer, load_manifest, open_shard
+from neobert.data.shards import (
+    SPLITS,
+    DataError,
+    ShardEntry,
+    check_checksum,
+    check_tokenizer,
+    load_manifest,
+    open_shard,
+)
 
 SCHEMES = ("truncate", "pack")
 SPECIALS_PER_SEQUENCE = 2  # [CLS] and [SEP]
@@ -32,7 +40,7 @@ class TokenCorpus:
         root: str | os.PathLike,
         split: str = "train",
         tokenizer_fingerprint: str | None = None,
-        verify: str = "size",
+        verify: str = "first_use",
     ):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
@@ -45,9 +53,12 @@ class TokenCorpus:
         self.vocab_size = int(tokenizer["vocab_size"])
         dtype = np.dtype(tokenizer["dtype"])
         self.tokens: list[np.ndarray] = []
+        entries = [ShardEntry.from_dict(payload) for payload in self.manifest["splits"][split]["shards"]]
+        # Tokens checksums still to check, shard by shard, when a batch first reads the shard.
+        self._unchecked = {n: e for n, e in enumerate(entries)} if verify == "first_use" else {}
         lengths, shard_of, starts = [], [], []
-        for number, payload in enumerate(self.manifest["splits"][split]["shards"]):
-            tokens, offsets = open_shard(self.root, ShardEntry.from_dict(payload), dtype, verify=verify)
+        for number, entry in enumerate(entries):
+            tokens, offsets = open_shard(self.root, entry, dtype, verify=verify)
             self.tokens.append(tokens)
             offsets = np.asarray(offsets)
             lengths.append(np.diff(offsets))
@@ -66,7 +77,16 @@ class TokenCorpus:
     def default_max_length(self) -> int:
         return int(self.manifest["max_length"])
 
+    def _check(self, shards: np.ndarray) -> None:
+        if not self._unchecked:
+            return
+        for shard in np.unique(shards).tolist():
+            entry = self._unchecked.pop(shard, None)
+            if entry is not None:
+                check_checksum(self.root / entry.tokens_file, entry.tokens_sha256)
+
     def document(self, index: int) -> np.ndarray:
+        self._check(self.doc_shard[index : index + 1])
         start = self.doc_start[index]
         return np.asarray(self.tokens[self.doc_shard[index]][start : start + self.lengths[index]])
 
@@ -76,6 +96,7 @@ class TokenCorpus:
         before = np.cumsum(lengths) - lengths
         positions = np.arange(total) - np.repeat(before, lengths) + np.repeat(self.doc_start[docs] + starts, lengths)
         shards = self.doc_shard[docs]
+        self._check(shards)
         out = np.empty(total, dtype=np.int64)
         if len(self.tokens) == 1:
             out[:] = self.tokens[0][positions]
