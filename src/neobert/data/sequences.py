@@ -180,7 +180,7 @@ def packing_efficiency(lengths: np.ndarray, max_length: int, window: int = 2048,
     }
 
 
-def _with_specials(content: np.ndarray, lengths: np.ndarray, cls_id: int, sep_id: int) -> tuple[np.ndarray, np.ndarray]:
+def with_specials(content: np.ndarray, lengths: np.ndarray, cls_id: int, sep_id: int) -> tuple[np.ndarray, np.ndarray]:
     """[CLS] span [SEP] for every span of `content`; returns the flat ids and cu_seqlens."""
     seqlens = lengths + SPECIALS_PER_SEQUENCE
     cu = np.zeros(len(lengths) + 1, dtype=np.int64)
@@ -195,32 +195,45 @@ def _with_specials(content: np.ndarray, lengths: np.ndarray, cls_id: int, sep_id
     return ids, cu
 
 
-def collate_packed(content: np.ndarray, lengths: np.ndarray, cls_id: int, sep_id: int) -> dict[str, torch.Tensor]:
-    """One row of sequences end to end: input_ids (1, T), cu_seqlens (n + 1,) int32, max_seqlen, and
-    position_ids (1, T) restarting at 0 in every sequence (the model's packed input contract)."""
-    ids, cu = _with_specials(content, lengths, cls_id, sep_id)
+def layout_packed(ids: torch.Tensor, cu: np.ndarray) -> dict[str, torch.Tensor]:
+    """Flat sequences as one row: input_ids (1, T), cu_seqlens (n + 1,) int32, max_seqlen, and position_ids
+    (1, T) restarting at 0 in every sequence (the model's packed input contract)."""
     seqlens = np.diff(cu)
     positions = np.arange(len(ids)) - np.repeat(cu[:-1], seqlens)
     return {
-        "input_ids": torch.from_numpy(ids).unsqueeze(0),
+        "input_ids": ids.unsqueeze(0),
         "cu_seqlens": torch.from_numpy(cu.astype(np.int32)),
         "max_seqlen": int(seqlens.max()),
         "position_ids": torch.from_numpy(positions).unsqueeze(0),
     }
 
 
+def pad_rows(
+    values: torch.Tensor, cu: np.ndarray, fill: int, multiple_of: int = 8
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat sequences as rows (B, L) padded on the right with `fill` to the longest (rounded up to
+    `multiple_of`, as the released collator does), and the attention mask (1 for real tokens)."""
+    seqlens = np.diff(cu)
+    width = int(-(-seqlens.max() // multiple_of) * multiple_of)
+    rows = torch.from_numpy(np.repeat(np.arange(len(seqlens)), seqlens))
+    cols = torch.from_numpy(np.arange(len(values)) - np.repeat(cu[:-1], seqlens))
+    batch = torch.full((len(seqlens), width), fill, dtype=values.dtype)
+    batch[rows, cols] = values
+    mask = torch.zeros((len(seqlens), width), dtype=torch.int64)
+    mask[rows, cols] = 1
+    return batch, mask
+
+
+def collate_packed(content: np.ndarray, lengths: np.ndarray, cls_id: int, sep_id: int) -> dict[str, torch.Tensor]:
+    """One row of `[CLS] span [SEP]` sequences end to end (see `layout_packed`)."""
+    ids, cu = with_specials(content, lengths, cls_id, sep_id)
+    return layout_packed(torch.from_numpy(ids), cu)
+
+
 def collate_padded(
     content: np.ndarray, lengths: np.ndarray, cls_id: int, sep_id: int, pad_id: int, multiple_of: int = 8
 ) -> dict[str, torch.Tensor]:
-    """input_ids (B, L) padded on the right to the longest sequence (rounded up to `multiple_of`, as the
-    released collator does) and attention_mask (B, L) with 1 for real tokens."""
-    ids, cu = _with_specials(content, lengths, cls_id, sep_id)
-    seqlens = np.diff(cu)
-    width = int(-(-seqlens.max() // multiple_of) * multiple_of)
-    rows = np.repeat(np.arange(len(seqlens)), seqlens)
-    cols = np.arange(len(ids)) - np.repeat(cu[:-1], seqlens)
-    batch = np.full((len(seqlens), width), pad_id, dtype=np.int64)
-    batch[rows, cols] = ids
-    mask = np.zeros((len(seqlens), width), dtype=np.int64)
-    mask[rows, cols] = 1
-    return {"input_ids": torch.from_numpy(batch), "attention_mask": torch.from_numpy(mask)}
+    """input_ids (B, L) of `[CLS] span [SEP]` rows and attention_mask (B, L) (see `pad_rows`)."""
+    ids, cu = with_specials(content, lengths, cls_id, sep_id)
+    batch, mask = pad_rows(torch.from_numpy(ids), cu, pad_id, multiple_of)
+    return {"input_ids": batch, "attention_mask": mask}
