@@ -53,6 +53,10 @@ class PretrainResult:
     last_eval: dict[str, float] = field(default_factory=dict)
 
 
+class StopRequested(Exception):
+    """A signal during the final evaluation, when the checkpoint is already saved."""
+
+
 class StopSignals:
     """SIGINT / SIGTERM ask the loop to save and stop at the next step boundary; a second one aborts."""
 
@@ -73,10 +77,6 @@ class StopSignals:
         self.received = number
         if self.raise_at_once:
             raise StopRequested(number)
-
-
-class StopRequested(Exception):
-    """A signal during the final evaluation, when the checkpoint is already saved."""
 
     def __exit__(self, *exc: Any) -> None:
         for number, handler in self._previous.items():
