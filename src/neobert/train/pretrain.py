@@ -124,6 +124,8 @@ def _run(trainer: Trainer, resume: bool | str, stop_at_step: int | None) -> Pret
     loop = _Loop(trainer, logger, progress, stop_at_step)
     for skipped in trainer.skipped_on_resume:
         progress.message(f"resume: {skipped}")
+    if resume is True and resumed_from is None:
+        progress.message(f"resume: no checkpoint in {trainer.checkpoint_root} yet; starting from step 0")
     if resumed_from is not None:
         progress.message(f"resumed from {resumed_from} at step {trainer.step}")
         for change in trainer.changed_on_resume:
