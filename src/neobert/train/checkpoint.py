@@ -412,26 +412,36 @@ def apply_retention(root: str | os.PathLike, keep_last: int, keep_every: int | N
     if keep_last <= 0:
         raise ValueError(f"keep_last must be positive, got {keep_last}")
     root = Path(root)
-    found = list_checkpoints(root)
-    verified: list[tuple[int, Path]] = []
-    for step, folder in reversed(found):  # newest first: older ones are only read when they may be deleted
-        if is_verified(folder):
-            verified.insert(0, (step, folder))
-    keep = {folder.resolve() for _, folder in verified[-keep_last:]}
-    keep |= {folder.resolve() for step, folder in verified if keep_every and step % keep_every == 0}
+    keep: set[Path] = set()
     # No pointer yet, or one naming a folder that is gone: nothing extra to protect.
     with contextlib.suppress(CheckpointError, OSError):
         keep.add(resolve_checkpoint(root / LATEST, "marker").resolve())
-    newest = verified[-1][0] if verified else -1
-    verified_folders = {folder for _, folder in verified}
-    deleted = []
-    for step, folder in found:
-        if folder.resolve() in keep:
+    # Newest first. A checkpoint is read only when it may count towards keep_last or may be deleted, so
+    # the ones kept by keep_every are not read again at every save.
+    newest_verified, counted, deleted = None, 0, []
+    for step, folder in reversed(list_checkpoints(root)):
+        every = bool(keep_every) and step % keep_every == 0
+        protected = folder.resolve() in keep
+        if every and counted >= keep_last:
             continue
-        if folder in verified_folders or (step < newest and not (folder / MANIFEST).exists()):
-            _discard(folder)
-            _verified.pop(folder.resolve(), None)
-            deleted.append(folder)
+        if not (folder / MANIFEST).exists():
+            # A folder renamed into place without a manifest (should not happen): it goes once a verified
+            # checkpoint is newer; a damaged one with a manifest is left for the user to look at.
+            if newest_verified is not None and not protected:
+                _discard(folder)
+                deleted.append(folder)
+            continue
+        if not is_verified(folder):
+            continue
+        newest_verified = newest_verified if newest_verified is not None else step
+        if counted < keep_last:
+            counted += 1
+            continue
+        if every or protected:
+            continue
+        _discard(folder)
+        _verified.pop(folder.resolve(), None)
+        deleted.append(folder)
     return deleted
 
 

@@ -104,7 +104,7 @@ def pretrain(
 def _run(trainer: Trainer, resume: bool | str, stop_at_step: int | None) -> PretrainResult:
     config, context, system = trainer.config, trainer.context, trainer.config.system
     resumed_from = trainer.resume(resume) if resume else None
-    if resumed_from is None and find_latest_good(trainer.checkpoint_root) is not None:
+    if resumed_from is None and find_latest_good(trainer.checkpoint_root, "marker") is not None:
         raise CheckpointError(
             f"{trainer.checkpoint_root} already holds checkpoints of another run: resume it or choose another "
             "system.output_dir"
