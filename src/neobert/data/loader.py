@@ -158,7 +158,7 @@ class PretrainingLoader:
         self._cached_window = (key, samples)
         return samples
 
-    def _take(self, count: int) -> tuple[list[np.ndarray], int]:
+    def take_samples(self, count: int) -> tuple[list[np.ndarray], int]:
         """The next `count` samples of the global order (fewer at the end of finite epochs) and the index of
         the first."""
         first = self._taken
@@ -181,7 +181,7 @@ class PretrainingLoader:
     def _my_turn(self) -> None:
         """Move past the chunks of the other ranks up to this rank's next one."""
         while self._chunks % self.world_size != self.rank:
-            self._take(self.config.batch_size)
+            self.take_samples(self.config.batch_size)
             self._chunks += 1
 
     def _complete(self, samples: list[np.ndarray]) -> bool:
@@ -193,7 +193,7 @@ class PretrainingLoader:
 
     def __next__(self) -> dict[str, Any]:
         self._my_turn()
-        samples, first = self._take(self.config.batch_size)
+        samples, first = self.take_samples(self.config.batch_size)
         if not self._complete(samples):
             raise StopIteration
         self._chunks += 1
@@ -203,7 +203,7 @@ class PretrainingLoader:
         """Moves past `count` of this rank's batches without building them (only document lengths are read)."""
         for _ in range(count):
             self._my_turn()
-            samples, _ = self._take(self.config.batch_size)
+            samples, _ = self.take_samples(self.config.batch_size)
             if not self._complete(samples):
                 return
             self._chunks += 1
@@ -337,21 +337,21 @@ class MixtureLoader:
 
     def _my_turn(self) -> None:
         while self._chunks % self.world_size != self.rank:
-            self.components[self._draw(self._chunks)]._take(self.config.batch_size)
+            self.components[self._draw(self._chunks)].take_samples(self.config.batch_size)
             self._chunks += 1
 
     def __next__(self) -> dict[str, Any]:
         self._my_turn()
         self.last_component = self._draw(self._chunks)
         component = self.components[self.last_component]
-        samples, first = component._take(self.config.batch_size)
+        samples, first = component.take_samples(self.config.batch_size)
         self._chunks += 1
         return component.build(samples, first)
 
     def skip(self, count: int) -> None:
         for _ in range(count):
             self._my_turn()
-            self.components[self._draw(self._chunks)]._take(self.config.batch_size)
+            self.components[self._draw(self._chunks)].take_samples(self.config.batch_size)
             self._chunks += 1
 
     def state_dict(self) -> dict[str, Any]:
