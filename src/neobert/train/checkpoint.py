@@ -212,9 +212,9 @@ def save_checkpoint(
 
 
 def _is_disk_full(error: BaseException, root: Path) -> bool:
-    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    if not isinstance(error, (OSError, RuntimeError)):
+    if isinstance(error, OSError):
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)
+    if not isinstance(error, RuntimeError):  # torch's zip writer: "unexpected pos", "file write failed"
         return False
     try:
         return shutil.disk_usage(root).free < _NEARLY_FULL_BYTES
