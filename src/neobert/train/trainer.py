@@ -194,9 +194,9 @@ class Trainer:
                     error = None
                     if found is None and skipped:
                         error = (
-                            f"{no_good_checkpoint(self.checkpoint_root, skipped)}; nothing was deleted. Resume "
-                            "from a checkpoint you trust with --resume PATH, or choose another system.output_dir "
-                            "to start afresh"
+                            f"{no_good_checkpoint(self.checkpoint_root, skipped)}; nothing was deleted. Put back "
+                            "a good copy of one (or --resume a checkpoint kept elsewhere), or choose another "
+                            "system.output_dir to start afresh"
                         )
                     answer = (str(found) if found else None, [s.describe() for s in skipped], error)
                 else:
