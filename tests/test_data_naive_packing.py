@@ -35,7 +35,7 @@ def test_rows_hold_the_packs_of_packing_proper(corpus_dir):
     packed, rows = loader(corpus_dir, "packed"), loader(corpus_dir, "rows")
     for _ in range(5):
         flat, laid = next(packed), next(rows)
-        assert laid["input_ids"].shape == (4, 64)
+        assert laid["input_ids"].shape[0] == 4 and laid["input_ids"].shape[1] <= 64
         real = laid["attention_mask"].bool()
         # the same tokens in the same order, once the row padding is dropped
         assert torch.equal(originals(laid)[real], originals(flat).reshape(-1))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,6 +33,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="blank_line",
         choices=("blank_line", "line", "file"),
         help="plain-text files: documents separated by blank lines (default), lines, or files",
+    )
+    parser.add_argument(
+        "--unknown-as-text",
+        action="store_true",
+        help="in a folder, also read files without a known suffix (.log, no suffix, ...) as plain text",
     )
     parser.add_argument("--split", default="train", help="split of a Hugging Face dataset (default: train)")
     parser.add_argument(
@@ -75,7 +81,15 @@ def run(args: argparse.Namespace) -> int:
 
             sources = [demo_source(progress=not args.no_progress)]
         else:
-            sources = resolve_sources(args.sources, reader)
+            skipped: list[Path] = []
+            sources = resolve_sources(args.sources, reader, args.unknown_as_text, skipped)
+            if skipped:
+                examples = ", ".join(p.name for p in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+                print(
+                    f"note: left out {len(skipped)} file(s) without a known suffix ({examples}); pass "
+                    "--unknown-as-text to read them as plain text",
+                    file=sys.stderr,
+                )
         summary = prepare(sources, args.out, load_tokenizer(args.tokenizer), config)
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -6,6 +6,7 @@ The same command runs on one CPU and under `torchrun --nproc-per-node N -m neobe
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -38,20 +39,39 @@ def split_items(items: list[str]) -> tuple[list[str], list[str]]:
     return [p if Path(p).exists() or p.endswith((".yaml", ".yml")) else str(preset_path(p)) for p in paths], overrides
 
 
+# Exit codes (README, "Pre-training"): 0 done, or stopped by a signal with its checkpoint saved; 2 a bad
+# configuration or corpus; 3 no checkpoint to resume from verifies (or the one named is damaged); 4 the disk
+# filled up while saving (the previous checkpoint is kept); 5 the loss became NaN or infinite.
+EXIT_BAD_INPUT, EXIT_CHECKPOINT, EXIT_DISK_FULL, EXIT_DIVERGED = 2, 3, 4, 5
+
+
 def run(args: argparse.Namespace) -> int:
+    from neobert.train.checkpoint import CheckpointError, DiskFullError
     from neobert.train.config import load_config
     from neobert.train.data import make_eval_batches, make_loader
-    from neobert.train.pretrain import pretrain
+    from neobert.train.pretrain import TrainingDiverged, pretrain
 
     try:
         paths, overrides = split_items(args.items)
         config = load_config(paths, overrides)
         result = pretrain(config, make_loader, make_eval_batches, resume=args.resume, stop_at_step=args.stop_at_step)
     except (ValueError, FileNotFoundError) as error:
-        print(f"neobert pretrain: {error}", file=sys.stderr)
-        return 2
+        return _fail(error, EXIT_BAD_INPUT)
+    except DiskFullError as error:
+        return _fail(error, EXIT_DISK_FULL)
+    except CheckpointError as error:
+        return _fail(error, EXIT_CHECKPOINT)
+    except TrainingDiverged as error:
+        return _fail(error, EXIT_DIVERGED)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun, one summary: rank 0's
     print(f"{result.status} at step {result.step}; checkpoint: {result.checkpoint}")
     for name, value in sorted(result.last_eval.items()):
         if name != "step":
             print(f"  {name}: {value:.4f}")
     return 0
+
+
+def _fail(error: BaseException, code: int) -> int:
+    print(f"neobert pretrain: {error}", file=sys.stderr)
+    return code

@@ -1,16 +1,18 @@
 """Batches for pre-training: memory-mapped shards, seeded shuffling, rank split, exact resume.
 
-Per epoch the sequence units (truncated documents or chunks, see `sequences.py`) are shuffled with a seed
-derived from (seed, epoch); rank r of w takes every w-th unit, so each unit is seen exactly once per epoch
-across ranks. A rank's units are taken in windows of `pack_window`; under `pack` each window is packed
-(best fit decreasing) into budgets of `max_length` tokens and the packs shuffled. The loader is endless
-by default: batches run on from one epoch into the next, so no data is dropped and every rank yields
-batches forever.
+There is one global order of samples, the same for every rank and process count: per epoch the sequence
+units (truncated documents or chunks, see `sequences.py`) are shuffled with a seed derived from (seed,
+epoch) and taken in windows of `pack_window`; a sample is a unit, or under `pack` a pack of a window's units
+(best fit decreasing into budgets of `max_length` tokens, the packs shuffled). The order is cut into chunks
+of `batch_size` samples, dealt out in turn: rank r of w takes chunks r, r + w, r + 2w, ... So with a global
+batch of G samples, step s trains on samples s*G .. (s+1)*G - 1 whatever the world size, micro-batch and
+accumulation, and each sample is seen exactly once per epoch across ranks. The loader is endless by default:
+batches run on from one epoch into the next, so no data is dropped and every rank yields batches forever.
 
-The position is (epoch, window, sample within the window); `state_dict()` stores it, and resuming recomputes
-only that window's packing from document lengths: no token is read again and no batch is replayed. Masks
-come from a generator seeded by (seed, stream, rank, batch number), so they too are the same after a resume
-and do not depend on how many data workers there are.
+The position is (epoch, window, sample within the window) with the count of chunks gone by; `state_dict()`
+stores it, and resuming recomputes only that window's packing from document lengths: no token is read again
+and no batch is replayed. Each sample is masked with draws seeded by (seed, stream, its index in the global
+order), so masks are the same after a resume and do not depend on ranks, accumulation or data workers.
 """
 
 from __future__ import annotations
@@ -24,22 +26,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from neobert.data.masking import MaskingConfig, batch_generator, mask_tokens
+from neobert.data.masking import IGNORE_INDEX, MaskingConfig, mask_with_draws, sequence_draws
 from neobert.data.sequences import (
     SCHEMES,
     SPECIALS_PER_SEQUENCE,
     TokenCorpus,
-    collate_packed,
-    collate_padded,
-    collate_rows,
+    layout_packed,
     pack_best_fit,
+    pad_rows,
     sequence_units,
+    with_specials,
 )
 from neobert.data.shards import DataError
 
 # "rows": each pack is one row with full attention (cross-document, the naive packing of M6).
 LAYOUTS = ("padded", "packed", "rows")
-STATE_VERSION = 1
+STATE_VERSION = 2
 MIXTURE_STREAM = 1_000_003  # a stream id no component uses, for the per-batch mixture draw
 
 
@@ -72,7 +74,7 @@ class LoaderConfig:
     seed: int = 0
     epochs: int | None = None  # None: endless
     drop_last: bool = False  # with finite epochs: drop the final partial batch
-    verify: str = "size"  # shard checks on opening: "size" (cheap) or "full" (checksums)
+    verify: str = "first_use"  # shard checksums: on a shard's first use (see shards.open_shard), "full", "size"
 
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:
@@ -125,20 +127,21 @@ class PretrainingLoader:
         ids = self.corpus.special_ids
         self.never_mask = sorted({ids["pad"], ids["unk"], ids["cls"], ids["sep"], ids["mask"]})
         self.stats = {"batches": 0, "sequences": 0, "tokens": 0, "slots": 0, "masked": 0}
-        self._epoch = self._window = self._offset = self._batches = 0
+        # Position in the global order (epoch, window, sample in the window), samples taken from it, and
+        # chunks of `batch_size` samples gone by (this rank's and the others').
+        self._epoch = self._window = self._offset = self._taken = self._chunks = 0
         self._cached_epoch: tuple[int, np.ndarray] | None = None
         self._cached_window: tuple[tuple[int, int], list[np.ndarray]] | None = None
 
-    # ---- position bookkeeping -------------------------------------------------------------------------
-    def _rank_units(self, epoch: int) -> np.ndarray:
+    # ---- the global sample order ----------------------------------------------------------------------
+    def _epoch_order(self, epoch: int) -> np.ndarray:
         if self._cached_epoch is None or self._cached_epoch[0] != epoch:
             rng = np.random.default_rng(np.random.SeedSequence([self.config.seed, self.stream, epoch]))
-            order = rng.permutation(len(self.units))
-            self._cached_epoch = (epoch, order[self.rank :: self.world_size])
+            self._cached_epoch = (epoch, rng.permutation(len(self.units)))
         return self._cached_epoch[1]
 
-    def _windows(self, epoch: int) -> int:
-        return -(-len(self._rank_units(epoch)) // self.config.pack_window)
+    def _windows(self) -> int:
+        return -(-len(self.units) // self.config.pack_window)
 
     def _samples(self, epoch: int, window: int) -> list[np.ndarray]:
         """The samples (arrays of unit indices) of one window: single units, or packs."""
@@ -146,83 +149,112 @@ class PretrainingLoader:
         if self._cached_window is not None and self._cached_window[0] == key:
             return self._cached_window[1]
         size = self.config.pack_window
-        units = self._rank_units(epoch)[window * size : (window + 1) * size]
+        units = self._epoch_order(epoch)[window * size : (window + 1) * size]
         if self.config.scheme == "truncate":
             samples = [units[i : i + 1] for i in range(len(units))]
         else:
             sizes = self.units.length[units] + SPECIALS_PER_SEQUENCE
             packs = pack_best_fit(sizes, self.max_length)
             # Best fit fills packs longest-first; shuffling keeps long and short documents mixed in batches.
-            rng = np.random.default_rng(
-                np.random.SeedSequence([self.config.seed, self.stream, epoch, window, self.rank])
-            )
+            rng = np.random.default_rng(np.random.SeedSequence([self.config.seed, self.stream, epoch, window]))
             samples = [units[np.asarray(packs[i])] for i in rng.permutation(len(packs))]
         self._cached_window = (key, samples)
         return samples
 
-    def _next_samples(self) -> list[np.ndarray]:
+    def take_samples(self, count: int) -> tuple[list[np.ndarray], int]:
+        """The next `count` samples of the global order (fewer at the end of finite epochs) and the index of
+        the first."""
+        first = self._taken
         taken: list[np.ndarray] = []
         epochs = self.config.epochs
-        while len(taken) < self.config.batch_size:
+        while len(taken) < count:
             if epochs is not None and self._epoch >= epochs:
                 break
             samples = self._samples(self._epoch, self._window)
-            need = self.config.batch_size - len(taken)
+            need = count - len(taken)
             taken.extend(samples[self._offset : self._offset + need])
             self._offset += need
             if self._offset >= len(samples):
                 self._offset, self._window = 0, self._window + 1
-                if self._window >= self._windows(self._epoch):
+                if self._window >= self._windows():
                     self._epoch, self._window = self._epoch + 1, 0
-        return taken
+        self._taken += len(taken)
+        return taken, first
+
+    def _my_turn(self) -> None:
+        """Move past the chunks of the other ranks up to this rank's next one."""
+        while self._chunks % self.world_size != self.rank:
+            self.take_samples(self.config.batch_size)
+            self._chunks += 1
+
+    def _complete(self, samples: list[np.ndarray]) -> bool:
+        return bool(samples) and not (self.config.drop_last and len(samples) < self.config.batch_size)
 
     # ---- batches -------------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return self
 
     def __next__(self) -> dict[str, Any]:
-        samples = self._next_samples()
-        if not samples or (self.config.drop_last and len(samples) < self.config.batch_size):
+        self._my_turn()
+        samples, first = self.take_samples(self.config.batch_size)
+        if not self._complete(samples):
             raise StopIteration
+        self._chunks += 1
+        return self.build(samples, first)
+
+    def skip(self, count: int) -> None:
+        """Moves past `count` of this rank's batches without building them (only document lengths are read)."""
+        for _ in range(count):
+            self._my_turn()
+            samples, _ = self.take_samples(self.config.batch_size)
+            if not self._complete(samples):
+                return
+            self._chunks += 1
+
+    def build(self, samples: list[np.ndarray], first: int) -> dict[str, Any]:
+        """The masked batch of `samples`, the first of which is sample `first` of the global order."""
         units = np.concatenate(samples)
         lengths = self.units.length[units]
         content = self.corpus.gather(self.units.doc[units], self.units.start[units], lengths)
         ids = self.corpus.special_ids
-        if self.config.layout == "packed":
-            batch = collate_packed(content, lengths, ids["cls"], ids["sep"])
-            slots = len(samples) * self.max_length if self.config.scheme == "pack" else batch["input_ids"].numel()
-        elif self.config.layout == "rows":
-            per_row = [len(sample) for sample in samples]
-            batch = collate_rows(content, lengths, per_row, ids["cls"], ids["sep"], ids["pad"], self.max_length)
-            slots = batch["input_ids"].numel()
-        else:
-            batch = collate_padded(content, lengths, ids["cls"], ids["sep"], ids["pad"], self.config.pad_to_multiple_of)
-            slots = batch["input_ids"].numel()
-        generator = batch_generator(self.config.seed, self.stream, self.rank, self._batches)
-        batch["input_ids"], batch["labels"] = mask_tokens(
-            batch["input_ids"],
-            self.config.masking,
-            self.never_mask,
-            ids["mask"],
-            self.corpus.vocab_size,
-            generator,
+        flat, cu = with_specials(content, lengths, ids["cls"], ids["sep"])
+        # Each sample is masked with its own draws, seeded by its place in the global order.
+        bounds = cu[np.concatenate([[0], np.cumsum([len(sample) for sample in samples])])]
+        parts = [
+            sequence_draws(
+                self.config.seed, self.stream, first + k, int(end - start), self.config.masking, self.corpus.vocab_size
+            )
+            for k, (start, end) in enumerate(zip(bounds[:-1], bounds[1:], strict=True))
+        ]
+        draws = tuple(None if part[0] is None else np.concatenate(part) for part in zip(*parts, strict=True))
+        input_ids, labels = mask_with_draws(
+            torch.from_numpy(flat), self.config.masking, self.never_mask, ids["mask"], draws
         )
-        self._batches += 1
+        if self.config.layout == "packed":
+            batch = layout_packed(input_ids, cu)
+            batch["labels"] = labels.unsqueeze(0)
+            slots = len(samples) * self.max_length if self.config.scheme == "pack" else input_ids.numel()
+        elif self.config.layout == "rows":  # a pack's sequences in one row, attending to each other
+            batch = {}
+            batch["input_ids"], batch["attention_mask"] = pad_rows(
+                input_ids, bounds, ids["pad"], self.config.pad_to_multiple_of
+            )
+            batch["labels"], _ = pad_rows(labels, bounds, IGNORE_INDEX, self.config.pad_to_multiple_of)
+            slots = len(samples) * self.max_length
+        else:
+            batch = {}
+            batch["input_ids"], batch["attention_mask"] = pad_rows(
+                input_ids, cu, ids["pad"], self.config.pad_to_multiple_of
+            )
+            batch["labels"], _ = pad_rows(labels, cu, IGNORE_INDEX, self.config.pad_to_multiple_of)
+            slots = batch["input_ids"].numel()
         tokens = int(lengths.sum()) + SPECIALS_PER_SEQUENCE * len(lengths)
         self.stats["batches"] += 1
         self.stats["sequences"] += len(lengths)
         self.stats["tokens"] += tokens
         self.stats["slots"] += slots
-        self.stats["masked"] += int((batch["labels"] != -100).sum())
+        self.stats["masked"] += int((labels != IGNORE_INDEX).sum())
         return batch
-
-    def skip(self, count: int) -> None:
-        """Moves past `count` batches without building them (only document lengths are touched)."""
-        for _ in range(count):
-            samples = self._next_samples()
-            if not samples or (self.config.drop_last and len(samples) < self.config.batch_size):
-                return
-            self._batches += 1
 
     @property
     def packing_efficiency(self) -> float:
@@ -252,7 +284,8 @@ class PretrainingLoader:
         return {
             "version": STATE_VERSION,
             "position": [self._epoch, self._window, self._offset],
-            "batches": self._batches,
+            "taken": self._taken,
+            "chunks": self._chunks,
             "identity": self._identity(),
         }
 
@@ -267,12 +300,13 @@ class PretrainingLoader:
                 "resume with the same corpus, configuration, rank and world size"
             )
         self._epoch, self._window, self._offset = (int(x) for x in state["position"])
-        self._batches = int(state["batches"])
+        self._taken, self._chunks = int(state["taken"]), int(state["chunks"])
 
 
 class MixtureLoader:
     """Each batch comes from one component loader, drawn with the configured probabilities. The draw
-    depends on (seed, batch number) only, so all ranks use the same component at the same step."""
+    depends on (seed, chunk number in the global order) only, so which documents a global batch holds does
+    not depend on the world size; each component keeps its own global order."""
 
     def __init__(
         self,
@@ -300,35 +334,45 @@ class MixtureLoader:
             )
             for number, bucket in enumerate(buckets)
         ]
-        self.corpus = corpus
-        self._batches = 0
+        self.corpus, self.rank, self.world_size = corpus, rank, world_size
+        self._chunks = 0  # chunks of the global order gone by; each is drawn from one component
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return self
 
-    def _draw(self) -> int:
-        draw = np.random.default_rng(np.random.SeedSequence([self.config.seed, MIXTURE_STREAM, self._batches]))
+    def _draw(self, chunk: int) -> int:
+        draw = np.random.default_rng(np.random.SeedSequence([self.config.seed, MIXTURE_STREAM, chunk]))
         component = int(np.searchsorted(self.cumulative, draw.random(), side="right"))
-        self._batches += 1
-        self.last_component = min(component, len(self.components) - 1)
-        return self.last_component
+        return min(component, len(self.components) - 1)
+
+    def _my_turn(self) -> None:
+        while self._chunks % self.world_size != self.rank:
+            self.components[self._draw(self._chunks)].take_samples(self.config.batch_size)
+            self._chunks += 1
 
     def __next__(self) -> dict[str, Any]:
-        return next(self.components[self._draw()])
+        self._my_turn()
+        self.last_component = self._draw(self._chunks)
+        component = self.components[self.last_component]
+        samples, first = component.take_samples(self.config.batch_size)
+        self._chunks += 1
+        return component.build(samples, first)
 
     def skip(self, count: int) -> None:
         for _ in range(count):
-            self.components[self._draw()].skip(1)
+            self._my_turn()
+            self.components[self._draw(self._chunks)].take_samples(self.config.batch_size)
+            self._chunks += 1
 
     def state_dict(self) -> dict[str, Any]:
-        return {"batches": self._batches, "components": [c.state_dict() for c in self.components]}
+        return {"chunks": self._chunks, "components": [c.state_dict() for c in self.components]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if len(state["components"]) != len(self.components):
             raise DataError("the loader state holds a different number of length-mixture components")
         for component, saved in zip(self.components, state["components"], strict=True):
             component.load_state_dict(saved)
-        self._batches = int(state["batches"])
+        self._chunks = int(state["chunks"])
 
 
 def build_loader(

@@ -38,6 +38,36 @@ def batch_generator(seed: int, *stream: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state))
 
 
+def sequence_draws(seed: int, stream: int, sample: int, length: int, config: MaskingConfig, vocab_size: int):
+    """The random draws that mask one sample of `length` tokens: a function of (seed, stream, the sample's
+    index in the global sample order) alone, so a sample gets the same mask whatever batch, rank, process
+    count or accumulation it lands in. Returns (select, action, random ids); the last two only for 80/10/10."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, stream, sample]))
+    select = rng.random(length)
+    if config.strategy == "all_mask":
+        return select, None, None
+    return select, rng.random(length), rng.integers(0, vocab_size, length)
+
+
+def mask_with_draws(
+    input_ids: torch.Tensor,
+    config: MaskingConfig,
+    special_ids: Sequence[int],
+    mask_id: int,
+    draws: tuple[np.ndarray, np.ndarray | None, np.ndarray | None],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`mask_tokens` with the draws given (flat `input_ids` and draws of the same length)."""
+    select, action, random_ids = (None if d is None else torch.from_numpy(d) for d in draws)
+    specials = torch.as_tensor(list(special_ids), dtype=input_ids.dtype)
+    selected = (select < config.rate) & ~torch.isin(input_ids, specials)
+    labels = torch.where(selected, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
+    if config.strategy == "all_mask":
+        return input_ids.masked_fill(selected, mask_id), labels
+    masked = input_ids.masked_fill(selected & (action < 0.8), mask_id)
+    swap = selected & (action >= 0.8) & (action < 0.9)
+    return torch.where(swap, random_ids.to(input_ids.dtype), masked), labels
+
+
 def mask_tokens(
     input_ids: torch.Tensor,
     config: MaskingConfig,

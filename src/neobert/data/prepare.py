@@ -33,6 +33,7 @@ from neobert.data.shards import (
     ShardEntry,
     load_manifest,
     open_shard,
+    verify_corpus,
     write_shard,
 )
 from neobert.data.sources import ReaderOptions, Source
@@ -92,7 +93,7 @@ class PrepareSummary:
                 f"  {split}: {info['documents']:,} documents, {info['tokens']:,} tokens, {len(info['shards'])} shard(s)"
             )
         if self.already_complete:
-            lines.append("  already complete: nothing to do")
+            lines.append("  already complete (every shard matches its checksum): nothing to do")
         elif self.seconds > 0:
             lines.append(
                 f"  this run: {self.text_bytes / 1e6:.1f} MB of text in {self.seconds:.1f} s = "
@@ -443,7 +444,13 @@ def prepare(
         "sources": [s.identity() for s in sources],
     }
     if _check_out_folder(out, plan, config.overwrite):
-        return PrepareSummary(out, load_manifest(out), already_complete=True)
+        try:
+            verify_corpus(out, full=True)
+            return PrepareSummary(out, load_manifest(out), already_complete=True)
+        except DataError as error:
+            # The blocks from the damaged one on are prepared again below; the manifest goes until then.
+            print(f"warning: {error}; preparing the damaged part again")
+            (out / MANIFEST).unlink()
 
     for leftover in itertools.chain.from_iterable((out / split).glob(".*.tmp") for split in SPLITS):
         leftover.unlink()  # a temporary file of an interrupted run; its block has no record

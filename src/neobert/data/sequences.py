@@ -18,7 +18,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from neobert.data.shards import SPLITS, DataError, ShardEntry, check_tokenizer, load_manifest, open_shard
+from neobert.data.shards import (
+    SPLITS,
+    DataError,
+    ShardEntry,
+    check_checksum,
+    check_tokenizer,
+    load_manifest,
+    open_shard,
+)
 
 SCHEMES = ("truncate", "pack")
 SPECIALS_PER_SEQUENCE = 2  # [CLS] and [SEP]
@@ -32,7 +40,7 @@ class TokenCorpus:
         root: str | os.PathLike,
         split: str = "train",
         tokenizer_fingerprint: str | None = None,
-        verify: str = "size",
+        verify: str = "first_use",
     ):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
@@ -45,9 +53,12 @@ class TokenCorpus:
         self.vocab_size = int(tokenizer["vocab_size"])
         dtype = np.dtype(tokenizer["dtype"])
         self.tokens: list[np.ndarray] = []
+        entries = [ShardEntry.from_dict(payload) for payload in self.manifest["splits"][split]["shards"]]
+        # Tokens checksums still to check, shard by shard, when a batch first reads the shard.
+        self._unchecked = {n: e for n, e in enumerate(entries)} if verify == "first_use" else {}
         lengths, shard_of, starts = [], [], []
-        for number, payload in enumerate(self.manifest["splits"][split]["shards"]):
-            tokens, offsets = open_shard(self.root, ShardEntry.from_dict(payload), dtype, verify=verify)
+        for number, entry in enumerate(entries):
+            tokens, offsets = open_shard(self.root, entry, dtype, verify=verify)
             self.tokens.append(tokens)
             offsets = np.asarray(offsets)
             lengths.append(np.diff(offsets))
@@ -66,7 +77,16 @@ class TokenCorpus:
     def default_max_length(self) -> int:
         return int(self.manifest["max_length"])
 
+    def _check(self, shards: np.ndarray) -> None:
+        if not self._unchecked:
+            return
+        for shard in np.unique(shards).tolist():
+            entry = self._unchecked.pop(shard, None)
+            if entry is not None:
+                check_checksum(self.root / entry.tokens_file, entry.tokens_sha256)
+
     def document(self, index: int) -> np.ndarray:
+        self._check(self.doc_shard[index : index + 1])
         start = self.doc_start[index]
         return np.asarray(self.tokens[self.doc_shard[index]][start : start + self.lengths[index]])
 
@@ -76,6 +96,7 @@ class TokenCorpus:
         before = np.cumsum(lengths) - lengths
         positions = np.arange(total) - np.repeat(before, lengths) + np.repeat(self.doc_start[docs] + starts, lengths)
         shards = self.doc_shard[docs]
+        self._check(shards)
         out = np.empty(total, dtype=np.int64)
         if len(self.tokens) == 1:
             out[:] = self.tokens[0][positions]
@@ -159,7 +180,7 @@ def packing_efficiency(lengths: np.ndarray, max_length: int, window: int = 2048,
     }
 
 
-def _with_specials(content: np.ndarray, lengths: np.ndarray, cls_id: int, sep_id: int) -> tuple[np.ndarray, np.ndarray]:
+def with_specials(content: np.ndarray, lengths: np.ndarray, cls_id: int, sep_id: int) -> tuple[np.ndarray, np.ndarray]:
     """[CLS] span [SEP] for every span of `content`; returns the flat ids and cu_seqlens."""
     seqlens = lengths + SPECIALS_PER_SEQUENCE
     cu = np.zeros(len(lengths) + 1, dtype=np.int64)
@@ -174,56 +195,45 @@ def _with_specials(content: np.ndarray, lengths: np.ndarray, cls_id: int, sep_id
     return ids, cu
 
 
-def collate_packed(content: np.ndarray, lengths: np.ndarray, cls_id: int, sep_id: int) -> dict[str, torch.Tensor]:
-    """One row of sequences end to end: input_ids (1, T), cu_seqlens (n + 1,) int32, max_seqlen, and
-    position_ids (1, T) restarting at 0 in every sequence (the model's packed input contract)."""
-    ids, cu = _with_specials(content, lengths, cls_id, sep_id)
+def layout_packed(ids: torch.Tensor, cu: np.ndarray) -> dict[str, torch.Tensor]:
+    """Flat sequences as one row: input_ids (1, T), cu_seqlens (n + 1,) int32, max_seqlen, and position_ids
+    (1, T) restarting at 0 in every sequence (the model's packed input contract)."""
     seqlens = np.diff(cu)
     positions = np.arange(len(ids)) - np.repeat(cu[:-1], seqlens)
     return {
-        "input_ids": torch.from_numpy(ids).unsqueeze(0),
+        "input_ids": ids.unsqueeze(0),
         "cu_seqlens": torch.from_numpy(cu.astype(np.int32)),
         "max_seqlen": int(seqlens.max()),
         "position_ids": torch.from_numpy(positions).unsqueeze(0),
     }
 
 
-def collate_rows(
-    content: np.ndarray,
-    lengths: np.ndarray,
-    units_per_row: list[int],
-    cls_id: int,
-    sep_id: int,
-    pad_id: int,
-    width: int,
-) -> dict[str, torch.Tensor]:
-    """Naive packing (the paper's first try, M6): the sequences of each pack laid end to end in one row of
-    `width`, positions running on across them and attention over the whole row, so documents see each other."""
-    ids, cu = _with_specials(content, lengths, cls_id, sep_id)
-    row_ends = np.cumsum(units_per_row)
-    bounds = cu[np.concatenate([[0], row_ends])]
-    batch = np.full((len(units_per_row), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(units_per_row), width), dtype=np.int64)
-    for row, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
-        if stop - start > width:
-            raise ValueError(f"a pack of {stop - start} tokens does not fit a row of {width}")
-        batch[row, : stop - start] = ids[start:stop]
-        mask[row, : stop - start] = 1
-    return {"input_ids": torch.from_numpy(batch), "attention_mask": torch.from_numpy(mask)}
+def pad_rows(
+    values: torch.Tensor, cu: np.ndarray, fill: int, multiple_of: int = 8
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat sequences as rows (B, L) padded on the right with `fill` to the longest (rounded up to
+    `multiple_of`, as the released collator does), and the attention mask (1 for real tokens)."""
+    seqlens = np.diff(cu)
+    width = int(-(-seqlens.max() // multiple_of) * multiple_of)
+    rows = torch.from_numpy(np.repeat(np.arange(len(seqlens)), seqlens))
+    cols = torch.from_numpy(np.arange(len(values)) - np.repeat(cu[:-1], seqlens))
+    batch = torch.full((len(seqlens), width), fill, dtype=values.dtype)
+    batch[rows, cols] = values
+    mask = torch.zeros((len(seqlens), width), dtype=torch.int64)
+    mask[rows, cols] = 1
+    return batch, mask
+
+
+def collate_packed(content: np.ndarray, lengths: np.ndarray, cls_id: int, sep_id: int) -> dict[str, torch.Tensor]:
+    """One row of `[CLS] span [SEP]` sequences end to end (see `layout_packed`)."""
+    ids, cu = with_specials(content, lengths, cls_id, sep_id)
+    return layout_packed(torch.from_numpy(ids), cu)
 
 
 def collate_padded(
     content: np.ndarray, lengths: np.ndarray, cls_id: int, sep_id: int, pad_id: int, multiple_of: int = 8
 ) -> dict[str, torch.Tensor]:
-    """input_ids (B, L) padded on the right to the longest sequence (rounded up to `multiple_of`, as the
-    released collator does) and attention_mask (B, L) with 1 for real tokens."""
-    ids, cu = _with_specials(content, lengths, cls_id, sep_id)
-    seqlens = np.diff(cu)
-    width = int(-(-seqlens.max() // multiple_of) * multiple_of)
-    rows = np.repeat(np.arange(len(seqlens)), seqlens)
-    cols = np.arange(len(ids)) - np.repeat(cu[:-1], seqlens)
-    batch = np.full((len(seqlens), width), pad_id, dtype=np.int64)
-    batch[rows, cols] = ids
-    mask = np.zeros((len(seqlens), width), dtype=np.int64)
-    mask[rows, cols] = 1
-    return {"input_ids": torch.from_numpy(batch), "attention_mask": torch.from_numpy(mask)}
+    """input_ids (B, L) of `[CLS] span [SEP]` rows and attention_mask (B, L) (see `pad_rows`)."""
+    ids, cu = with_specials(content, lengths, cls_id, sep_id)
+    batch, mask = pad_rows(torch.from_numpy(ids), cu, pad_id, multiple_of)
+    return {"input_ids": batch, "attention_mask": mask}

@@ -103,18 +103,39 @@ def _open_npy(path: Path, expected_shape: tuple[int, ...], dtype: np.dtype | Non
     return array
 
 
+# Shard files whose checksum this process has checked, with (size, mtime) then: a loader built again (held-out
+# batches at every evaluation) does not read the corpus again.
+_checked: dict[Path, tuple[int, ...]] = {}
+VERIFY_MODES = ("first_use", "full", "size", "none")
+
+
+def check_checksum(path: Path, expected: str) -> None:
+    """DataError naming `path` unless its sha256 is `expected` (remembered while the file is unchanged)."""
+    if not path.is_file():
+        raise DataError(f"{path}: shard file is missing")
+    status = path.stat()
+    key, stamp = path.resolve(), (status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
+    if _checked.get(key) == stamp:
+        return
+    if sha256_file(path) != expected:
+        raise DataError(
+            f"{path}: checksum mismatch (the file is damaged); run the same `neobert prepare` command again "
+            "to re-create it"
+        )
+    _checked[key] = stamp
+
+
 def open_shard(root: Path, entry: ShardEntry, dtype: np.dtype, verify: str = "size") -> tuple[np.ndarray, np.ndarray]:
     """Memory-maps a shard after checking it: `verify="size"` checks headers and sizes (cheap, catches
-    truncation); `"full"` also recomputes the sha256 checksums (reads every byte)."""
-    if verify not in ("size", "full", "none"):
-        raise ValueError(f"verify must be 'size', 'full' or 'none', not {verify!r}")
+    truncation); `"first_use"` also checks the offsets file's checksum (it is read whole anyway) and leaves the
+    tokens file to `check_tokens`, called on the shard's first use; `"full"` checks both checksums now."""
+    if verify not in VERIFY_MODES:
+        raise ValueError(f"verify must be one of {VERIFY_MODES}, not {verify!r}")
     tokens_path, offsets_path = root / entry.tokens_file, root / entry.offsets_file
+    if verify in ("full", "first_use"):
+        check_checksum(offsets_path, entry.offsets_sha256)
     if verify == "full":
-        for path, expected in ((tokens_path, entry.tokens_sha256), (offsets_path, entry.offsets_sha256)):
-            if not path.is_file():
-                raise DataError(f"{path}: shard file is missing")
-            if sha256_file(path) != expected:
-                raise DataError(f"{path}: checksum mismatch (the file is corrupted); prepare the corpus again")
+        check_checksum(tokens_path, entry.tokens_sha256)
     offsets = _open_npy(offsets_path, (entry.documents + 1,), np.dtype(np.int64))
     tokens = _open_npy(tokens_path, (entry.tokens,), dtype)
     if verify != "none" and (int(offsets[0]) != 0 or int(offsets[-1]) != entry.tokens):

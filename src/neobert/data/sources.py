@@ -4,7 +4,8 @@ A source spec is one of
 - a file: `.txt/.text/.md/.rst` (plain text), `.jsonl/.ndjson` (JSON Lines), `.json` (JSON Lines, or one
   array of records), `.csv/.tsv`, `.parquet`; any of the text formats may end in `.gz`, `.bz2` or `.xz`;
   a file with another suffix is read as plain text;
-- a folder: every file with one of those suffixes below it, in sorted order; a folder written by
+- a folder: every file with one of those suffixes below it, in sorted order (the others are counted and left
+  out, or read as plain text when asked); a folder written by
   `datasets.Dataset.save_to_disk` is read as that dataset instead;
 - a glob (`data/**/*.jsonl`);
 - `hf:NAME[:CONFIG]`: a Hugging Face hub dataset (or a local loading script or data folder), streamed
@@ -391,8 +392,12 @@ def _has_known_suffix(path: Path) -> bool:
     return probe.format_suffix in KNOWN_SUFFIXES
 
 
-def resolve_sources(specs: list[str], options: ReaderOptions) -> list[Source]:
-    """Expands specs into one source per file or dataset, in a deterministic order."""
+def resolve_sources(
+    specs: list[str], options: ReaderOptions, unknown_as_text: bool = False, skipped: list[Path] | None = None
+) -> list[Source]:
+    """Expands specs into one source per file or dataset, in a deterministic order. In a folder, files
+    without a known suffix are left out (and appended to `skipped`) unless `unknown_as_text` reads them as
+    plain text; hidden files and folders are always left out."""
     sources: list[Source] = []
     for spec in specs:
         if spec.startswith("hf:"):
@@ -406,15 +411,19 @@ def resolve_sources(specs: list[str], options: ReaderOptions) -> list[Source]:
             if _is_saved_dataset(path):
                 sources.append(DatasetSource(spec, options, path=path))
                 continue
-            files = sorted(
+            visible = sorted(
                 p
                 for p in path.rglob("*")
-                if p.is_file()
-                and _has_known_suffix(p)
-                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
             )
+            files = [p for p in visible if unknown_as_text or _has_known_suffix(p)]
+            if skipped is not None:
+                skipped.extend(p for p in visible if p not in set(files))
             if not files:
-                raise DataError(f"{path}: the folder holds no readable files ({', '.join(sorted(KNOWN_SUFFIXES))})")
+                raise DataError(
+                    f"{path}: the folder holds no file with a known suffix ({', '.join(sorted(KNOWN_SUFFIXES))}); "
+                    "pass --unknown-as-text to read its files as plain text"
+                )
             sources.extend(_file_source(p, options) for p in files)
         elif path.is_file():
             sources.append(_file_source(path, options, spec))

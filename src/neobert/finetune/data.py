@@ -76,13 +76,35 @@ def read_rows(source: str | os.PathLike, split: str = "train") -> list[dict[str,
         raise FinetuneDataError(f"{path}: unknown format {suffix!r}; use one of {', '.join(TABLE_SUFFIXES)}")
     import pandas as pd
 
-    if suffix in (".csv", ".tsv"):
-        frame = pd.read_csv(path, sep=TABLE_SUFFIXES[suffix], dtype=str, keep_default_na=False)
-    elif suffix == ".parquet":
-        frame = pd.read_parquet(path)
-    else:
-        frame = pd.read_json(path, lines=suffix == ".jsonl", dtype=False)
+    if suffix != ".parquet":
+        _check_text(path)
+    try:
+        if suffix in (".csv", ".tsv"):
+            frame = pd.read_csv(path, sep=TABLE_SUFFIXES[suffix], dtype=str, keep_default_na=False)
+        elif suffix == ".parquet":
+            frame = pd.read_parquet(path)
+        else:
+            frame = pd.read_json(path, lines=suffix == ".jsonl", dtype=False)
+    except pd.errors.ParserError as error:
+        raise FinetuneDataError(f"{path}: not a readable {suffix[1:].upper()} file ({error})") from None
+    except ValueError as error:  # pandas' JSON errors, and Arrow's for a damaged Parquet file
+        raise FinetuneDataError(f"{path}: not a readable {suffix[1:].upper()} file ({error})") from None
     return frame.to_dict(orient="records")
+
+
+def _check_text(path: Path) -> None:
+    """An empty file or bytes that are not UTF-8, named with the line, before pandas reports them without."""
+    data = path.read_bytes()
+    if not data.strip():
+        raise FinetuneDataError(f"{path}: the file is empty (expected a header row, then one example a line)")
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
+        raise FinetuneDataError(
+            f"{path}: line {line}, column {column}: byte 0x{data[error.start]:02x} is not UTF-8; save the file as UTF-8"
+        ) from None
 
 
 def examples_from_rows(rows: list[dict[str, Any]], columns: Columns, source: str, labelled: bool = True) -> Examples:

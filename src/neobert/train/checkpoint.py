@@ -13,11 +13,17 @@ Layout of `<run>/checkpoints/`:
 A checkpoint is written under a temporary name, every file is fsynced, the manifest goes in last, and only
 then is the folder renamed into place; the `latest` pointer is replaced atomically too. A folder without a
 valid manifest is never read, so `kill -9` at any point leaves the previous checkpoint as the latest good one.
+
+Reading a checkpoint verifies every file of its manifest against its SHA-256 (it reads those bytes anyway), so
+a file damaged after it was written is never resumed from: `find_resumable` falls back to the newest one that
+verifies and says what it skipped. Retention counts verified checkpoints only and never deletes one that does
+not verify, so damaged folders cannot push good ones out.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import random
@@ -47,6 +53,15 @@ Verify = Literal["marker", "size", "full"]
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, incomplete, corrupt or from an incompatible run."""
+
+
+class DiskFullError(CheckpointError):
+    """Writing a checkpoint ran out of space; the previous checkpoint is untouched."""
+
+
+# Below this much free space, a failed write is put down to a full disk (torch.save then reports only
+# "unexpected pos" from its zip writer, not ENOSPC).
+_NEARLY_FULL_BYTES = 256 << 20
 
 
 def checkpoint_name(step: int) -> str:
@@ -183,11 +198,35 @@ def save_checkpoint(
             _discard(final)
         os.rename(temporary, final)
         _fsync_path(root)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(temporary, ignore_errors=True)
+        if _is_disk_full(error, root):
+            raise DiskFullError(
+                f"the disk holding {root} is full ({shutil.disk_usage(root).free / 1e6:.0f} MB free): the "
+                f"checkpoint of step {step} was not written; the previous checkpoint is kept ({_latest_name(root)})"
+            ) from error
         raise
     _point_latest(root, final.name)
+    _remember_verified(final)
     return final
+
+
+def _is_disk_full(error: BaseException, root: Path) -> bool:
+    if isinstance(error, OSError):
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)
+    if not isinstance(error, RuntimeError):  # torch's zip writer: "unexpected pos", "file write failed"
+        return False
+    try:
+        return shutil.disk_usage(root).free < _NEARLY_FULL_BYTES
+    except OSError:
+        return False
+
+
+def _latest_name(root: Path) -> str:
+    try:
+        return resolve_checkpoint(root / LATEST, "marker").name
+    except (CheckpointError, OSError):
+        return "there was none"
 
 
 @contextlib.contextmanager
@@ -257,7 +296,7 @@ def list_checkpoints(root: str | os.PathLike) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def verify_checkpoint(folder: str | os.PathLike, verify: Verify = "size") -> dict[str, Any]:
+def verify_checkpoint(folder: str | os.PathLike, verify: Verify = "full") -> dict[str, Any]:
     """The manifest of a complete checkpoint, or CheckpointError saying what is wrong.
 
     "marker": the manifest exists and parses; "size": also every listed file exists with its size;
@@ -276,32 +315,86 @@ def verify_checkpoint(folder: str | os.PathLike, verify: Verify = "size") -> dic
         if not path.is_file() or path.stat().st_size != expected["bytes"]:
             raise CheckpointError(f"{folder}: {name} is missing or has the wrong size")
         if verify == "full" and sha256_file(path) != expected["sha256"]:
-            raise CheckpointError(f"{folder}: {name} does not match its checksum")
+            raise CheckpointError(f"{folder}: {name} does not match its checksum (the file is damaged)")
     return manifest
 
 
-def find_latest_good(root: str | os.PathLike, verify: Verify = "size") -> Path | None:
-    """The newest checkpoint under `root` that verifies, or None. Half-written or corrupt ones are skipped,
-    and the newest complete one wins even when a crash came before `latest` was updated."""
-    for _, folder in reversed(list_checkpoints(root)):
+# Checkpoints this process wrote or fully verified, with the size and mtime of each file then: retention asks
+# at every save, and re-reading every kept checkpoint each time would cost more than the save.
+_verified: dict[Path, tuple[tuple[Any, ...], ...]] = {}
+
+
+def _stat_key(folder: Path) -> tuple[tuple[Any, ...], ...]:
+    stats = [(p.name, p.stat()) for p in sorted(folder.iterdir()) if p.is_file()]
+    return tuple((name, s.st_ino, s.st_size, s.st_mtime_ns, s.st_ctime_ns) for name, s in stats)
+
+
+def _remember_verified(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        _verified[folder.resolve()] = _stat_key(folder)
+
+
+def is_verified(folder: Path) -> bool:
+    """Every file of the checkpoint matches its manifest's checksum (remembered while the files are unchanged)."""
+    key = folder.resolve()
+    try:
+        if _verified.get(key) == _stat_key(folder):
+            return True
+        verify_checkpoint(folder, "full")
+    except (CheckpointError, OSError):
+        return False
+    _remember_verified(folder)
+    return True
+
+
+@dataclass
+class Skipped:
+    """A checkpoint passed over when looking for one to resume from, and why."""
+
+    step: int
+    folder: Path
+    reason: str
+
+    def describe(self) -> str:
+        return f"skipped the checkpoint of step {self.step} ({self.folder.name}): {self.reason}"
+
+
+def find_resumable(root: str | os.PathLike, verify: Verify = "full") -> tuple[Path | None, list[Skipped]]:
+    """The newest checkpoint under `root` that verifies (or None), and the newer ones skipped on the way."""
+    skipped = []
+    for step, folder in reversed(list_checkpoints(root)):
         try:
             verify_checkpoint(folder, verify)
-        except CheckpointError:
+        except CheckpointError as error:
+            skipped.append(Skipped(step, folder, str(error).removeprefix(f"{folder}: ")))
             continue
-        return folder
-    return None
+        if verify == "full":
+            _remember_verified(folder)
+        return folder, skipped
+    return None, skipped
 
 
-def resolve_checkpoint(path: str | os.PathLike, verify: Verify = "size") -> Path:
+def no_good_checkpoint(root: Path, skipped: list[Skipped]) -> str:
+    reasons = "; ".join(f"step {s.step}: {s.reason}" for s in skipped)
+    return f"{root} holds no checkpoint that verifies ({reasons})"
+
+
+def find_latest_good(root: str | os.PathLike, verify: Verify = "full") -> Path | None:
+    """The newest checkpoint under `root` that verifies, or None. Half-written or corrupt ones are skipped,
+    and the newest complete one wins even when a crash came before `latest` was updated."""
+    return find_resumable(root, verify)[0]
+
+
+def resolve_checkpoint(path: str | os.PathLike, verify: Verify = "full") -> Path:
     """A checkpoint folder from what users type: the folder itself, a `latest` pointer, or a `checkpoints`
     folder (its latest good checkpoint)."""
     path = Path(path)
     if path.is_file() and not path.is_symlink() and path.name == LATEST:
         path = path.parent / path.read_text(encoding="utf-8").strip()
     if path.is_dir() and not (path / MANIFEST).exists() and list_checkpoints(path):
-        found = find_latest_good(path, verify)
+        found, skipped = find_resumable(path, verify)
         if found is None:
-            raise CheckpointError(f"{path} holds no complete checkpoint")
+            raise CheckpointError(no_good_checkpoint(path, skipped))
         return found
     verify_checkpoint(path, verify)
     return path.resolve()
@@ -311,35 +404,45 @@ def resolve_checkpoint(path: str | os.PathLike, verify: Verify = "size") -> Path
 
 
 def apply_retention(root: str | os.PathLike, keep_last: int, keep_every: int | None = None) -> list[Path]:
-    """Delete checkpoints except the newest `keep_last` complete ones, those whose step is a multiple of
-    `keep_every`, and the one `latest` points to. Incomplete folders older than the newest complete one are
-    deleted too. Returns the deleted folders."""
+    """Delete checkpoints except the newest `keep_last` verified ones, those whose step is a multiple of
+    `keep_every`, and the one `latest` points to. Only verified checkpoints are ever deleted, and only
+    verified ones count towards `keep_last`: a damaged folder is left for the user to look at, and never
+    takes a good checkpoint's place. Folders without a manifest (a writer killed before the rename; should not
+    happen) older than the newest verified one are deleted. Returns the deleted folders."""
     if keep_last <= 0:
         raise ValueError(f"keep_last must be positive, got {keep_last}")
     root = Path(root)
-    complete = [(step, folder) for step, folder in list_checkpoints(root) if _is_complete(folder)]
-    keep = {folder for _, folder in complete[-keep_last:]}
-    keep |= {folder for step, folder in complete if keep_every and step % keep_every == 0}
-    pointer = root / LATEST
+    keep: set[Path] = set()
     # No pointer yet, or one naming a folder that is gone: nothing extra to protect.
     with contextlib.suppress(CheckpointError, OSError):
-        keep.add(resolve_checkpoint(pointer, "marker"))
-    newest = complete[-1][0] if complete else -1
-    deleted = []
-    for step, folder in list_checkpoints(root):
-        if folder.resolve() in {k.resolve() for k in keep} or (step > newest and not _is_complete(folder)):
+        keep.add(resolve_checkpoint(root / LATEST, "marker").resolve())
+    # Newest first. A checkpoint is read only when it may count towards keep_last or may be deleted, so
+    # the ones kept by keep_every are not read again at every save.
+    newest_verified, counted, deleted = None, 0, []
+    for step, folder in reversed(list_checkpoints(root)):
+        every = bool(keep_every) and step % keep_every == 0
+        protected = folder.resolve() in keep
+        if every and counted >= keep_last:
+            continue
+        if not (folder / MANIFEST).exists():
+            # A folder renamed into place without a manifest (should not happen): it goes once a verified
+            # checkpoint is newer; a damaged one with a manifest is left for the user to look at.
+            if newest_verified is not None and not protected:
+                _discard(folder)
+                deleted.append(folder)
+            continue
+        if not is_verified(folder):
+            continue
+        newest_verified = newest_verified if newest_verified is not None else step
+        if counted < keep_last:
+            counted += 1
+            continue
+        if every or protected:
             continue
         _discard(folder)
+        _verified.pop(folder.resolve(), None)
         deleted.append(folder)
     return deleted
-
-
-def _is_complete(folder: Path) -> bool:
-    try:
-        verify_checkpoint(folder, "marker")
-    except CheckpointError:
-        return False
-    return True
 
 
 # ---- reading -----------------------------------------------------------------------------------------------
@@ -358,7 +461,7 @@ class Checkpoint:
     config: dict[str, Any] | None
 
 
-def read_checkpoint(path: str | os.PathLike, rank: int = 0, verify: Verify = "size") -> Checkpoint:
+def read_checkpoint(path: str | os.PathLike, rank: int = 0, verify: Verify = "full") -> Checkpoint:
     folder = resolve_checkpoint(path, verify)
     manifest = verify_checkpoint(folder, "marker")
     world_size = int(manifest.get("world_size", 1))

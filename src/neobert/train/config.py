@@ -322,7 +322,13 @@ def read_yaml(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[str
     if not path.is_file():
         raise ValueError(f"config file {path} does not exist")
     with open(path, encoding="utf-8") as handle:
-        content = yaml.safe_load(handle) or {}
+        try:
+            content = yaml.safe_load(handle) or {}
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+            raise ValueError(f"config file {path}: YAML syntax error{where}: {problem}") from None
     if not isinstance(content, dict):
         raise ValueError(f"config file {path.name} must hold a mapping at the top level")
     parent = content.pop("inherit", None)

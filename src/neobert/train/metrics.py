@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from neobert.config import NeoBERTConfig
+from neobert.files import write_bytes_atomically
 
 # Dense bf16 peak of accelerators we know, in FLOP/s (no sparsity), matched against the CUDA device name.
 KNOWN_PEAKS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12}
@@ -152,12 +153,34 @@ class MetricAccumulator:
 
 
 class JsonlSink:
-    """One JSON object per line, appended and flushed at once, so a killed run keeps every line it logged."""
+    """One JSON object per line, appended and flushed at once, so a killed run keeps every line it logged.
 
-    def __init__(self, path: str | os.PathLike):
+    A run resumed at step s redoes the steps its previous session logged after s: those lines move to
+    `<name>.superseded.jsonl` (appended, so nothing logged is lost) and the file keeps one record per step."""
+
+    def __init__(self, path: str | os.PathLike, resumed_at: int | None = None):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resumed_at is not None and self.path.is_file():
+            self._set_aside_after(resumed_at)
         self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for the run
+
+    def _set_aside_after(self, step: int) -> None:
+        kept, redone = [], []
+        for line in self.path.read_text(encoding="utf-8").splitlines(keepends=True):
+            try:
+                later = int(json.loads(line).get("step", -1)) > step
+            except (ValueError, AttributeError):
+                later = False  # a line cut short by a kill stays where it was
+            (redone if later else kept).append(line if line.endswith("\n") else line + "\n")
+        if not redone:
+            return
+        superseded = self.path.with_name(self.path.stem + ".superseded.jsonl")
+        with open(superseded, "a", encoding="utf-8") as handle:
+            handle.writelines(redone)
+            handle.flush()
+            os.fsync(handle.fileno())
+        write_bytes_atomically(self.path, "".join(kept).encode("utf-8"))
 
     def write(self, record: dict[str, Any]) -> None:
         self._handle.write(json.dumps(record, allow_nan=True) + "\n")
@@ -252,6 +275,7 @@ class MetricsLogger:
         enabled: bool = True,
         wandb_project: str | None = None,
         config: dict[str, Any] | None = None,
+        resumed_at: int | None = None,
     ):
         self.folder = Path(folder)
         self.sinks: list[Any] = []
@@ -259,7 +283,7 @@ class MetricsLogger:
             return
         for sink in sinks:
             if sink == "jsonl":
-                self.sinks.append(JsonlSink(self.folder / "metrics.jsonl"))
+                self.sinks.append(JsonlSink(self.folder / "metrics.jsonl", resumed_at))
             elif sink == "tensorboard":
                 self.sinks.append(TensorBoardSink(self.folder / "tensorboard"))
             elif sink == "wandb":

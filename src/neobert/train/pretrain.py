@@ -59,11 +59,16 @@ class PretrainResult:
     precision: dict[str, Any] = field(default_factory=dict)  # what the run computed in, and why
 
 
+class StopRequested(Exception):
+    """A signal during the final evaluation, when the checkpoint is already saved."""
+
+
 class StopSignals:
     """SIGINT / SIGTERM ask the loop to save and stop at the next step boundary; a second one aborts."""
 
     def __init__(self):
         self.received: int | None = None
+        self.raise_at_once = False  # after the final checkpoint: a signal ends the evaluation there and then
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopSignals:
@@ -76,6 +81,8 @@ class StopSignals:
         if self.received is not None:
             raise KeyboardInterrupt(f"second signal {number}: stopping without a checkpoint")
         self.received = number
+        if self.raise_at_once:
+            raise StopRequested(number)
 
     def __exit__(self, *exc: Any) -> None:
         for number, handler in self._previous.items():
@@ -103,7 +110,7 @@ def pretrain(
 def _run(trainer: Trainer, resume: bool | str, stop_at_step: int | None) -> PretrainResult:
     config, context, system = trainer.config, trainer.context, trainer.config.system
     resumed_from = trainer.resume(resume) if resume else None
-    if resumed_from is None and find_latest_good(trainer.checkpoint_root) is not None:
+    if resumed_from is None and find_latest_good(trainer.checkpoint_root, "marker") is not None:
         raise CheckpointError(
             f"{trainer.checkpoint_root} already holds checkpoints of another run: resume it or choose another "
             "system.output_dir"
@@ -112,11 +119,20 @@ def _run(trainer: Trainer, resume: bool | str, stop_at_step: int | None) -> Pret
         trainer.output_dir.mkdir(parents=True, exist_ok=True)
         (trainer.output_dir / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
     logger = MetricsLogger(
-        trainer.output_dir, system.log_sinks, context.is_main, system.wandb_project, config.resolved()
+        trainer.output_dir,
+        system.log_sinks,
+        context.is_main,
+        system.wandb_project,
+        config.resolved(),
+        resumed_at=trainer.step if resumed_from is not None else None,
     )
     progress = ConsoleProgress(trainer.schedule.total_steps, trainer.step, system.progress_bar, not context.is_main)
     loop = _Loop(trainer, logger, progress, stop_at_step)
     progress.message(f"precision: {trainer.precision.name}, {trainer.precision.reason}")
+    for skipped in trainer.skipped_on_resume:
+        progress.message(f"resume: {skipped}")
+    if resume is True and resumed_from is None:
+        progress.message(f"resume: no checkpoint in {trainer.checkpoint_root} yet; starting from step 0")
     if resumed_from is not None:
         progress.message(f"resumed from {resumed_from} at step {trainer.step}")
         for change in trainer.changed_on_resume:
@@ -124,13 +140,13 @@ def _run(trainer: Trainer, resume: bool | str, stop_at_step: int | None) -> Pret
     try:
         with StopSignals() as signals:
             status = loop.run(signals)
-        checkpoint = None
-        if trainer.step != loop.last_saved_step:
-            checkpoint = trainer.save(loop.elapsed())
-        elif trainer.last_good_step is not None:
-            checkpoint = find_latest_good(trainer.checkpoint_root)
-        if status == "completed" and loop.last_eval.get("step") != trainer.step:
-            loop.log_eval()
+            checkpoint = None
+            if trainer.step != loop.last_saved_step:
+                checkpoint = trainer.save(loop.elapsed())
+            elif trainer.last_good_step is not None:
+                checkpoint = find_latest_good(trainer.checkpoint_root)
+            if status == "completed" and loop.last_eval.get("step") != trainer.step:
+                status = _final_evaluation(loop, signals)
         if loop.pending_window:
             loop.log_window()
         if status == "interrupted":
@@ -159,6 +175,21 @@ def _run(trainer: Trainer, resume: bool | str, stop_at_step: int | None) -> Pret
         trainer.lr,
         trainer.precision.as_record(),
     )
+
+
+def _final_evaluation(loop: _Loop, signals: StopSignals) -> str:
+    """The last held-out evaluation; a signal now (the checkpoint is saved) stops it, not the whole run."""
+    signals.raise_at_once = True
+    try:
+        if signals.received is None:
+            loop.log_eval()
+            return "completed"
+    except StopRequested:
+        pass
+    finally:
+        signals.raise_at_once = False
+    loop.progress.message(f"a signal stopped the final evaluation; the checkpoint of step {loop.trainer.step} is saved")
+    return "interrupted"
 
 
 class _Loop:

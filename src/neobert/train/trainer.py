@@ -21,7 +21,8 @@ from neobert.train.checkpoint import (
     CheckpointError,
     RankState,
     apply_retention,
-    find_latest_good,
+    find_resumable,
+    no_good_checkpoint,
     read_checkpoint,
     resolve_checkpoint,
     restore_rank_state,
@@ -158,16 +159,17 @@ class Trainer:
         self.nonfinite = torch.zeros((), device=context.device)
         self.last_good_step: int | None = None
         self.changed_on_resume: list[str] = []
+        self.skipped_on_resume: list[str] = []
         self.wrapped.train()  # the sparse MLM decoder (masked rows only) runs in training mode
 
     # ---- resume -----------------------------------------------------------------------------------------
 
     def resume(self, source: str | bool) -> Path | None:
         """Restore everything from `source` (a path) or, with True, the latest good checkpoint of this run."""
-        folder = find_latest_good(self.checkpoint_root) if source is True else resolve_checkpoint(source)
+        folder = self._verified_resume_folder(source)
         if folder is None:
             return None
-        saved = read_checkpoint(folder, rank=self.context.rank)
+        saved = read_checkpoint(folder, rank=self.context.rank, verify="marker")
         if saved.world_size != self.context.world_size:
             raise CheckpointError(
                 f"{folder} was written by {saved.world_size} process(es); resume with the same number "
@@ -185,6 +187,32 @@ class Trainer:
         self.changed_on_resume = config_changes(saved.config or {}, self.config.resolved())
         self._apply_current_recipe(saved.config or {})
         return folder
+
+    def _verified_resume_folder(self, source: str | bool) -> Path | None:
+        """The checkpoint to resume from, every file checked on the main process (the others wait for its
+        answer). With True, damaged newer checkpoints are skipped and listed in `skipped_on_resume`; when
+        checkpoints exist but none verifies, nothing is deleted and the run stops."""
+        answer: tuple[str | None, list[str], str | None] = (None, [], None)
+        if self.context.is_main:
+            try:
+                if source is True:
+                    found, skipped = find_resumable(self.checkpoint_root)
+                    error = None
+                    if found is None and skipped:
+                        error = (
+                            f"{no_good_checkpoint(self.checkpoint_root, skipped)}; nothing was deleted. Put back "
+                            "a good copy of one (or --resume a checkpoint kept elsewhere), or choose another "
+                            "system.output_dir to start afresh"
+                        )
+                    answer = (str(found) if found else None, [s.describe() for s in skipped], error)
+                else:
+                    answer = (str(resolve_checkpoint(source)), [], None)
+            except CheckpointError as failure:
+                answer = (None, [], str(failure))
+        folder, self.skipped_on_resume, error = dist_utils.broadcast_object(answer, self.context)
+        if error is not None:
+            raise CheckpointError(error)
+        return Path(folder) if folder is not None else None
 
     def _apply_current_recipe(self, saved_config: dict[str, Any]) -> None:
         """Optimiser and scheduler state dicts carry their own hyperparameters; the run's configuration wins,
