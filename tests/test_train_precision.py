@@ -68,3 +68,20 @@ def test_the_matrix_product_peak_is_its_products_flops_over_their_median():
         timing = precision.time_matmul(dtype, size=64, repeats=3)
         assert timing.size == 64 and timing.median_s > 0 and timing.cores > 0
         assert timing.gflops == pytest.approx(2 * 64**3 / timing.median_s / 1e9, rel=1e-12)
+
+
+def test_a_resumed_auto_run_keeps_the_precision_it_started_with(tmp_path, monkeypatch):
+    def probe_says(faster):
+        monkeypatch.setattr(precision, "_time_products", lambda shapes, autocast: 0.5 if autocast == faster else 1.0)
+        precision._probe_cpu.cache_clear()
+
+    config = tiny_config(tmp_path, "system.precision=auto", "budget.steps=4")
+    try:
+        probe_says(True)  # bf16 faster
+        paused = pretrain(config, make_loader, stop_at_step=2)
+        assert paused.precision["dtype"] == "bf16"
+        probe_says(False)  # this time the probe would pick fp32
+        resumed = pretrain(config, make_loader, resume=True)
+    finally:
+        precision._probe_cpu.cache_clear()
+    assert resumed.precision["dtype"] == "bf16" and "kept from the checkpoint" in resumed.precision["reason"]

@@ -156,7 +156,7 @@ def _run(trainer: Trainer, resume: bool | str, stop_at_step: int | None) -> Pret
             config.train.lr * config.train.final_lr_fraction,
         )
         progress.message(
-            f"{status} at step {trainer.step}: {fraction:.0%} of the schedule reached, last learning rate "
+            f"schedule: {fraction:.0%} reached by step {trainer.step}, last learning rate "
             f"{trainer.lr:.3g} (peak {config.train.lr:.3g}, floor {floor:.3g})"
         )
     finally:

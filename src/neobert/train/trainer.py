@@ -40,7 +40,7 @@ from neobert.train.metrics import (
     peak_flops,
 )
 from neobert.train.optim import build_optimizer, build_scheduler, schedule_from
-from neobert.train.precision import model_shapes, resolve_precision
+from neobert.train.precision import PrecisionChoice, model_shapes, resolve_precision
 
 
 class Loader(Protocol):
@@ -147,8 +147,7 @@ class Trainer:
         self.precision = dist_utils.broadcast_object(
             resolve_precision(system.precision, context.device, shapes), context
         )
-        dtype = self.precision.dtype
-        self.autocast = (lambda: torch.autocast(context.device.type, dtype=dtype)) if dtype else contextlib.nullcontext
+        self._use_precision(self.precision)
         self.peak = peak_flops(context.device, system.peak_flops)
 
         self.step = 0
@@ -182,6 +181,11 @@ class Trainer:
         restore_rank_state(saved.rank_state, self.loader)
         self.step = saved.step
         self.elapsed_before = float(saved.trainer_state.get("elapsed_seconds", 0.0))
+        kept = saved.trainer_state.get("precision")
+        if self.config.system.precision == "auto" and kept in ("fp32", "bf16") and kept != self.precision.name:
+            # A resumed run computes as it did before: the probe's timing may tip the other way this time.
+            self._use_precision(resolve_precision(kept, self.context.device))
+            self.precision = PrecisionChoice(self.precision.dtype, f"auto, kept from the checkpoint ({kept})")
         self.tokens_seen = float(saved.trainer_state.get("tokens_seen", 0.0))
         self.last_good_step = saved.step
         self.changed_on_resume = config_changes(saved.config or {}, self.config.resolved())
@@ -213,6 +217,10 @@ class Trainer:
         if error is not None:
             raise CheckpointError(error)
         return Path(folder) if folder is not None else None
+
+    def _use_precision(self, choice: PrecisionChoice) -> None:
+        self.precision, dtype, device = choice, choice.dtype, self.context.device
+        self.autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
 
     def _apply_current_recipe(self, saved_config: dict[str, Any]) -> None:
         """Optimiser and scheduler state dicts carry their own hyperparameters; the run's configuration wins,
@@ -318,6 +326,7 @@ class Trainer:
                 "optimizer": optimizer_state,
                 "scheduler": self.scheduler.state_dict(),
                 "elapsed_seconds": elapsed,
+                "precision": self.precision.name,
                 "tokens_seen": self.tokens_seen,
             }
             folder = save_checkpoint(
