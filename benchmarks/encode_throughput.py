@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> dict:
                 rows[name] = {**timing, "texts_per_s": len(texts) / timing["median_s"]}
             exact = encode(embedder, texts, **common)
             cosines = (encode(int8, texts, **common) * exact).sum(1)
-            st_cosines = (ours_st.encode(texts, **st_common) * exact).sum(1)
+            through_st = ours_st.encode(texts, **st_common)
+            st_cosines = (through_st * exact).sum(1)
         bound = float32_bound(embedder.model, token_count, args.quick)
     reference = rows["SentenceTransformer(NeoBERT)"]["texts_per_s"]
     bound_rate = len(texts) / bound["seconds"]
@@ -131,6 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
             "onnx_int8_min": float(np.min(cosines)),
             "onnx_int8_mean": float(np.mean(cosines)),
             "sentence_transformers_min": float(np.min(st_cosines)),
+            "sentence_transformers_max_abs_diff": float(np.max(np.abs(through_st - exact))),
         },
         "targets": [
             target(
