@@ -200,3 +200,16 @@ def test_pretrain_takes_preset_names_beside_yaml_files(tmp_path, capsys):
     error = capsys.readouterr().err
     assert "no pre-training preset 'no-such-preset'" in error and "'neobert-250m-stage1'" in error
     assert main(["pretrain", str(tmp_path / "absent.yaml")]) == 2
+
+
+def test_smoke_checks_the_installation_in_seconds(capsys, tokenizer):
+    from neobert import NeoBERTConfig, NeoBERTForMaskedLM
+
+    assert main(["smoke"]) == 0
+    out = capsys.readouterr().out
+    parameters = sum(p.numel() for p in NeoBERTForMaskedLM(NeoBERTConfig.from_preset("tiny")).parameters())
+    tokens = len(tokenizer("Paris is the [MASK] of France.")["input_ids"])
+    assert f"preset tiny: {parameters:,} parameters, {tokens} tokens" in out
+    assert "gives identical logits: True" in out
+    with pytest.raises(SystemExit, match=r"--text must contain \[MASK\]"):
+        main(["smoke", "--text", "no mask here"])
