@@ -1,4 +1,4 @@
-"""The command line end to end on a small corpus the test prepares: pretrain, resume, export, demo."""
+"""The command line end to end on a small corpus the test prepares: pretrain, resume, export, evaluate, demo, smoke."""
 
 import itertools
 import json
