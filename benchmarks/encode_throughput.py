@@ -192,8 +192,11 @@ def cosines_to(exact: np.ndarray, routes: dict) -> dict:
     cosine = {}
     for name, fn in routes.items():
         with computing_in("bf16" if name.startswith("bf16") else "fp32"):
-            values = (fn() * exact).sum(1)
+            vectors = fn()
+        values = (vectors * exact).sum(1)
         cosine[f"{name}_min"] = float(np.min(values))
+        if name == "sentence_transformers":
+            cosine[f"{name}_max_abs_diff"] = float(np.max(np.abs(vectors - exact)))
         if name == "onnx_int8":
             cosine[f"{name}_mean"] = float(np.mean(values))
     return cosine

@@ -1,17 +1,25 @@
-"""The command line end to end on a small corpus the test prepares: pretrain, resume, export, demo."""
+"""The command line end to end on a small corpus the test prepares: pretrain, resume, export, evaluate, demo, smoke."""
 
+import itertools
 import json
+import math
+import random
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import AutoModelForMaskedLM, BertTokenizer
 
 from data_helpers import prepare_files, sample_texts, write_jsonl
 from neobert.cli import main
+from neobert.data.loader import LoaderConfig, build_loader
 from neobert.data.prepare import PrepareConfig, prepare
 from neobert.data.sources import ReaderOptions, resolve_sources
 from neobert.tokenizer import load_tokenizer
+from neobert.train.config import load_config, preset_path
+from neobert.train.data import make_eval_batches
+from neobert.train.distributed import DistributedContext
 
 TINY = [
     "model.preset=tiny",
@@ -75,13 +83,40 @@ def test_pretrain_resume_and_export(corpus, tmp_path, tokenizer):
     torch.testing.assert_close(vectors.cpu(), expected, atol=1e-5, rtol=1e-4)
     assert main(["export", str(out / "checkpoints" / "latest"), "--out", str(exported)]) == 2  # no overwrite
 
-    # Held-out MLM of the checkpoint on the corpus's held-out split, as the loop's own evaluation measures it.
+    # Held-out MLM of the checkpoint on the corpus's held-out split: the command's figures, and the loop's
+    # last evaluation, each recomputed here densely (eval mode, full logits) on the batches each one reads.
     evaluated = tmp_path / "evaluated"
     assert main(["evaluate", "--model", str(exported), "--mlm-data", str(corpus), "--out", str(evaluated)]) == 0
     mlm = json.loads((evaluated / "evaluate.json").read_text())["mlm"]
-    assert mlm["mlm/masked_tokens"] > 0 and 0 <= mlm["mlm/accuracy"] <= 1
-    last_eval = [r["eval/loss"] for r in records if "eval/loss" in r][-1]
-    assert abs(mlm["mlm/loss"] - last_eval) < 0.5  # other batches and masks, the same model and split
+    command_batches = build_loader(LoaderConfig(path=str(corpus), split="heldout", batch_size=16, epochs=1), 0, 1)
+    loss, accuracy, count = dense_mlm(model, itertools.islice(command_batches, 50))
+    assert mlm["mlm/masked_tokens"] == count and mlm["mlm/accuracy"] == accuracy
+    assert mlm["mlm/loss"] == pytest.approx(loss, rel=1e-5)
+
+    last_eval = [r for r in records if "eval/loss" in r][-1]
+    assert last_eval["step"] == 4
+    config = load_config([preset_path("demo")], [*TINY, f"data.path={corpus}", "budget.steps=4"])
+    loss, accuracy, count = dense_mlm(model, make_eval_batches(config, 4, DistributedContext()))
+    assert last_eval["eval/masked_tokens"] == count and last_eval["eval/accuracy"] == pytest.approx(accuracy)
+    assert last_eval["eval/loss"] == pytest.approx(loss, rel=1e-5)
+
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "cu_seqlens", "max_seqlen")
+
+
+def dense_mlm(model, batches) -> tuple[float, float, int]:
+    """Mean cross-entropy and top-1 accuracy over the masked tokens, from the full logits."""
+    losses, correct, count = 0.0, 0, 0
+    with torch.no_grad():
+        for batch in batches:
+            inputs = {k: v for k, v in batch.items() if k in MODEL_INPUTS}
+            logits = model.eval()(**inputs).logits.reshape(-1, model.config.vocab_size)
+            labels = batch["labels"].reshape(-1)
+            selected = labels != -100
+            losses += F.cross_entropy(logits[selected].double(), labels[selected], reduction="sum").item()
+            correct += int((logits[selected].argmax(-1) == labels[selected]).sum())
+            count += int(selected.sum())
+    return losses / count, correct / count, count
 
 
 def test_unknown_key_fails_before_training(corpus, tmp_path, capsys):
@@ -109,15 +144,44 @@ def test_corpus_from_another_tokenizer_fails_before_training(tmp_path, capsys):
     assert not (out / "checkpoints").exists()
 
 
-def test_demo_runs_end_to_end_on_a_small_corpus(corpus, tmp_path, capsys):
-    out = tmp_path / "demo"
+@pytest.fixture(scope="module")
+def cyclic_corpus(tmp_path_factory):
+    """Runs of a fixed cycle of words from random starting points: every word is equally frequent (the
+    unigram baseline guesses right about 1 in 12) while its neighbours give it away (a model learns it)."""
+    folder = tmp_path_factory.mktemp("cyclic")
+    words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot"]
+    words += ["golf", "hotel", "india", "juliet", "kilo", "lima"]
+    rng = random.Random(0)
+    texts = []
+    for _ in range(300):
+        start = rng.randrange(len(words))
+        texts.append(" ".join(words[(start + k) % len(words)] for k in range(rng.randint(10, 40))))
+    prepare_files([write_jsonl(folder / "docs.jsonl", texts)], folder / "prepared", max_length=32, heldout_fraction=0.1)
+    return folder / "prepared"
+
+
+def demo(corpus, out, *extra):
     overrides = [item for item in TINY if not item.startswith("system.log_sinks")]
-    code = main(["demo", "--corpus", str(corpus), "--out", str(out), "--no-probe", *overrides, "budget.steps=3"])
+    return main(
+        ["demo", "--corpus", str(corpus), "--out", str(out), "--no-probe", *overrides, "data.eval_batches=8", *extra]
+    )
+
+
+def test_demo_exits_0_when_the_model_beats_the_unigram_baseline(cyclic_corpus, tmp_path, capsys):
+    out = tmp_path / "demo"
+    code = demo(cyclic_corpus, out, "budget.steps=150", "train.lr=1e-2", "train.eval_every=1000")
     report = json.loads((out / "report.json").read_text())
-    assert report["steps"] == 3 and report["status"] == "completed"
-    assert set(report["model"]) >= {"loss", "accuracy", "perplexity"} and 0 <= report["unigram"]["accuracy"] <= 1
-    assert code == (0 if report["model"]["accuracy"] > report["unigram"]["accuracy"] else 1)
+    assert report["steps"] == 150 and report["status"] == "completed"
+    assert report["model"]["accuracy"] > report["unigram"]["accuracy"] + 0.1 and code == 0
+    assert report["model"]["perplexity"] == pytest.approx(math.exp(report["model"]["loss"]))
     assert "unigram baseline" in capsys.readouterr().out
+
+
+def test_demo_exits_1_when_the_model_does_not(cyclic_corpus, tmp_path):
+    out = tmp_path / "demo"
+    code = demo(cyclic_corpus, out, "budget.steps=2", "train.lr=1e-9")  # the initial weights, in effect
+    report = json.loads((out / "report.json").read_text())
+    assert report["model"]["accuracy"] < report["unigram"]["accuracy"] and code == 1
 
 
 def test_pretrain_takes_preset_names_beside_yaml_files(tmp_path, capsys):
@@ -138,3 +202,16 @@ def test_pretrain_takes_preset_names_beside_yaml_files(tmp_path, capsys):
     error = capsys.readouterr().err
     assert "no pre-training preset 'no-such-preset'" in error and "'neobert-250m-stage1'" in error
     assert main(["pretrain", str(tmp_path / "absent.yaml")]) == 2
+
+
+def test_smoke_checks_the_installation_in_seconds(capsys, tokenizer):
+    from neobert import NeoBERTConfig, NeoBERTForMaskedLM
+
+    assert main(["smoke"]) == 0
+    out = capsys.readouterr().out
+    parameters = sum(p.numel() for p in NeoBERTForMaskedLM(NeoBERTConfig.from_preset("tiny")).parameters())
+    tokens = len(tokenizer("Paris is the [MASK] of France.")["input_ids"])
+    assert f"preset tiny: {parameters:,} parameters, {tokens} tokens" in out
+    assert "gives identical logits: True" in out
+    with pytest.raises(SystemExit, match=r"--text must contain \[MASK\]"):
+        main(["smoke", "--text", "no mask here"])

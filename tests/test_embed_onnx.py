@@ -40,6 +40,39 @@ def test_onnx_matches_pytorch_and_backs_encode(tmp_path):
     assert main(["export-onnx", str(tmp_path / "absent")]) == 2
 
 
+def assert_per_output_channel(int8_graph, float_graph) -> None:
+    """Each int8 weight (in, out) has one scale per output column: the float column's largest magnitude
+    over 127, and the column back from int8 within half a step of the float one."""
+    from onnx import numpy_helper
+
+    floats = {w.name: numpy_helper.to_array(w) for w in float_graph.initializer}
+    quantised = {w.name: numpy_helper.to_array(w) for w in int8_graph.initializer}
+    checked = 0
+    for name, values in quantised.items():
+        if not name.endswith("_quantized") or values.dtype != np.int8 or values.ndim != 2:
+            continue
+        base = name.removesuffix("_quantized")
+        weight, scale, zero = floats[base], quantised[base + "_scale"], quantised[base + "_zero_point"]
+        assert scale.shape == zero.shape == (weight.shape[1],), base
+        np.testing.assert_allclose(scale, np.abs(weight).max(0) / 127, rtol=1e-6)
+        restored = (values.astype(np.float32) - zero) * scale
+        assert (np.abs(restored - weight) <= scale / 2 + 1e-7).all(), base
+        assert np.ptp(scale) > 0, base  # the columns really have scales of their own
+        checked += 1
+    assert checked > 0
+
+
+def test_export_with_onnx_writes_both_graphs_next_to_the_model(tmp_path):
+    folder = exported_model(tmp_path)
+    out = tmp_path / "with-onnx"
+    assert main(["export", str(folder), "--out", str(out), "--onnx", "--int8"]) == 0
+    texts = ["hello world", "", "a longer text about something rather different " * 4]
+    reference = encode(folder, texts, show_progress=False)
+    np.testing.assert_allclose(encode(out, texts, backend="onnx", show_progress=False), reference, atol=1e-4)
+    assert (out / "model_int8.onnx").is_file() and (out / "modules.json").is_file()
+    np.testing.assert_allclose(encode(out, texts, show_progress=False), reference, atol=1e-6)
+
+
 def test_int8_onnx_is_quantised_close_to_float32_and_backs_encode(tmp_path):
     import onnx
 
@@ -54,6 +87,7 @@ def test_int8_onnx_is_quantised_close_to_float32_and_backs_encode(tmp_path):
     assert len(float_matmuls) < len(integer_ops)  # only the attention products stay in float
     int8_weights = [w for w in graph.initializer if w.data_type == onnx.TensorProto.INT8 and len(w.dims) == 2]
     assert len(int8_weights) == len(integer_ops)
+    assert_per_output_channel(graph, onnx.load(str(out / "model.onnx")).graph)
     texts = ["hello world", "", "a longer text about something rather different " * 4, "short one"]
     exact = encode(folder, texts, show_progress=False)
     int8 = encode(out, texts, backend="onnx-int8", show_progress=False)

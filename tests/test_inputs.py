@@ -110,14 +110,39 @@ def test_learned_position_ablation_runs_and_differs_by_position():
         run(model, input_ids=random_ids(1, 300))
 
 
-def test_inputs_longer_than_max_length_work():
-    """No length cliff: 5,000 tokens through a model configured for 256, all backends agreeing."""
+def long_input_references():
+    """5,000 tokens for a model configured for 256, as one row and packed (a long document beside a
+    short one), with the eager reference for each (the packed one computed a document at a time)."""
     model = NeoBERTModel(small_config(num_hidden_layers=1)).eval()
     ids = random_ids(1, 5000)
-    out = run(model, input_ids=ids).last_hidden_state
-    assert out.shape == (1, 5000, 64) and torch.isfinite(out).all()
+    cu = torch.tensor([0, 4990, 5000], dtype=torch.int32)
     model.config._attn_implementation = "eager"
-    torch.testing.assert_close(run(model, input_ids=ids).last_hidden_state, out, atol=1e-5, rtol=1e-5)
+    row = run(model, input_ids=ids).last_hidden_state
+    documents = [run(model, input_ids=ids[:, a:b]).last_hidden_state for a, b in ((0, 4990), (4990, 5000))]
+    return model, ids, cu, row, torch.cat(documents, dim=1)
+
+
+def agrees_past_max_length(backend: str, model, ids, cu, row, packed) -> None:
+    model.config._attn_implementation = backend
+    torch.testing.assert_close(run(model, input_ids=ids).last_hidden_state, row, atol=1e-5, rtol=1e-5)
+    out = run(model, input_ids=ids, cu_seqlens=cu, max_seqlen=4990).last_hidden_state
+    torch.testing.assert_close(out, packed, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_inputs_longer_than_max_length_work():
+    """No length cliff: sdpa agrees with eager far past `max_length`, padded-free and packed."""
+    model, ids, cu, row, packed = long_input_references()
+    assert row.shape == (1, 5000, 64) and torch.isfinite(row).all()
+    agrees_past_max_length("sdpa", model, ids, cu, row, packed)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_flex_attention_past_max_length():
+    """The same for flex_attention (about 10 s: it compiles for this length). flash_attention_2 needs
+    CUDA; test_backends checks it there."""
+    agrees_past_max_length("flex_attention", *long_input_references())
 
 
 def test_unchecked_inputs_give_the_same_outputs(model):

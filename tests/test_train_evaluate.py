@@ -26,8 +26,10 @@ def test_sparse_and_dense_evaluation_agree_and_match_cross_entropy():
     with_dropout = NeoBERTForMaskedLM(small_config(dropout=0.1))
     without = NeoBERTForMaskedLM(small_config(dropout=0.0))
     without.load_state_dict(with_dropout.state_dict())
+    assert with_dropout.training and without.training  # as built
     dense = evaluate_mlm(with_dropout, list(batches()), torch.device("cpu"))  # eval mode: dropout off
-    sparse = evaluate_mlm(without, list(batches()), torch.device("cpu"))
+    sparse = evaluate_mlm(without, list(batches()), torch.device("cpu"))  # training mode: sparse decoder
+    assert with_dropout.training and without.training  # each model's mode is put back
     assert dense.masked_tokens == sparse.masked_tokens > 0 and dense.batches == 3
     assert dense.loss == pytest.approx(sparse.loss, rel=1e-6) and dense.accuracy == sparse.accuracy
 
@@ -40,7 +42,18 @@ def test_sparse_and_dense_evaluation_agree_and_match_cross_entropy():
             losses += F.cross_entropy(logits[selected], batch["labels"][selected], reduction="sum").item()
             count += int(selected.sum())
     assert sparse.loss == pytest.approx(losses / count, rel=1e-6)
-    assert with_dropout.training and without.training is False  # each model's mode is put back
+
+
+def test_a_model_in_eval_mode_is_left_in_eval_mode():
+    """The sparse path switches a dropout-free model to training mode for the evaluation; afterwards it
+    must be back in eval mode, every submodule included, or a caller's later inference would differ."""
+    for dropout in (0.0, 0.1):
+        model = NeoBERTForMaskedLM(small_config(dropout=dropout)).eval()
+        evaluate_mlm(model, list(batches()), torch.device("cpu"))
+        assert not any(module.training for module in model.modules()), dropout
+        model.train()
+        evaluate_mlm(model, list(batches()), torch.device("cpu"))
+        assert all(module.training for module in model.modules()), dropout
 
 
 def test_max_batches_and_bad_batches():
