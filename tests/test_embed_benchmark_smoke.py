@@ -28,7 +28,8 @@ def test_quick_encode_benchmark_writes_every_figure(tmp_path):
     cpus = report["setup"]["logical_cpus"]
     for name, row in report["rows"].items():
         assert row["texts_per_s"] == pytest.approx(24 / row["median_s"], rel=1e-12), name
-        assert 0 < row["cores"] <= cpus + 0.05, name  # CPU time over wall time: at most every CPU busy
+        # CPU time over wall time: at most every CPU busy, give or take the clocks' granularity on quick calls
+        assert 0 < row["cores"] <= cpus * 1.15, name
         assert row["reliable"] == (row["cores"] >= MIN_CORES), name
     bound = report["float32_bound"]
     assert bound["peak_gflops"] > 0 and 0 < bound["non_embedding_params"] < 10_000_000
