@@ -16,9 +16,11 @@ import argparse
 import json
 from pathlib import Path
 
+from neobert.train.metrics import read_jsonl
+
 
 def read_run(folder: Path) -> dict:
-    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = read_jsonl(folder / "metrics.jsonl")
     train = [r for r in rows if "train/loss" in r]
     evals = [r for r in rows if "eval/loss" in r]
     report_path = folder / "report.json"

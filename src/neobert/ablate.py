@@ -168,16 +168,18 @@ def _non_embedding(config) -> int:
     return int(non_embedding_parameters(config.model.neobert_config()))
 
 
+def _records(path: Path) -> list[dict]:
+    from neobert.train.metrics import read_jsonl
+
+    return read_jsonl(path) if path.is_file() else []
+
+
 def _train_losses(path: Path) -> list[float]:
-    if not path.is_file():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r["train/loss"] for r in rows if "train/loss" in r and math.isfinite(r["train/loss"])]
+    return [r["train/loss"] for r in _records(path) if "train/loss" in r and math.isfinite(r["train/loss"])]
 
 
 def _mean_tokens_per_s(path: Path) -> float | None:
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-    speeds = [r["train/tokens_per_s"] for r in rows if "train/tokens_per_s" in r]
+    speeds = [r["train/tokens_per_s"] for r in _records(path) if "train/tokens_per_s" in r]
     return statistics.median(speeds) if speeds else None
 
 
