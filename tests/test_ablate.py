@@ -81,6 +81,9 @@ def test_quick_ladder_runs_every_row_and_summarises_its_seeds(corpus, tmp_path, 
     runs = report["runs"]
     assert sorted((r["row"], r["seed"]) for r in runs) == sorted((n, s) for n in ablate.ROW_NAMES for s in (0, 1))
     assert all(r["status"] == "completed" and r["steps"] == 12 for r in runs)
+    # each run's wall time is recorded, and the ladder's total is their sum
+    assert all(r["seconds"] > 0 for r in runs)
+    assert report["seconds"] == pytest.approx(sum(r["seconds"] for r in runs), abs=0.2)
     for name, summary in report["summary"].items():
         losses = [r["eval_loss"] for r in runs if r["row"] == name]
         assert summary["eval_loss"] == pytest.approx([statistics.fmean(losses), statistics.stdev(losses)], abs=1e-12)

@@ -64,3 +64,44 @@ def test_bad_settings_are_refused():
         MaskingConfig(rate=0.0)
     with pytest.raises(ValueError, match="strategy"):
         MaskingConfig(strategy="90_5_5")
+
+
+@pytest.mark.parametrize("strategy", ["all_mask", "80_10_10"])
+def test_identity_scoring_adds_unchanged_scored_tokens_and_leaves_the_selection_as_it_was(strategy):
+    ids = batch_of_text()
+    plain = mask_tokens(ids, MaskingConfig(0.2, strategy), SPECIALS, MASK, VOCAB, batch_generator(4, 1))
+    widened = mask_tokens(ids, MaskingConfig(0.2, strategy, 0.1), SPECIALS, MASK, VOCAB, batch_generator(4, 1))
+    # the inputs are exactly those of plain masking: identity positions stay as they are
+    assert torch.equal(widened[0], plain[0])
+    selected, scored = plain[1] != IGNORE_INDEX, widened[1] != IGNORE_INDEX
+    assert torch.equal(widened[1][selected], plain[1][selected])
+    identity = scored & ~selected
+    assert torch.equal(widened[1][identity], ids[identity]) and torch.equal(widened[0][identity], ids[identity])
+    eligible = ~torch.isin(ids, torch.tensor(SPECIALS))
+    assert not scored[~eligible].any()
+    assert abs(identity.sum().item() / eligible.sum().item() - 0.1) < 0.01
+
+
+def test_identity_scoring_through_the_loader_draws_matches_the_generator_rule():
+    import numpy as np
+
+    from neobert.data.masking import mask_with_draws, sequence_draws
+
+    ids = batch_of_text(4).reshape(-1)
+    config = MaskingConfig(0.2, "80_10_10", 0.1)
+    draws = sequence_draws(3, 0, 7, ids.numel(), config, VOCAB)
+    masked, labels = mask_with_draws(ids, config, SPECIALS, MASK, draws)
+    eligible = ~torch.isin(ids, torch.tensor(SPECIALS))
+    select = torch.from_numpy(draws[0])
+    expected = eligible & (select < 0.3)
+    assert torch.equal(labels != IGNORE_INDEX, expected)
+    keep = eligible & (select >= 0.2) & (select < 0.3)
+    assert torch.equal(masked[keep], ids[keep])
+    assert np.isclose(keep.sum().item() / eligible.sum().item(), 0.1, atol=0.03)  # ~1,600 eligible tokens
+
+
+def test_an_identity_rate_that_leaves_no_room_is_refused():
+    with pytest.raises(ValueError, match=r"identity rate must lie in \[0, 1 - rate\) = \[0, 0.8\)"):
+        MaskingConfig(rate=0.2, identity_rate=0.8)
+    with pytest.raises(ValueError, match="identity rate"):
+        MaskingConfig(rate=0.2, identity_rate=-0.1)

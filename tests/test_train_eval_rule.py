@@ -89,3 +89,22 @@ def test_bad_held_out_settings_name_the_key(corpus):
         batches(corpus, "data.eval_mlm_probability=1.5")
     with pytest.raises(ValueError, match="data.eval_batch_size must be positive"):
         batches(corpus, "data.eval_batch_size=0")
+
+
+def test_identity_scoring_follows_the_training_recipe_unless_the_rule_turns_it_off(corpus):
+    plain = batches(corpus, "data.mask_mode=bert")
+    widened = batches(corpus, "data.mask_mode=bert", "data.mlm_identity_probability=0.1")
+    widened_recipe = ("data.mask_mode=bert", "data.mlm_identity_probability=0.1")
+    off = batches(corpus, *widened_recipe, "data.eval_mlm_identity_probability=0")
+    assert torch.equal(flat(widened, "input_ids"), flat(plain, "input_ids"))
+    scored_plain, scored_widened = (flat(b, "labels") != -100 for b in (plain, widened))
+    assert (scored_widened & ~scored_plain).sum() > 0.05 * (flat(plain, "attention_mask") > 0).sum()
+    for key in ("input_ids", "labels"):
+        assert torch.equal(flat(off, key), flat(plain, key))
+
+
+def test_an_identity_share_without_room_names_the_key(corpus):
+    with pytest.raises(ValueError, match=r"data.mlm_identity_probability must lie in \[0, 1 - mlm_probability\)"):
+        batches(corpus, "data.mlm_identity_probability=0.9")
+    with pytest.raises(ValueError, match="data.eval_mlm_identity_probability must lie in"):
+        batches(corpus, "data.eval_mlm_probability=0.5", "data.eval_mlm_identity_probability=0.6")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -196,10 +197,13 @@ def run_ladder(rows: list[Row], settings: LadderSettings, log: Callable[[str], N
             if (row.name, seed) in have:
                 continue
             log(f"ablate: {row.name} seed {seed} ({row.change})")
-            runs.append(run_one(row, settings, seed, log))
+            started = time.perf_counter()
+            record = run_one(row, settings, seed, log)
+            runs.append({**record, "seconds": round(time.perf_counter() - started, 1)})
             write_json_atomically(results_path, {"settings": asdict(settings), "runs": runs}, indent=1)
     summary = summarise(rows, runs)
-    report = {"settings": asdict(settings), "runs": runs, "summary": summary}
+    seconds = sum(r.get("seconds", 0.0) for r in runs)
+    report = {"settings": asdict(settings), "runs": runs, "summary": summary, "seconds": round(seconds, 1)}
     write_json_atomically(results_path, report, indent=1)
     (Path(settings.out) / "ablations.md").write_text(format_table(rows, summary) + "\n", encoding="utf-8")
     plot_ladder(rows, summary, Path(settings.out) / "ablations.png")

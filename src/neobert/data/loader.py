@@ -270,6 +270,8 @@ class PretrainingLoader:
         config = asdict(self.config)
         for volatile in ("path", "verify", "epochs", "drop_last"):
             config.pop(volatile)
+        if not config["masking"]["identity_rate"]:  # states saved before the option existed still match
+            del config["masking"]["identity_rate"]
         identity = {
             "config": config,
             "max_length": self.max_length,

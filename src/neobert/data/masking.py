@@ -5,6 +5,10 @@ paper replaces every selected token with [MASK] (`strategy="all_mask"`); BERT's 
 them and swaps 10% for a random token of the vocabulary. Labels hold the original id at selected positions
 and -100 elsewhere. [PAD], [CLS] and [SEP] are never selected, nor [UNK] and [MASK] (as transformers'
 special-tokens mask does).
+
+`identity_rate` also scores that share of the tokens that were not selected, left unchanged in the input,
+as themselves (drawn from the same uniform, just above `rate`): BERT's kept 10% widened. The loss then reads
+the output of real tokens too, which keeps their identity in the final hidden states (docs/speedrun.md).
 """
 
 from __future__ import annotations
@@ -23,10 +27,15 @@ STRATEGIES = ("all_mask", "80_10_10")
 class MaskingConfig:
     rate: float = 0.2
     strategy: str = "all_mask"
+    identity_rate: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0 < self.rate < 1:
             raise ValueError(f"masking rate must lie in (0, 1), not {self.rate}")
+        if not 0 <= self.identity_rate < 1 - self.rate:
+            raise ValueError(
+                f"masking identity rate must lie in [0, 1 - rate) = [0, {1 - self.rate:g}), not {self.identity_rate}"
+            )
         if self.strategy not in STRATEGIES:
             raise ValueError(f"masking strategy must be one of {STRATEGIES}, not {self.strategy!r}")
 
@@ -59,10 +68,17 @@ def mask_with_draws(
     """`mask_tokens` with the draws given (flat `input_ids` and draws of the same length)."""
     select, action, random_ids = (None if d is None else torch.from_numpy(d) for d in draws)
     specials = torch.as_tensor(list(special_ids), dtype=input_ids.dtype)
-    selected = (select < config.rate) & ~torch.isin(input_ids, specials)
-    labels = torch.where(selected, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
+    maskable = ~torch.isin(input_ids, specials)
+    return _apply(input_ids, config, maskable, select, action, random_ids, mask_id)
+
+
+def _apply(input_ids, config: MaskingConfig, maskable, select, action, random_ids, mask_id: int):
+    selected = (select < config.rate) & maskable
+    scored = selected | (maskable & (select >= config.rate) & (select < config.rate + config.identity_rate))
+    labels = torch.where(scored, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
     if config.strategy == "all_mask":
         return input_ids.masked_fill(selected, mask_id), labels
+    # 80/10/10 from a second draw: below 0.8 -> [MASK], 0.8-0.9 -> random token, else unchanged.
     masked = input_ids.masked_fill(selected & (action < 0.8), mask_id)
     swap = selected & (action >= 0.8) & (action < 0.9)
     return torch.where(swap, random_ids.to(input_ids.dtype), masked), labels
@@ -79,15 +95,11 @@ def mask_tokens(
     """Returns (masked input_ids, labels); `input_ids` is left unchanged."""
     specials = torch.as_tensor(list(special_ids), dtype=input_ids.dtype, device=input_ids.device)
     draws = torch.rand(input_ids.shape, generator=generator, device=input_ids.device)
-    selected = (draws < config.rate) & ~torch.isin(input_ids, specials)
-    labels = torch.where(selected, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
+    maskable = ~torch.isin(input_ids, specials)
     if config.strategy == "all_mask":
-        return input_ids.masked_fill(selected, mask_id), labels
-    # 80/10/10 from a second draw: below 0.8 -> [MASK], 0.8-0.9 -> random token, else unchanged.
+        return _apply(input_ids, config, maskable, draws, None, None, mask_id)
     action = torch.rand(input_ids.shape, generator=generator, device=input_ids.device)
     random_ids = torch.randint(
         vocab_size, input_ids.shape, generator=generator, device=input_ids.device, dtype=input_ids.dtype
     )
-    masked = input_ids.masked_fill(selected & (action < 0.8), mask_id)
-    swap = selected & (action >= 0.8) & (action < 0.9)
-    return torch.where(swap, random_ids, masked), labels
+    return _apply(input_ids, config, maskable, draws, action, random_ids, mask_id)

@@ -71,6 +71,8 @@ class DataSection:
     mlm_probability: float = 0.2
     # "all": every selected token becomes [MASK] (the paper); "bert": 80% [MASK], 10% random, 10% kept.
     mask_mode: Literal["all", "bert"] = "all"
+    # Also score this share of the unselected tokens as themselves, unchanged in the input (0: the paper).
+    mlm_identity_probability: float = 0.0
     # The global batch (over all ranks and accumulation steps), in sequences or in tokens (tokens are
     # counted as sequences of max_length, so they must divide evenly).
     batch_size: int = 32
@@ -86,6 +88,7 @@ class DataSection:
     eval_sequence: Literal["truncate", "pack", "pack_naive"] | None = None
     eval_mlm_probability: float | None = None
     eval_mask_mode: Literal["all", "bert"] | None = None
+    eval_mlm_identity_probability: float | None = None
     eval_batch_size: int | None = None
     eval_seed: int | None = None
     seed: int = 0
@@ -108,6 +111,15 @@ class DataSection:
                 raise ValueError(f"data.{name} must be positive, got {getattr(self, name)}")
         if self.eval_mlm_probability is not None and not 0 < self.eval_mlm_probability < 1:
             raise ValueError(f"data.eval_mlm_probability must lie in (0, 1), got {self.eval_mlm_probability}")
+        for prefix in ("", "eval_"):
+            identity = getattr(self, f"{prefix}mlm_identity_probability")
+            rate = getattr(self, f"{prefix}mlm_probability")
+            rate = self.mlm_probability if rate is None else rate
+            if identity is not None and not 0 <= identity < 1 - rate:
+                raise ValueError(
+                    f"data.{prefix}mlm_identity_probability must lie in [0, 1 - {prefix}mlm_probability) = "
+                    f"[0, {1 - rate:g}), got {identity}"
+                )
         if self.batch_unit == "tokens" and self.batch_size % self.max_length:
             raise ValueError(
                 f"data.batch_size of {self.batch_size} tokens is not a whole number of "

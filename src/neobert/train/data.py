@@ -26,11 +26,12 @@ def loader_config(config: PretrainConfig, split: str, micro_batch: int, held_out
     if data.path is None:
         raise ValueError("data.path is not set: point it at a folder written by `neobert prepare`")
     if not held_out:
-        sequence, max_length, rate, mode, seed = (
+        sequence, max_length, rate, mode, identity, seed = (
             data.sequence,
             data.max_length,
             data.mlm_probability,
             data.mask_mode,
+            data.mlm_identity_probability,
             data.seed,
         )
     else:  # the held-out rule (data.eval_*), which defaults to the training recipe
@@ -38,6 +39,7 @@ def loader_config(config: PretrainConfig, split: str, micro_batch: int, held_out
         max_length = _held_out(data.eval_max_length, data.max_length)
         rate = _held_out(data.eval_mlm_probability, data.mlm_probability)
         mode = _held_out(data.eval_mask_mode, data.mask_mode)
+        identity = _held_out(data.eval_mlm_identity_probability, data.mlm_identity_probability)
         seed = _held_out(data.eval_seed, data.seed)
         micro_batch = _held_out(data.eval_batch_size, micro_batch)
     return LoaderConfig(
@@ -49,7 +51,7 @@ def loader_config(config: PretrainConfig, split: str, micro_batch: int, held_out
         batch_size=micro_batch,
         # Held-out batches are the same whatever the phase: one pass, no length mixture.
         length_mixture=() if held_out else tuple(data.length_mixture),
-        masking=MaskingConfig(rate=rate, strategy=_MASK_STRATEGIES[mode]),
+        masking=MaskingConfig(rate=rate, strategy=_MASK_STRATEGIES[mode], identity_rate=identity),
         seed=seed,
         epochs=1 if held_out else None,
     )
