@@ -10,7 +10,7 @@ from transformers import AutoModel
 
 from data_helpers import prepare_files, sample_texts, write_jsonl
 from neobert.cli import main
-from neobert.eval import offline_suite
+from neobert.eval import offline_suite, retrieval_offline
 from neobert.finetune.data import Examples
 from neobert.tokenizer import load_tokenizer
 from neobert.train.config import load_config, preset_path
@@ -57,10 +57,27 @@ def corpus(tmp_path_factory):
     return folder / "prepared"
 
 
+def headline_pairs(n: int) -> tuple[list[str], list[str]]:
+    words = ["table", "river", "window", "garden", "paper", "stone", "cloud", "horse", "music", "salt"]
+    headlines = [f"{words[i % 10]} {words[(i * 7 + 3) % 10]} {i}" for i in range(n)]
+    return headlines, [f"the story of the {h} and more" for h in headlines]
+
+
+def test_frozen_retrieval_finds_what_the_embeddings_share():
+    torch.manual_seed(0)
+    scores = retrieval_offline.frozen_retrieval(
+        {"bag": BagOfTokens(1.0), "constant": BagOfTokens(0.0)}, load_tokenizer(), 32, headline_pairs(30)
+    )
+    assert scores["bag"]["recall_at_1"] > 0.5  # each pair shares its words and its number; chance is 1/30
+    # every vector equal: every article ties with the right one, and ties count against it
+    assert scores["constant"] == {"recall_at_1": 0.0, "mrr_at_10": 0.0, "ndcg_at_10": 0.0}
+
+
 def test_demo_reports_the_probe_of_the_trained_model_and_of_its_initialisation(corpus, tmp_path, monkeypatch, capsys):
     data = {"words": (word_task(40, 0), word_task(20, 1)), "more words": (word_task(30, 2), word_task(20, 3))}
     monkeypatch.setattr(offline_suite, "task_examples", lambda task, budget: data[task.name])
     monkeypatch.setattr(offline_suite, "TASKS", [offline_suite.SuiteTask(n, "x", None) for n in data])
+    monkeypatch.setattr(retrieval_offline, "headline_article_pairs", lambda max_articles: headline_pairs(24))
     out = tmp_path / "demo"
     overrides = [item for item in TINY if not item.startswith("system.log_sinks")] + ["budget.steps=3"]
     main(["demo", "--corpus", str(corpus), "--out", str(out), *overrides])
@@ -79,7 +96,16 @@ def test_demo_reports_the_probe_of_the_trained_model_and_of_its_initialisation(c
         data,
     )
     assert scores == expected
-    assert "random init" in capsys.readouterr().out
+    retrieval = retrieval_offline.frozen_retrieval(
+        {"trained": AutoModel.from_pretrained(report["checkpoint"]), "random init": initial_model(config).model},
+        tokenizer,
+        config.data.max_length,
+        headline_pairs(24),
+    )
+    assert report["probe"]["retrieval"] == retrieval
+    printed = capsys.readouterr().out
+    assert "random init" in printed and "frozen-embedding retrieval" in printed
+    assert f"{retrieval['trained']['recall_at_1']:17.3f}" in printed
 
 
 def test_demo_without_the_probe(corpus, tmp_path):

@@ -1,7 +1,8 @@
 """`neobert demo`: the main job on a fresh clone. Prepares the offline demo corpus (cached after the first run),
 pre-trains the demo model for about ten minutes, evaluates held-out masked-LM loss and accuracy against
 the unigram baseline, probes the frozen embeddings of the trained model and of its random initialisation on
-the offline suite, prints a table and writes a report (JSON) with the loss curve."""
+the offline suite (a linear probe and cosine retrieval), prints a table and writes a report (JSON) with the
+loss curve."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-probe",
         action="store_true",
-        help="skip the frozen-embedding linear probe of the trained model and its random initialisation",
+        help="skip the frozen-embedding probe and retrieval of the trained model and its random initialisation",
     )
 
 
@@ -72,22 +73,24 @@ def prepare_demo_corpus() -> Path:
 
 
 def probe_against_random_init(config, checkpoint: Path) -> dict:
-    """The offline suite's linear probe on frozen mean-pooled embeddings, for the trained encoder and for the
-    very initialisation the run started from (same seed): whether training helped the representations."""
+    """The offline suite's linear probe on frozen mean-pooled embeddings, and its headline -> article retrieval
+    by cosine of the same embeddings, for the trained encoder and for the very initialisation the run started
+    from (same seed): whether training helped the representations."""
     from transformers import AutoModel
 
     from neobert.eval.offline_suite import SuiteBudget, probe_suite
+    from neobert.eval.retrieval_offline import frozen_retrieval
     from neobert.tokenizer import load_tokenizer
     from neobert.train.trainer import initial_model
 
     started = time.time()
-    initial = initial_model(config).model
-    trained = AutoModel.from_pretrained(checkpoint)
+    encoders = {"trained": AutoModel.from_pretrained(checkpoint), "random init": initial_model(config).model}
+    tokenizer = load_tokenizer(config.data.tokenizer)
     budget = SuiteBudget(max_train=1000, max_test=400, max_length=config.data.max_length)
-    scores = probe_suite({"trained": trained, "random init": initial}, load_tokenizer(config.data.tokenizer), budget)
     return {
-        "budget": {"max_train": 1000, "max_test": 400},
-        "scores": scores,
+        "budget": {"max_train": 1000, "max_test": 400, "retrieval_articles": 1000},
+        "scores": probe_suite(encoders, tokenizer, budget),
+        "retrieval": frozen_retrieval(encoders, tokenizer, config.data.max_length),
         "seconds": round(time.time() - started, 1),
     }
 
@@ -149,6 +152,12 @@ def table(report: dict) -> str:
         lines.append(f"{'':14s}" + "".join(f"{name:>17s}" for name in [*tasks, "mean"]))
         for label, scores in (("trained", trained), ("random init", initial)):
             lines.append(f"{label:14s}" + "".join(f"{scores[name]:17.3f}" for name in [*tasks, "mean"]))
+        lines.append("\nfrozen-embedding retrieval (each reserved headline among the articles, cosine, mean-pooled):")
+        lines.append(f"{'':14s}{'recall@1':>17s}{'MRR@10':>17s}{'nDCG@10':>17s}")
+        for label, scores in probe["retrieval"].items():
+            lines.append(
+                f"{label:14s}" + "".join(f"{scores[key]:17.3f}" for key in ("recall_at_1", "mrr_at_10", "ndcg_at_10"))
+            )
     return "\n".join(lines)
 
 

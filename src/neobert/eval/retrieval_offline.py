@@ -10,6 +10,7 @@ import hashlib
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -105,3 +106,20 @@ def run_retrieval_suite(
         "num_documents": len(articles),
         "results": results,
     }
+
+
+def frozen_retrieval(
+    encoders: dict[str, Any], tokenizer, max_length: int, pairs: tuple[list[str], list[str]] | None = None
+) -> dict[str, dict[str, float]]:
+    """The suite's retrieval by cosine of each loaded encoder's frozen mean-pooled final states (no prompts,
+    no stored pooling): how `neobert demo` sets a trained model beside its random initialisation."""
+    from neobert.eval.offline_suite import mean_pooled
+
+    headlines, articles = pairs if pairs is not None else headline_article_pairs(max_articles=1000)
+    scores = {}
+    for name, model in encoders.items():
+        metrics = retrieval_metrics(
+            mean_pooled(model, tokenizer, headlines, max_length), mean_pooled(model, tokenizer, articles, max_length)
+        )
+        scores[name] = {key: metrics[key] for key in ("recall_at_1", "mrr_at_10", "ndcg_at_10")}
+    return scores
