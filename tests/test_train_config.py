@@ -1,6 +1,5 @@
 """Pre-training configuration: presets load, overrides are typed, bad keys and values fail clearly."""
 
-
 import pytest
 import yaml
 
