@@ -74,6 +74,19 @@ def test_rows_are_the_papers_steps_under_one_held_out_rule(corpus, tmp_path):
     assert rule == {(128, "pack", 0.2, "all", 32, 0, 20, 300, 32 * 128)}
 
 
+def test_the_packed_architecture_rows_differ_from_theirs_only_in_packing(corpus, tmp_path):
+    assert [row.name for row in ablate.select_rows(None)] == list(ablate.ROW_NAMES)  # not in the default ladder
+    rows = ablate.select_rows(["m1_pack", "m0_pack"])
+    assert [row.name for row in rows] == ["m0_pack", "m1_pack"]
+    for row in rows:
+        packed = ablate.row_config(row, settings(corpus, tmp_path), seed=0).resolved()
+        plain = ablate.row_config(ablate.select_rows([row.name[:2]])[0], settings(corpus, tmp_path), seed=0)
+        plain = plain.resolved()
+        assert packed["data"].pop("sequence") == "pack" and plain["data"].pop("sequence") == "truncate"
+        packed["system"].pop("output_dir"), plain["system"].pop("output_dir")
+        assert packed == plain
+
+
 def test_quick_ladder_runs_every_row_and_summarises_its_seeds(corpus, tmp_path, small_probe, capsys):
     out = tmp_path / "ladder"
     assert main(["ablate", "--quick", "--seeds", "2", "--corpus", str(corpus), "--out", str(out)]) == 0

@@ -9,10 +9,13 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from neobert.ablate import ROW_NAMES
+    from neobert.ablate import EXTRA_ROWS, ROW_NAMES
 
+    extra = ",".join(row.name for row in EXTRA_ROWS)
     parser.add_argument("overrides", nargs="*", metavar="OVERRIDE", help="dotted overrides for every row")
-    parser.add_argument("--rows", default=None, help=f"comma-separated rows (default all: {','.join(ROW_NAMES)})")
+    parser.add_argument(
+        "--rows", default=None, help=f"comma-separated rows (default the ladder: {','.join(ROW_NAMES)}; also {extra})"
+    )
     parser.add_argument("--seeds", type=int, default=3, help="seeds per row (default 3)")
     parser.add_argument("--steps", type=int, default=None, help="optimiser steps per run (default: ablations/small)")
     parser.add_argument("--quick", action="store_true", help="tiny shapes and a few steps: checks the ladder runs")
