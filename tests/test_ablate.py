@@ -142,3 +142,31 @@ def test_bad_rows_and_budgets_are_refused_before_training(corpus, tmp_path, caps
     assert main(["ablate", "--quick", "--steps", "1", "--corpus", str(corpus), "--out", str(tmp_path / "b")]) == 2
     assert "warmup" in capsys.readouterr().err
     assert not (tmp_path / "b" / "runs").exists()
+
+
+def test_a_run_left_part_way_resumes_and_ends_as_an_uninterrupted_one(corpus, tmp_path):
+    from neobert.train.data import make_eval_batches, make_loader
+    from neobert.train.pretrain import pretrain
+
+    row = ablate.select_rows(["m1"])
+    straight = ablate.run_ladder(row, settings(corpus, tmp_path / "a", seeds=1, quick=True, probe=False))
+    left = settings(corpus, tmp_path / "b", seeds=1, quick=True, probe=False)
+    partial = pretrain(ablate.row_config(row[0], left, 0), make_loader, make_eval_batches, stop_at_step=5)
+    assert partial.status == "paused" and partial.step == 5
+    resumed = ablate.run_ladder(row, left)
+    first, second = straight["runs"][0], resumed["runs"][0]
+    assert second["status"] == "completed" and second["steps"] == 12
+    assert second["eval_loss"] == first["eval_loss"] and second["eval_accuracy"] == first["eval_accuracy"]
+
+
+def test_an_interrupted_run_stops_the_ladder_and_is_not_recorded(corpus, tmp_path, monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    import neobert.train.pretrain as pretrain_module
+
+    monkeypatch.setattr(pretrain_module, "pretrain", lambda *a, **k: SimpleNamespace(status="interrupted", step=3))
+    out = tmp_path / "ladder"
+    code = main(["ablate", "--quick", "--seeds", "1", "--no-probe", "--corpus", str(corpus), "--out", str(out)])
+    assert code == 130
+    assert "m0 seed 0 was interrupted at step 3; the same command resumes it" in capsys.readouterr().err
+    assert not (out / "results.json").exists()  # nothing recorded: the rerun trains (resumes) it

@@ -138,6 +138,10 @@ def row_config(row: Row, settings: LadderSettings, seed: int):
     return config
 
 
+class LadderInterrupted(RuntimeError):
+    """A run was stopped by a signal; it has saved its checkpoint, and rerunning the ladder resumes it."""
+
+
 def run_one(row: Row, settings: LadderSettings, seed: int, log: Callable[[str], None]) -> dict[str, Any]:
     from neobert.train.data import make_eval_batches, make_loader
     from neobert.train.pretrain import TrainingDiverged, pretrain
@@ -146,11 +150,14 @@ def run_one(row: Row, settings: LadderSettings, seed: int, log: Callable[[str], 
     out = Path(config.system.output_dir)
     record: dict[str, Any] = {"row": row.name, "seed": seed, "steps": config.budget.steps}
     try:
-        result = pretrain(config, make_loader, make_eval_batches)
+        # A run an earlier ladder left part-way continues from its checkpoint (bit for bit); else it starts.
+        result = pretrain(config, make_loader, make_eval_batches, resume=True)
     except TrainingDiverged as error:
         losses = _train_losses(out / "metrics.jsonl")
         log(f"{row.name} seed {seed}: diverged ({error})")
         return {**record, "status": "diverged", "last_good_loss": losses[-1] if losses else None}
+    if result.status == "interrupted":
+        raise LadderInterrupted(f"{row.name} seed {seed} was interrupted at step {result.step}")
     last = result.last_metrics
     record.update(
         status=result.status,

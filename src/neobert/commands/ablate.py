@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from neobert.ablate import LadderSettings, format_table, run_ladder, select_rows
+    from neobert.ablate import LadderInterrupted, LadderSettings, format_table, run_ladder, select_rows
     from neobert.commands.demo import prepare_demo_corpus
     from neobert.commands.pretrain import split_items
 
@@ -55,6 +55,9 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         report = run_ladder(rows, settings)
+    except LadderInterrupted as error:
+        print(f"neobert ablate: {error}; the same command resumes it", file=sys.stderr)
+        return 130
     except ValueError as error:
         print(f"neobert ablate: {error}", file=sys.stderr)
         return 2
