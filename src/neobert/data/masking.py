@@ -74,7 +74,7 @@ def mask_with_draws(
 
 def _apply(input_ids, config: MaskingConfig, maskable, select, action, random_ids, mask_id: int):
     selected = (select < config.rate) & maskable
-    scored = selected | (maskable & (select >= config.rate) & (select < config.rate + config.identity_rate))
+    scored = (select < config.rate + config.identity_rate) & maskable  # the selected ones and the identity ones
     labels = torch.where(scored, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
     if config.strategy == "all_mask":
         return input_ids.masked_fill(selected, mask_id), labels
