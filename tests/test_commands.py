@@ -23,6 +23,7 @@ from neobert.train.distributed import DistributedContext
 
 TINY = [
     "model.preset=tiny",
+    "system.precision=fp32",  # pinned: `auto` measures the host
     "model.overrides.num_hidden_layers=2",
     "model.overrides.hidden_size=32",
     "model.overrides.num_attention_heads=2",

@@ -42,7 +42,8 @@ def test_onnx_matches_pytorch_and_backs_encode(tmp_path):
 
 def assert_per_output_channel(int8_graph, float_graph) -> None:
     """Each int8 weight (in, out) has one scale per output column: the float column's largest magnitude
-    over 127, and the column back from int8 within half a step of the float one."""
+    over 64 (7 bits, so that on CPUs without VNNI two uint8 x int8 products summed in int16 cannot saturate:
+    255 * 64 * 2 <= 32,767), and the column back from int8 within half a step of the float one."""
     from onnx import numpy_helper
 
     floats = {w.name: numpy_helper.to_array(w) for w in float_graph.initializer}
@@ -54,7 +55,8 @@ def assert_per_output_channel(int8_graph, float_graph) -> None:
         base = name.removesuffix("_quantized")
         weight, scale, zero = floats[base], quantised[base + "_scale"], quantised[base + "_zero_point"]
         assert scale.shape == zero.shape == (weight.shape[1],), base
-        np.testing.assert_allclose(scale, np.abs(weight).max(0) / 127, rtol=1e-6)
+        np.testing.assert_allclose(scale, np.abs(weight).max(0) / 64, rtol=1e-6)
+        assert values.min() >= -64 and values.max() <= 64, base
         restored = (values.astype(np.float32) - zero) * scale
         assert (np.abs(restored - weight) <= scale / 2 + 1e-7).all(), base
         assert np.ptp(scale) > 0, base  # the columns really have scales of their own
@@ -92,7 +94,7 @@ def test_int8_onnx_is_quantised_close_to_float32_and_backs_encode(tmp_path):
     exact = encode(folder, texts, show_progress=False)
     int8 = encode(out, texts, backend="onnx-int8", show_progress=False)
     cosine = (int8 * exact).sum(1)
-    assert cosine.min() > 0.99
+    assert cosine.min() > 0.999  # 0.9999 measured on VNNI and on AVX2-only CPUs (qemu -cpu Haswell)
     assert not np.allclose(int8, exact, atol=1e-6)  # it really is the quantised graph
     with pytest.raises(FileNotFoundError, match="--int8"):
         encode(folder, texts, backend="onnx-int8", show_progress=False)

@@ -17,12 +17,15 @@ STAGES = ("peak", "tests", "train", "inference")
 # The target pair first, as the script runs them (what a short budget leaves out comes last).
 TRAIN_RUNS = [("neobert", True), ("modernbert", True), ("neobert", False), ("modernbert", False)]
 TRAIN_RUNS += [("bert", True), ("bert", False)]
+UNLIMITED_S = 100_000.0
 
 
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu_check") / "gpu_check.json"
-    report, stdout = run_quick_benchmark("gpu_check.py", out, "--device", "cpu")
+    # No time budget: this run checks every stage and figure, and a busy CPU must not shrink it (the budget's
+    # own behaviour is tested below with a spent one).
+    report, stdout = run_quick_benchmark("gpu_check.py", out, "--device", "cpu", "--budget-s", str(UNLIMITED_S))
     return report, stdout
 
 
@@ -39,10 +42,10 @@ def run(report: dict, model: str, compiled: bool) -> dict:
     return next(r for r in report["stages"]["train"]["runs"] if (r["model"], r["compiled"]) == (model, compiled))
 
 
-def test_every_stage_runs_within_the_budget_and_prints_one_table(dry_run):
+def test_every_stage_runs_and_prints_one_table(dry_run):
     report, stdout = dry_run
     assert {name: stage["status"] for name, stage in report["stages"].items()} == dict.fromkeys(STAGES, "ok")
-    assert report["elapsed_s"] < report["setup"]["sizes"]["budget_s"]
+    assert report["setup"]["sizes"]["budget_s"] == UNLIMITED_S
     assert stdout.count("stage ") == 1 and "tokens/s" in stdout
     for t in report["targets"]:
         assert f"{'PASS' if t['passed'] else 'FAIL'} {t['name']}" in stdout

@@ -23,9 +23,12 @@ def test_forced_choices_and_bad_names():
         precision.resolve_precision("fp16", CPU, SHAPES)
 
 
-@pytest.mark.parametrize(("fp32_s", "bf16_s", "expected"), [(1.0, 0.5, torch.bfloat16), (1.0, 0.95, None)])
+@pytest.mark.parametrize(
+    ("fp32_s", "bf16_s", "expected"), [(1.0, 0.5, torch.bfloat16), (1.0, 0.95, None), (1.0, 0.85, None)]
+)
 def test_auto_takes_bf16_only_where_it_pays(monkeypatch, fp32_s, bf16_s, expected):
-    monkeypatch.setattr(precision, "_time_products", lambda shapes, autocast: bf16_s if autocast else fp32_s)
+    monkeypatch.setattr(precision, "native_bf16", lambda: True)
+    monkeypatch.setattr(precision, "_probe_times", lambda shapes: (fp32_s, bf16_s))
     precision._probe_cpu.cache_clear()
     try:
         choice = precision.resolve_precision("auto", CPU, SHAPES)
@@ -36,10 +39,40 @@ def test_auto_takes_bf16_only_where_it_pays(monkeypatch, fp32_s, bf16_s, expecte
     assert choice.name in choice.reason
 
 
+def test_auto_without_bf16_instructions_takes_fp32_without_timing(monkeypatch):
+    def no_timing(shapes):
+        raise AssertionError("timed the products on a CPU without bf16 instructions")
+
+    monkeypatch.setattr(precision, "native_bf16", lambda: False)
+    monkeypatch.setattr(precision, "_probe_times", no_timing)
+    precision._probe_cpu.cache_clear()
+    try:
+        choice = precision.resolve_precision("auto", CPU, SHAPES)
+    finally:
+        precision._probe_cpu.cache_clear()
+    assert choice.dtype is None and "no bf16 matrix instructions" in choice.reason
+    assert choice.fp32_probe_s is None and choice.bf16_probe_s is None
+
+
+def test_the_probe_alternates_the_precisions_and_keeps_each_ones_fastest_round(monkeypatch):
+    # Pass durations in call order: a warm-up round, then PROBE_ROUNDS rounds of (fp32, bf16).
+    durations = [9.0, 9.0, 3.0, 8.0, 5.0, 1.0, 2.0, 7.0]
+    assert len(durations) == 2 * (precision.PROBE_ROUNDS + 1)
+    stamps, now = [], 0.0
+    for seconds in durations:
+        stamps += [now, now + seconds]
+        now += seconds
+    monkeypatch.setattr(precision.time, "perf_counter", iter(stamps).__next__)
+    assert precision._probe_times(((4, 8, 8),)) == (2.0, 1.0)
+
+
 def test_auto_on_this_host_is_consistent_with_its_own_measurement():
     precision._probe_cpu.cache_clear()
     choice = precision.resolve_precision("auto", CPU, SHAPES)
-    assert (choice.dtype is torch.bfloat16) == (choice.bf16_probe_s * precision.BF16_MARGIN < choice.fp32_probe_s)
+    if precision.native_bf16():
+        assert (choice.dtype is torch.bfloat16) == (choice.bf16_probe_s * precision.BF16_MARGIN < choice.fp32_probe_s)
+    else:
+        assert choice.dtype is None and choice.bf16_probe_s is None
     assert choice.fp32_peak_gflops > 0 and choice.bf16_peak_gflops > 0
     assert precision.resolve_precision("auto", CPU, SHAPES) is choice  # measured once per process
 
@@ -72,7 +105,8 @@ def test_the_matrix_product_peak_is_its_products_flops_over_their_median():
 
 def test_a_resumed_auto_run_keeps_the_precision_it_started_with(tmp_path, monkeypatch):
     def probe_says(faster):
-        monkeypatch.setattr(precision, "_time_products", lambda shapes, autocast: 0.5 if autocast == faster else 1.0)
+        monkeypatch.setattr(precision, "native_bf16", lambda: True)
+        monkeypatch.setattr(precision, "_probe_times", lambda shapes: (1.0, 0.5) if faster else (0.5, 1.0))
         precision._probe_cpu.cache_clear()
 
     config = tiny_config(tmp_path, "system.precision=auto", "budget.steps=4")

@@ -88,6 +88,7 @@ def tiny_config(out, *overrides) -> PretrainConfig:
         "train.checkpoint_every=1000",
         "train.keep_last=2",
         "system.device=cpu",
+        "system.precision=fp32",  # pinned: `auto` measures the host
         f"system.output_dir={out}",
         "system.log_sinks=[jsonl]",
         "system.progress_bar=false",

@@ -23,7 +23,7 @@ from neobert.train.metrics import read_jsonl
 from test_commands import TINY
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
-RUN = [*TINY, "system.device=cpu", "system.precision=fp32", "budget.steps=6", "train.eval_every=1000"]
+RUN = [*TINY, "system.device=cpu", "budget.steps=6", "train.eval_every=1000"]
 # The command line, with a SIGKILL at the moment a checkpoint's files are written and its manifest is not.
 KILLED_IN_A_CHECKPOINT_WRITE = """
 import os, signal, sys

@@ -1,8 +1,11 @@
 """Which precision a run computes in. On a GPU, bf16 autocast. On a CPU it depends on the host: with AMX or
 AVX512-BF16 a bf16 matrix product can run several times faster than fp32, on AVX2-only hosts about ten times
 slower, and for a small model the casts autocast adds may cost more than the products save. So
-`precision=auto` on a CPU times, once per process, a forward and backward of the model's own matrix shapes
-in both precisions, casts included, and picks the faster; `fp32` and `bf16` force the choice.
+`precision=auto` on a CPU without bf16 matrix instructions (AMX or AVX512-BF16) takes fp32 without timing
+anything, and on one with them times, once per process, a forward and backward of the model's own matrix
+shapes in both precisions, casts included, and takes bf16 only if it is clearly faster. The two precisions
+are timed in alternation and compared by their fastest rounds, so other work on the machine slows both
+alike and rarely flips the choice; `fp32` and `bf16` force it (tests and ablations pin fp32).
 """
 
 from __future__ import annotations
@@ -15,9 +18,20 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-# bf16 must win by this much to be chosen: a near tie is not worth rounding every product.
-BF16_MARGIN = 1.10
+# bf16 must win by this much to be chosen: a near tie is not worth rounding every product, and a margin
+# keeps load on the machine from flipping the choice between two runs of one configuration.
+BF16_MARGIN = 1.25
+PROBE_ROUNDS = 3
 PEAK_SIZE = 1024
+
+
+def native_bf16() -> bool:
+    """Whether this CPU has bf16 matrix instructions; without them bf16 products are emulated, many times
+    slower than fp32 (25x measured on an AVX2-only host), so there is nothing to time."""
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
+    if not all(checks):
+        return True  # a torch without these probes: let the timing decide
+    return any(check() for check in checks)
 
 
 @dataclass(frozen=True)
@@ -60,13 +74,20 @@ def resolve_precision(
 
 @functools.cache
 def _probe_cpu(shapes: tuple[tuple[int, int, int], ...], threads: int) -> PrecisionChoice:
-    fp32 = _time_products(shapes, autocast=False)
-    bf16 = _time_products(shapes, autocast=True)
     peaks = {dtype: matmul_peak_gflops(dtype) for dtype in (torch.float32, torch.bfloat16)}
+    if not native_bf16():
+        return PrecisionChoice(
+            None,
+            "auto on this CPU: no bf16 matrix instructions (AMX or AVX512-BF16), so fp32",
+            fp32_peak_gflops=peaks[torch.float32],
+            bf16_peak_gflops=peaks[torch.bfloat16],
+        )
+    fp32, bf16 = _probe_times(shapes)
     use_bf16 = bf16 * BF16_MARGIN < fp32
     reason = (
-        f"auto on this CPU ({threads} threads): the model's products took {fp32 * 1e3:.1f} ms in fp32 and "
-        f"{bf16 * 1e3:.1f} ms under bf16 autocast, so {'bf16' if use_bf16 else 'fp32'}"
+        f"auto on this CPU ({threads} threads): the model's products took at best {fp32 * 1e3:.1f} ms in fp32 "
+        f"and {bf16 * 1e3:.1f} ms under bf16 autocast over {PROBE_ROUNDS} alternating rounds, so "
+        f"{'bf16' if use_bf16 else 'fp32'} (bf16 must be {BF16_MARGIN:.2f}x faster)"
     )
     return PrecisionChoice(
         torch.bfloat16 if use_bf16 else None,
@@ -78,9 +99,10 @@ def _probe_cpu(shapes: tuple[tuple[int, int, int], ...], threads: int) -> Precis
     )
 
 
-def _time_products(shapes: tuple[tuple[int, int, int], ...], autocast: bool, repeats: int = 3) -> float:
-    """Best-of-`repeats` seconds for a forward and backward of every product, with fp32 master weights as
-    in training (so autocast pays its casts)."""
+def _probe_times(shapes: tuple[tuple[int, int, int], ...]) -> tuple[float, float]:
+    """The fastest of `PROBE_ROUNDS` rounds, after a warm-up one, of a forward and backward of every product
+    in fp32 and under bf16 autocast, the two alternating within each round; fp32 master weights as in
+    training, so autocast pays its casts. Returns (fp32 seconds, bf16 seconds)."""
     generator = torch.Generator().manual_seed(0)
     operands = [
         (
@@ -89,16 +111,22 @@ def _time_products(shapes: tuple[tuple[int, int, int], ...], autocast: bool, rep
         )
         for rows, fan_in, fan_out in shapes
     ]
-    best = float("inf")
-    for attempt in range(repeats + 1):
+
+    def one_pass(autocast: bool) -> float:
         started = time.perf_counter()
         for inputs, weight in operands:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
                 out = F.linear(inputs, weight)
             out.float().sum().backward()
-        if attempt:  # the first pass warms the kernels and the allocator up
-            best = min(best, time.perf_counter() - started)
-    return best
+        return time.perf_counter() - started
+
+    best = {False: float("inf"), True: float("inf")}
+    for round_ in range(PROBE_ROUNDS + 1):
+        for autocast in (False, True):
+            seconds = one_pass(autocast)
+            if round_:  # the first round warms the kernels and the allocator up
+                best[autocast] = min(best[autocast], seconds)
+    return best[False], best[True]
 
 
 @dataclass(frozen=True)
