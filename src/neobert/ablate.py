@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from neobert.files import write_json_atomically
+from neobert.run_lock import hold_folder
 
 
 @dataclass(frozen=True)
@@ -206,9 +207,15 @@ def _mean_tokens_per_s(path: Path) -> float | None:
 
 
 def run_ladder(rows: list[Row], settings: LadderSettings, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Every row and seed, skipping those already in the results file (an interrupted ladder resumes)."""
+    """Every row and seed, skipping those already in the results file (an interrupted ladder resumes).
+    One process at a time runs a ladder in `settings.out` (FolderInUse otherwise)."""
     for row in rows:  # every configuration checked before anything trains
         row_config(row, settings, 0)
+    with hold_folder(settings.out, "--out"):
+        return _run_rows(rows, settings, log)
+
+
+def _run_rows(rows: list[Row], settings: LadderSettings, log: Callable[[str], None]) -> dict[str, Any]:
     results_path = Path(settings.out) / "results.json"
     done = json.loads(results_path.read_text())["runs"] if results_path.is_file() else []
     have = {(r["row"], r["seed"]) for r in done}

@@ -62,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     from neobert.finetune.data import Columns, FinetuneDataError
     from neobert.finetune.model import ModelFolderError, load_task_model
     from neobert.finetune.run import FinetuneRequest, prepare
-    from neobert.finetune.trainer import clear_run, finetune
+    from neobert.finetune.trainer import finetune
+    from neobert.run_lock import FolderInUse
 
     settings = settings_from(
         args, lr=args.lr, batch_size=args.batch_size, weight_decay=args.weight_decay, metric=args.metric
@@ -85,15 +86,18 @@ def run(args: argparse.Namespace) -> int:
     except (FinetuneDataError, ModelFolderError, ValueError) as error:
         print(f"neobert finetune: {error}", file=sys.stderr)
         return 2
-    if args.restart:
-        clear_run(args.out)
-    result = finetune(
-        lambda: load_task_model(folder, data.space, settings.classifier_dropout),
-        data,
-        settings,
-        args.out,
-        extra_results={"model": str(folder), "task": args.task, "train": str(args.train)},
-    )
+    try:
+        result = finetune(
+            lambda: load_task_model(folder, data.space, settings.classifier_dropout),
+            data,
+            settings,
+            args.out,
+            extra_results={"model": str(folder), "task": args.task, "train": str(args.train)},
+            restart=args.restart,
+        )
+    except FolderInUse as error:
+        print(f"neobert finetune: {error}", file=sys.stderr)
+        return 2
     print(f"best {result.best_metric:.4f} at step {result.best_step} of {result.steps}: {result.best_metrics}")
     print(f"wrote {result.results_file} and the best model in {result.model_dir}")
     return 0

@@ -26,6 +26,7 @@ import torch
 from neobert.eval import metrics as task_metrics
 from neobert.files import write_bytes_atomically, write_json_atomically
 from neobert.finetune.data import Encoded, LabelSpace, collate, epoch_order, eval_batches, real_tokens
+from neobert.run_lock import hold_folder
 from neobert.train.checkpoint import (
     RankState,
     apply_retention,
@@ -198,10 +199,23 @@ def finetune(
     settings: FinetuneSettings,
     out: str | os.PathLike,
     extra_results: dict[str, Any] | None = None,
+    restart: bool = False,
 ) -> FinetuneResult:
-    """Train, select on the validation metric, keep the best model; resumes when `out` holds a checkpoint."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    """Train, select on the validation metric, keep the best model; resumes when `out` holds a checkpoint
+    (`restart` clears it first). One process at a time writes `out` (FolderInUse otherwise)."""
+    with hold_folder(out, "--out"):
+        if restart:
+            clear_run(out)
+        return _finetune(model_factory, data, settings, Path(out), extra_results)
+
+
+def _finetune(
+    model_factory: Callable[[], torch.nn.Module],
+    data: TaskData,
+    settings: FinetuneSettings,
+    out: Path,
+    extra_results: dict[str, Any] | None,
+) -> FinetuneResult:
     metric_name = settings.metric or DEFAULT_METRIC[data.space.problem]
     if len(data.validation) > 1 and "_" not in metric_name:
         metric_name = f"{next(iter(data.validation))}_{metric_name}"

@@ -6,14 +6,18 @@ them (or with WORLD_SIZE=1) everything here degrades to a single process and no 
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from neobert.run_lock import hold_folder
 
 STRATEGIES = ("auto", "none", "ddp", "fsdp")
 
@@ -235,3 +239,24 @@ def broadcast_object(obj: Any, context: DistributedContext) -> Any:
     holder = [obj if context.is_main else None]
     dist.broadcast_object_list(holder, src=0)
     return holder[0]
+
+
+@contextlib.contextmanager
+def hold_output_folder(folder: str | os.PathLike, context: DistributedContext, option: str) -> Iterator[None]:
+    """`run_lock.hold_folder`, taken by rank 0 for the group; its verdict is shared, so every rank of a
+    refused launch fails with the same named error instead of waiting for rank 0."""
+    if not context.enabled:
+        with hold_folder(folder, option):
+            yield
+        return
+    with contextlib.ExitStack() as stack:
+        refusal = None
+        if context.is_main:
+            try:
+                stack.enter_context(hold_folder(folder, option))
+            except ValueError as error:
+                refusal = error
+        refusal = broadcast_object(refusal, context)
+        if refusal is not None:
+            raise refusal
+        yield

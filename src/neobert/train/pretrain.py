@@ -102,7 +102,8 @@ def pretrain(
     and returns at that step without changing the schedule (a job that must end before the run does)."""
     context = dist_utils.init_distributed(config.system.device, config.system.backend)
     try:
-        return _run(Trainer(config, make_loader, make_eval_batches, context, model), resume, stop_at_step)
+        with dist_utils.hold_output_folder(config.system.output_dir, context, "system.output_dir"):
+            return _run(Trainer(config, make_loader, make_eval_batches, context, model), resume, stop_at_step)
     finally:
         dist_utils.teardown(context)
 

@@ -1,0 +1,59 @@
+"""One writer per output folder: an OS lock on `<folder>/.neobert.lock`, held for the whole command.
+
+The lock is `flock`, which the kernel drops when its holder exits however it ends (kill -9 included), so
+there is never a stale lock to clear by hand, and anything temporary found in a folder whose lock this
+process holds was left by a writer that is gone. Under torchrun rank 0 holds it for the group. The file
+names the holder (pid, host, command) so that a refusal can say who has the folder; it stays behind,
+empty of meaning, once the holder has ended.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+LOCK_FILE = ".neobert.lock"
+
+
+class FolderInUse(ValueError):
+    """Another live process writes to this folder. A user error: exit 2 in every command, as bad input."""
+
+
+def _holder_description(path: Path) -> str:
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except OSError:
+        return "another process"
+    return text or "another process"
+
+
+@contextlib.contextmanager
+def hold_folder(folder: str | os.PathLike, option: str = "the output folder") -> Iterator[Path]:
+    """Create `folder` if needed and hold its lock until the block ends; FolderInUse if another process
+    holds it. `option` is how the user named the folder (e.g. "system.output_dir", "--out")."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{option} {folder} is a file, not a folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_FILE
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        raise FolderInUse(
+            f"{option} {folder} is in use by {_holder_description(path)}; wait for it to end, stop it, "
+            "or choose another folder"
+        ) from None
+    try:
+        command = " ".join(Path(sys.argv[0]).name.split() + sys.argv[1:])[:200]
+        os.ftruncate(descriptor, 0)
+        os.write(descriptor, f"pid {os.getpid()} on {socket.gethostname()} ({command})\n".encode())
+        yield folder
+    finally:
+        os.close(descriptor)  # releases the lock; the file stays (removing it would race a new holder)
