@@ -6,6 +6,8 @@ import argparse
 import importlib
 import sys
 
+from neobert.errors import EXIT_CHECKPOINT, CheckpointError
+
 # name -> (module, one-line help). Each module defines `add_arguments(parser)` and `run(args) -> int`.
 COMMANDS: dict[str, tuple[str, str]] = {
     "smoke": ("neobert.commands.smoke", "build a tiny model, fill a mask, save and reload it (seconds)"),
@@ -39,7 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     from neobert.runtime import tune_cpu_allocator
 
     tune_cpu_allocator()
-    return int(importlib.import_module(args._module).run(args) or 0)
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except CheckpointError as error:  # whichever command read the checkpoint: the same line, the same code
+        print(f"neobert {args.command}: {error}", file=sys.stderr)
+        return EXIT_CHECKPOINT
 
 
 if __name__ == "__main__":

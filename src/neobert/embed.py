@@ -87,6 +87,9 @@ def load_embedder(path: str | Path, backend: str = "torch") -> Embedder:
     prompts = {}
     if (path / ST_CONFIG).is_file():
         prompts = dict(json.loads((path / ST_CONFIG).read_text()).get("prompts") or {})
+    from neobert.train.checkpoint import verify_model_folder
+
+    verify_model_folder(path)
     config = AutoConfig.from_pretrained(path)
     pooling = stored_pooling(path)
     if backend != "torch":

@@ -13,6 +13,7 @@ from transformers import AutoModelForMaskedLM
 from neobert.config import NeoBERTConfig
 from neobert.files import follow_umask
 from neobert.tokenizer import load_tokenizer
+from neobert.train.checkpoint import verify_model_folder
 
 POOLING_MODES = ("mean", "cls", "max")
 
@@ -36,6 +37,7 @@ def export_model(
     source, out = Path(source), Path(out)
     if not (source / "config.json").is_file():
         raise FileNotFoundError(f"{source} holds no model (no config.json)")
+    verify_model_folder(source)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
     # The source's own code format does not matter: the folder gets the current code.

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from neobert.train.checkpoint import verify_model_folder
+
 ONNX_FILE = "model.onnx"
 ONNX_INT8_FILE = "model_int8.onnx"
 ONNX_FILES = {"onnx": ONNX_FILE, "onnx-int8": ONNX_INT8_FILE}
@@ -62,6 +64,7 @@ def export_onnx(model_dir: str | Path, out: str | Path | None = None, int8: bool
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir} holds no model (no config.json)")
+    verify_model_folder(model_dir)
     out = Path(out) if out is not None else model_dir
     encoder = AutoModel.from_pretrained(model_dir, attn_implementation="sdpa").eval()
     if not encoder.config.rope:

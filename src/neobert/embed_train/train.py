@@ -14,6 +14,7 @@ from neobert.embed import pool_packed
 from neobert.embed_train.data import HomogeneousBatches, read_pairs
 from neobert.embed_train.grad_cache import contrastive_step
 from neobert.embed_train.loss import TEMPERATURE, info_nce
+from neobert.train.checkpoint import verify_model_folder
 
 
 @dataclass
@@ -106,6 +107,7 @@ def train_contrastive(
     try:
         torch.manual_seed(settings.seed + context.rank)
         model_dir = Path(model_dir)
+        verify_model_folder(model_dir)
         full = AutoModelForMaskedLM.from_pretrained(model_dir).to(context.device)
         tokenizer = load_tokenizer(str(model_dir) if (model_dir / "tokenizer_config.json").is_file() else None)
         encoder = full.model.train()

@@ -11,7 +11,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoMod
 import neobert  # noqa: F401  (registers "neobert" with the Auto classes)
 from neobert.finetune.data import LabelSpace
 from neobert.tokenizer import load_tokenizer
-from neobert.train.checkpoint import CheckpointError, resolve_checkpoint
+from neobert.train.checkpoint import CheckpointError, resolve_checkpoint, verify_model_folder
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json")
@@ -42,6 +42,7 @@ def model_folder(path: str | os.PathLike) -> Path:
             f"{path}: no model here (expected config.json and model.safetensors, as `save_pretrained` or "
             "`neobert export` writes them, or a pre-training checkpoint)"
         )
+    verify_model_folder(path)
     return path
 
 

@@ -39,6 +39,7 @@ import yaml
 from safetensors.torch import load_file
 from torch import nn
 
+from neobert.errors import CheckpointError
 from neobert.files import sha256_file
 
 FORMAT_VERSION = 1
@@ -49,10 +50,6 @@ TRAINER_FILE = "trainer.pt"
 CONFIG_FILE = "config.yaml"
 _NAME = re.compile(r"^step-(\d{8,})$")
 Verify = Literal["marker", "size", "full"]
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, incomplete, corrupt or from an incompatible run."""
 
 
 class DiskFullError(CheckpointError):
@@ -398,6 +395,15 @@ def resolve_checkpoint(path: str | os.PathLike, verify: Verify = "full") -> Path
         return found
     verify_checkpoint(path, verify)
     return path.resolve()
+
+
+def verify_model_folder(path: str | os.PathLike) -> None:
+    """Every reader of a model folder calls this first: a folder that is a training checkpoint (it has a
+    manifest) must verify in full, or CheckpointError names the damaged file; folders without one (exports,
+    hub snapshots) have nothing to check against and pass."""
+    folder = Path(path)
+    if (folder / MANIFEST).exists() and not is_verified(folder):
+        verify_checkpoint(folder, "full")  # raises, naming the file
 
 
 # ---- retention ---------------------------------------------------------------------------------------------

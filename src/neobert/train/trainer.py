@@ -18,10 +18,13 @@ import torch
 from neobert.model.heads import NeoBERTForMaskedLM
 from neobert.train import distributed as dist_utils
 from neobert.train.checkpoint import (
+    LATEST,
+    MANIFEST,
     CheckpointError,
     RankState,
     apply_retention,
     find_resumable,
+    list_checkpoints,
     no_good_checkpoint,
     read_checkpoint,
     resolve_checkpoint,
@@ -85,12 +88,16 @@ def initial_model(config: PretrainConfig) -> NeoBERTForMaskedLM:
 def _weights_from(path: str) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
+    folder = Path(path)
+    if not (folder / MANIFEST).exists() and (folder / "model.safetensors").is_file():
+        return load_file(folder / "model.safetensors")  # an exported model folder: weights, no manifest
+    looks_like_checkpoint = (folder / MANIFEST).exists() or folder.name == LATEST or bool(list_checkpoints(folder))
+    if not looks_like_checkpoint:
+        raise CheckpointError(f"model.init_from: {path} is neither a checkpoint nor a model folder")
     try:
-        folder = resolve_checkpoint(path)
-    except CheckpointError:
-        folder = Path(path)  # an exported model folder has weights but no manifest
-        if not (folder / "model.safetensors").is_file():
-            raise CheckpointError(f"model.init_from: {path} is neither a checkpoint nor a model folder") from None
+        folder = resolve_checkpoint(path)  # verified in full: a damaged checkpoint is refused, naming the file
+    except CheckpointError as error:
+        raise CheckpointError(f"model.init_from: {error}") from None
     return load_file(folder / "model.safetensors")
 
 
