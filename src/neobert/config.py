@@ -11,6 +11,9 @@ from transformers import PretrainedConfig
 _STRAY_KEYS = ("kwargs", "trust_remote_code", "pretrained_model_name_or_path")
 
 HIDDEN_ACTS = ("swiglu", "gelu")
+# What a saved config.json must state: a missing one would silently take the class default (28 layers),
+# and weights of another shape would then load around it with the rest left random.
+ARCHITECTURE_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
 
 # The layout of the model code that `neobert export` writes into a folder (neobert.remote_code). Raise it
 # when code written before can no longer be read the same way; config.json records it.
@@ -127,6 +130,18 @@ class NeoBERTConfig(PretrainedConfig):
             raise ValueError(f"max_length must be positive, got {self.max_length}")
         if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
             raise ValueError(f"pad_token_id {self.pad_token_id} is outside the vocabulary (size {self.vocab_size})")
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> NeoBERTConfig:
+        """What `from_pretrained` builds a saved config.json with: every architecture field must be stated."""
+        missing = [name for name in ARCHITECTURE_FIELDS if name not in config_dict and name not in kwargs]
+        if missing:
+            raise ValueError(
+                f"config.json does not state {', '.join(missing)}: a NeoBERT config.json must give every "
+                f"architecture field ({', '.join(ARCHITECTURE_FIELDS)}), or the weights would load into a model "
+                "of another shape"
+            )
+        return super().from_dict(config_dict, **kwargs)
 
     @property
     def ffn_hidden_size(self) -> int:
