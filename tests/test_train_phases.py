@@ -14,6 +14,7 @@ from neobert.train.checkpoint import CheckpointError, read_checkpoint
 from neobert.train.metrics import read_jsonl
 from neobert.train.pretrain import pretrain
 from test_train_pretrain import losses, make_loader, tiny_config, weights
+from test_train_schedule import SlowingLoader
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -73,9 +74,10 @@ def test_a_decay_branch_equals_a_run_configured_to_decay_there(runs, tmp_path):
     assert losses(tmp_path / "branch") == {s: losses(root / "configured")[s] for s in after_branch}
     rates = learning_rates(tmp_path / "branch")
     assert rates == {s: learning_rates(root / "configured")[s] for s in after_branch}
-    # The branch decayed from its branch point, where the source still held the peak (this test can fail).
-    assert rates[BRANCH + 1] == 3e-3 and rates[BRANCH + 2] < 3e-3 == learning_rates(root / "source")[BRANCH + 2]
-    assert branch.final_lr == pytest.approx(3e-3 * 0.1 * (1 + 9 / (STEPS - BRANCH)), rel=1e-12)
+    # The branch decayed from its branch point, where the source still held the peak (this test can fail),
+    # and its last update used the floor.
+    assert rates[BRANCH + 1] < 3e-3 == learning_rates(root / "source")[BRANCH + 1]
+    assert branch.final_lr == pytest.approx(3e-3 * 0.1, rel=1e-12)
 
     assert snapshot(root / "source") == before  # the source run is only read
     record = {
@@ -172,6 +174,34 @@ def test_a_branch_from_a_damaged_checkpoint_or_other_weights_is_refused(runs, tm
     )
     with pytest.raises(CheckpointError, match="do not fit this run's model"):
         pretrain(wider, make_loader)
+    assert not (tmp_path / "wide").exists()
+
+
+def test_a_decay_branch_on_a_wall_clock_decays_from_its_branch_point_to_the_end(tmp_path):
+    """The decay runs from the progress at the branch point to the end of the whole run's budget; a branch
+    from a finished run has nothing left."""
+    hours = ["budget.steps=null", "budget.hours=0.0005", "budget.calibration_steps=3", "train.schedule=wsd"]
+    hours.append("system.precision=fp32")
+
+    def slow_loader(config, micro_batch, context):
+        return SlowingLoader(config, micro_batch, after=0, delay=0.02)
+
+    source = pretrain(tiny_config(tmp_path / "source", *hours), slow_loader, stop_at_step=10)
+    assert set(learning_rates(tmp_path / "source").values()) - {3e-3 * k / 2 for k in (1, 2)} == set()
+    config = tiny_config(tmp_path / "branch", *hours, f"phase.from_checkpoint={source.checkpoint}")
+    branch = pretrain(config, slow_loader)
+    assert branch.status == "completed" and branch.schedule_fraction == 1.0
+    rates = [rate for _, rate in sorted(learning_rates(tmp_path / "branch").items())]
+    # The first update of the branch uses the peak, then the rate follows the clock down (it may hold for a
+    # step while the clock re-estimates, never rise) and ends near the floor.
+    assert rates[0] == 3e-3 and all(b <= a for a, b in zip(rates, rates[1:], strict=False))
+    assert rates[-1] < 0.5 * 3e-3 and branch.final_lr == rates[-1]
+    assert branch.phases[0]["step"] == 10
+
+    done = read_checkpoint(branch.checkpoint).folder
+    with pytest.raises(ValueError, match="at or past the end of budget.hours=0.0005"):
+        pretrain(tiny_config(tmp_path / "late", *hours, f"phase.from_checkpoint={done}"), slow_loader)
+    assert not (tmp_path / "late").exists()
 
 
 def test_the_command_line_names_bad_phases_with_their_exit_codes(runs, tmp_path, capsys):
@@ -187,3 +217,29 @@ def test_the_command_line_names_bad_phases_with_their_exit_codes(runs, tmp_path,
     assert main(["pretrain", str(config_file), f"phase.from_checkpoint={late}"]) == 2
     assert "at or past the end of this run" in capsys.readouterr().err
     assert not (tmp_path / "cli").exists()
+
+
+def test_a_decay_branch_on_the_command_line_with_a_prepared_corpus(tmp_path, capsys):
+    """The real loader: the branch continues the source's data order from the checkpoint's position."""
+    from data_helpers import prepare_files, sample_texts, write_jsonl
+    from test_commands import TINY
+
+    source_file = write_jsonl(tmp_path / "docs.jsonl", sample_texts(200, long_every=0))
+    corpus = tmp_path / "prepared"
+    prepare_files([source_file], corpus, max_length=32, heldout_fraction=0.1)
+    common = ["pretrain", "demo", *TINY, f"data.path={corpus}", *WSD[:1], "budget.steps=6", "system.device=cpu"]
+    common += ["system.precision=fp32", "data.eval_batches=1"]
+    out = {name: tmp_path / name for name in ("configured", "source", "branch")}
+    assert main([*common, f"system.output_dir={out['configured']}", "train.decay_start_step=2"]) == 0
+    assert main([*common, f"system.output_dir={out['source']}", "train.keep_last=5"]) == 0
+    source_checkpoint = out["source"] / "checkpoints" / "step-00000002"
+    capsys.readouterr()
+    assert main([*common, f"system.output_dir={out['branch']}", f"phase.from_checkpoint={source_checkpoint}"]) == 0
+    assert f"from {source_checkpoint.resolve()} (step 2, manifest sha256" in capsys.readouterr().out
+    configured = read_checkpoint(out["configured"] / "checkpoints" / "latest")
+    branch = read_checkpoint(out["branch"] / "checkpoints" / "latest")
+    assert branch.step == configured.step == 6
+    for name, tensor in configured.model_state.items():
+        assert torch.equal(branch.model_state[name], tensor), name
+    assert losses(out["branch"]) == {s: losses(out["configured"])[s] for s in range(3, 7)}
+    assert learning_rates(out["branch"])[3] < learning_rates(out["source"])[3] == 2e-3  # the decay is the branch's

@@ -147,25 +147,27 @@ def wsd(**fields) -> LRSchedule:
 
 
 def test_wsd_holds_the_peak_then_decays_to_the_floor_in_its_shape():
-    linear = wsd()  # the decay covers the last half: it starts at step 6 and reaches the floor at 12
-    assert [linear(s) for s in range(7)] == [0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
-    assert linear(9) == pytest.approx(FLOOR_FRACTION + (1 - FLOOR_FRACTION) * 0.5, abs=1e-12)
-    assert linear(12) == pytest.approx(FLOOR_FRACTION, abs=1e-12) and linear(30) == linear(12)
+    linear = wsd()  # the decay covers the last half: updates 6 to 11 step down, update 11 uses the floor
+    assert [linear(s) for s in range(6)] == [0.5, 1.0, 1.0, 1.0, 1.0, 1.0]
+    assert linear(6) == pytest.approx(FLOOR_FRACTION + (1 - FLOOR_FRACTION) * 5 / 6, abs=1e-12)
+    assert linear(8) == pytest.approx(FLOOR_FRACTION + (1 - FLOOR_FRACTION) * 0.5, abs=1e-12)
+    assert linear(11) == pytest.approx(FLOOR_FRACTION, abs=1e-12) and linear(30) == linear(11)
     root = wsd(decay_shape="1-sqrt")
-    assert [root(s) for s in range(7)] == [linear(s) for s in range(7)]
-    for step in (7, 9, 11):
-        expected = FLOOR_FRACTION + (1 - FLOOR_FRACTION) * (1 - math.sqrt((step - 6) / 6))
+    assert [root(s) for s in range(6)] == [linear(s) for s in range(6)]
+    for step in (6, 8, 10):
+        expected = FLOOR_FRACTION + (1 - FLOOR_FRACTION) * (1 - math.sqrt((step + 1 - 6) / 6))
         assert root(step) == pytest.approx(expected, abs=1e-12)
         assert root(step) < linear(step)  # 1-sqrt drops faster at first
-    assert root(12) == pytest.approx(FLOOR_FRACTION, abs=1e-12)
+    assert root(11) == pytest.approx(FLOOR_FRACTION, abs=1e-12)
 
 
 def test_wsd_decay_start_from_a_step_a_branch_or_the_fraction():
-    assert wsd(decay_start_step=9)(9) == 1.0 and wsd(decay_start_step=9)(10) == pytest.approx(0.1 + 0.9 * 2 / 3)
-    assert wsd(branch_step=8)(10) == pytest.approx(0.1 + 0.9 * 0.5)
-    assert wsd(branch_step=8, decay_start_step=10)(10) == 1.0  # the configured step wins
+    at_nine = wsd(decay_start_step=9)  # updates 9, 10, 11 at 2/3, 1/3 and 0 of the way from the floor
+    assert at_nine(8) == 1.0 and at_nine(9) == pytest.approx(0.1 + 0.9 * 2 / 3) and at_nine(11) == pytest.approx(0.1)
+    assert wsd(branch_step=8)(9) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert wsd(branch_step=8, decay_start_step=10)(9) == 1.0  # the configured step wins
     assert [wsd(wsd_decay_fraction=0.0)(s) for s in (2, 11)] == [1.0, 1.0]  # no decay inside the run
-    assert wsd(wsd_decay_fraction=1.0)(7) == pytest.approx(0.1 + 0.9 * 0.5)  # from the end of warmup (2) to 12
+    assert wsd(wsd_decay_fraction=1.0)(6) == pytest.approx(0.1 + 0.9 * 0.5)  # over updates 2 to 11
     with pytest.raises(ValueError, match=r"the branch point \(step 12\) is at or past the end"):
         wsd(branch_step=12)
     with pytest.raises(ValueError, match="decay shape must be one of"):

@@ -97,7 +97,7 @@ class LRSchedule:
         return self.decay_start_step if self.decay_start_step is not None else self.branch_step
 
     def wsd_decay_start(self, total_steps: int) -> int:
-        """The first step of WSD's decay (its rate is still the peak; the next one is lower)."""
+        """The first update of WSD's decay: updates `start` to `total_steps - 1` step down to the floor."""
         start = self.explicit_decay_start()
         if start is None:
             start = total_steps - round(self.wsd_decay_fraction * total_steps)
@@ -151,10 +151,12 @@ class LRSchedule:
             return min(1.0, (self.progress - start) / (1.0 - start))
         if self.total_steps is None:
             return None
+        # Like the warmup's (step + 1) / warmup_steps: the first decay update is already below the peak and the
+        # run's last update uses the floor itself.
         start = self.wsd_decay_start(self.total_steps)
-        if step <= start or start >= self.total_steps:
+        if step < start or start >= self.total_steps:
             return 0.0
-        return min(1.0, (step - start) / (self.total_steps - start))
+        return min(1.0, (step + 1 - start) / (self.total_steps - start))
 
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:

@@ -223,7 +223,8 @@ def _announce_phase(progress: ConsoleProgress, trainer: Trainer, start: PhaseSta
             decay = schedule.wsd_decay_start(schedule.total_steps)
             progress.message(f"  WSD decay from step {decay} to step {schedule.total_steps}")
         for change in trainer.changed_on_resume:
-            progress.message(f"  changed from the branch point: {change}")
+            if not change.startswith(("phase.", "system.output_dir:")):  # those differ for every branch
+                progress.message(f"  changed from the branch point: {change}")
 
 
 def _final_evaluation(loop: _Loop, signals: StopSignals) -> str:

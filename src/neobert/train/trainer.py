@@ -205,7 +205,7 @@ class Trainer:
         on from there (a decay branch); carrying the weights, `pretrain` has already loaded them."""
         if start.carry == "state":
             self.restore(Path(start.source))
-            check_clock_left(self.config, start, self.elapsed_before)
+            check_clock_left(self.config, start, self.elapsed_before, self.schedule.progress)
             self.last_good_step = None  # the source's checkpoint is not one of this run's
             if self.config.train.schedule == "wsd" and self.config.train.decay_start_step is None:
                 self.schedule.branch_step = self.step
