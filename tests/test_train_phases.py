@@ -148,8 +148,9 @@ def test_a_branch_past_the_end_or_inside_its_source_run_is_refused(runs, tmp_pat
         early = branch_config(tmp_path / "early", last.parent / "step-00000004", "train.decay_start_step=2")
         pretrain(early, make_loader)
     before = snapshot(root / "source")
-    with pytest.raises(ValueError, match="belongs to system.output_dir itself"):
-        pretrain(branch_config(root / "source", last.parent / "step-00000004"), make_loader)
+    for resume in (False, True):  # resuming there would carry on the source run itself
+        with pytest.raises(ValueError, match="lies in system.output_dir's own checkpoints: a phase writes a new"):
+            pretrain(branch_config(root / "source", last.parent / "step-00000004"), make_loader, resume=resume)
     assert snapshot(root / "source") == before
     assert not any((tmp_path / name).exists() for name in ("late", "short", "early"))
 

@@ -35,6 +35,20 @@ class PhaseStart:
         return asdict(self)
 
 
+def check_phase_folder(config: PretrainConfig) -> None:
+    """A phase must not write where its source lives (checked before anything, --resume included: resuming
+    there would carry on the source run itself)."""
+    if config.phase.from_checkpoint is None:
+        return
+    source = Path(config.phase.from_checkpoint).resolve()
+    own = (Path(config.system.output_dir) / "checkpoints").resolve()
+    if source == own or own in source.parents:
+        raise ValueError(
+            f"phase.from_checkpoint {config.phase.from_checkpoint} lies in system.output_dir's own checkpoints: "
+            "a phase writes a new run folder and leaves its source as it is; choose another system.output_dir"
+        )
+
+
 def plan_phase(config: PretrainConfig, context: DistributedContext) -> PhaseStart | None:
     """The verified branch point of `phase.from_checkpoint`, checked against this run's configuration; None
     when the run is not a phase. The main process reads the files; the others take its answer."""
@@ -58,12 +72,6 @@ def _checked_start(config: PretrainConfig) -> PhaseStart:
         folder = Path(resolve_checkpoint(phase.from_checkpoint, "full")).resolve()
     except CheckpointError as error:
         raise CheckpointError(f"phase.from_checkpoint: {error}") from None
-    own = (Path(config.system.output_dir) / "checkpoints").resolve()
-    if folder.parent == own:
-        raise ValueError(
-            f"phase.from_checkpoint {folder} belongs to system.output_dir itself: a phase writes a new run "
-            "folder and leaves its source as it is; choose another system.output_dir"
-        )
     step = int(verify_checkpoint(folder, "marker")["step"])
     if phase.carry == "state":
         _check_branch_step(config, step)

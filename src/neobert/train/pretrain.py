@@ -22,7 +22,7 @@ from neobert.train.budget import WallClockBudget
 from neobert.train.checkpoint import MODEL_FILE, CheckpointError, find_latest_good, load_model_weights
 from neobert.train.config import PretrainConfig
 from neobert.train.metrics import ConsoleProgress, MetricsLogger, plot_loss_curve
-from neobert.train.phase import PHASE_FILE, PhaseStart, plan_phase, write_phase_record
+from neobert.train.phase import PHASE_FILE, PhaseStart, check_phase_folder, plan_phase, write_phase_record
 from neobert.train.trainer import (
     EvalFactory,
     Loader,
@@ -110,7 +110,13 @@ def pretrain(
         # A phase's source is verified before any model is built; a phase resumed from its own checkpoint
         # no longer needs it (the source run's retention may have deleted it since).
         own_root = Path(config.system.output_dir) / "checkpoints"
-        resuming_own = resume is not False and (resume is not True or find_latest_good(own_root, "marker") is not None)
+        has_own = find_latest_good(own_root, "marker") is not None
+        check_phase_folder(config)
+        if resume is False and has_own:
+            raise CheckpointError(
+                f"{own_root} already holds checkpoints of another run: resume it or choose another system.output_dir"
+            )
+        resuming_own = resume is not False and (resume is not True or has_own)
         start = None if resuming_own else plan_phase(config, context)
         if start is not None and start.carry == "weights" and model is None:
             model = _model_with_weights_of(config, Path(start.source))
@@ -137,11 +143,6 @@ def _model_with_weights_of(config: PretrainConfig, folder: Path) -> NeoBERTForMa
 def _run(trainer: Trainer, resume: bool | str, stop_at_step: int | None, start: PhaseStart | None) -> PretrainResult:
     config, context, system = trainer.config, trainer.context, trainer.config.system
     resumed_from = trainer.resume(resume) if resume else None
-    if resumed_from is None and find_latest_good(trainer.checkpoint_root, "marker") is not None:
-        raise CheckpointError(
-            f"{trainer.checkpoint_root} already holds checkpoints of another run: resume it or choose another "
-            "system.output_dir"
-        )
     if resumed_from is None and start is not None:
         trainer.start_phase(start)
     if context.is_main:
