@@ -236,7 +236,10 @@ def test_a_decay_branch_on_the_command_line_with_a_prepared_corpus(tmp_path, cap
     source_checkpoint = out["source"] / "checkpoints" / "step-00000002"
     capsys.readouterr()
     assert main([*common, f"system.output_dir={out['branch']}", f"phase.from_checkpoint={source_checkpoint}"]) == 0
-    assert f"from {source_checkpoint.resolve()} (step 2, manifest sha256" in capsys.readouterr().out
+    manifest_sha256 = sha256_file(source_checkpoint / "manifest.json")
+    assert f"  phase from {source_checkpoint.resolve()} (step 2, manifest sha256 {manifest_sha256})" in (
+        capsys.readouterr().out
+    )
     configured = read_checkpoint(out["configured"] / "checkpoints" / "latest")
     branch = read_checkpoint(out["branch"] / "checkpoints" / "latest")
     assert branch.step == configured.step == 6
