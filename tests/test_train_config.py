@@ -1,5 +1,7 @@
 """Pre-training configuration: presets load, overrides are typed, bad keys and values fail clearly."""
 
+import re
+
 import pytest
 import yaml
 
@@ -38,7 +40,11 @@ def test_stage_presets_hold_the_paper_recipe():
         (1024, 0.4),
         (2048, 0.4),
     ]
-    assert stage2.model.init_from is not None
+    # Stage 2 is a phase that carries stage 1's weights only (step 0, its own optimiser, data and schedule).
+    assert stage2.model.init_from is None
+    assert stage2.phase.from_checkpoint == "runs/neobert-250m-stage1/checkpoints"
+    assert (stage2.phase.carry, stage2.phase.name) == ("weights", "stage2")
+    assert stage1.phase.from_checkpoint is None
     # Inherited from stage 1 and not restated.
     assert stage2.train.betas == (0.9, 0.95) and stage2.model.preset == "neobert-250m"
 
@@ -97,11 +103,45 @@ def test_a_budget_on_the_command_line_replaces_the_files():
         ("system.log_sinks=[jsonl, csv]", "unknown sink 'csv'"),
         ("train.lr", "must look like section.key=value"),
         ("data.length_mixture=[[0.5, 0], [0.6, 64]]", "sum to 1"),
+        ("train.schedule=trapezoid", "train.schedule must be one of"),
+        ("train.wsd_decay_fraction=1.5", "train.wsd_decay_fraction must lie in [0, 1]"),
+        ("train.wsd_decay_fraction=-0.1", "train.wsd_decay_fraction must lie in [0, 1]"),
+        ("train.decay_shape=cosine", "train.decay_shape must be one of ['linear', '1-sqrt']"),
+        ("train.final_lr=3e-3", "the floor cannot be above the peak"),
+        ("train.final_lr_fraction=1.5", "a floor above the peak"),
+        ("train.decay_start_step=500", "train.decay_start_step needs train.schedule=wsd"),
+        ("phase.carry=optimizer", "phase.carry must be one of ['state', 'weights']"),
     ],
 )
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[")):
         load_config(CONFIGS / "demo.yaml", [override])
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["train.decay_start_step=1000"], "train.decay_start_step (step 1000) is at or past the end of the run (1000"),
+        (["train.decay_start_step=50"], "train.decay_start_step (50) falls inside the 100 warmup steps"),
+        (["train.wsd_decay_fraction=0.5", "budget.steps=100"], "ends within its 100 warmup steps"),
+        (["model.init_from=runs/a", "phase.from_checkpoint=runs/b"], "model.init_from and phase.from_checkpoint both"),
+    ],
+)
+def test_bad_wsd_and_phase_configurations_are_named_before_training(overrides, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_config(CONFIGS / "demo.yaml", ["budget.steps=1000", "train.schedule=wsd", *overrides])
+
+
+def test_wsd_keys_resolve_and_round_trip(tmp_path):
+    config = load_config(
+        CONFIGS / "demo.yaml",
+        ["train.schedule=wsd", "train.decay_shape=1-sqrt", "train.wsd_decay_fraction=0.25", "train.final_lr=2e-4"],
+    )
+    assert (config.train.schedule, config.train.decay_shape, config.train.wsd_decay_fraction) == ("wsd", "1-sqrt", 0.25)
+    assert config.train.floor_fraction == pytest.approx(0.1)
+    dumped = tmp_path / "resolved.yaml"
+    dumped.write_text(config.to_yaml())
+    assert load_config(dumped) == config
 
 
 def test_budget_needs_exactly_one_driver(tmp_path):

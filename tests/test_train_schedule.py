@@ -140,3 +140,57 @@ def test_step_and_token_budgets_end_on_their_count(tmp_path):
     assert by_tokens.step == 6
     assert learning_rates(tmp_path / "s") == learning_rates(tmp_path / "t")
     assert by_steps.final_lr == pytest.approx(PEAK * LRSchedule(2, 6)(5), rel=1e-12)
+
+
+def wsd(**fields) -> LRSchedule:
+    return LRSchedule(**{"warmup_steps": 2, "total_steps": 12, "kind": "wsd", "wsd_decay_fraction": 0.5, **fields})
+
+
+def test_wsd_holds_the_peak_then_decays_to_the_floor_in_its_shape():
+    linear = wsd()  # the decay covers the last half: updates 6 to 11 step down, update 11 uses the floor
+    assert [linear(s) for s in range(6)] == [0.5, 1.0, 1.0, 1.0, 1.0, 1.0]
+    assert linear(6) == pytest.approx(FLOOR_FRACTION + (1 - FLOOR_FRACTION) * 5 / 6, abs=1e-12)
+    assert linear(8) == pytest.approx(FLOOR_FRACTION + (1 - FLOOR_FRACTION) * 0.5, abs=1e-12)
+    assert linear(11) == pytest.approx(FLOOR_FRACTION, abs=1e-12) and linear(30) == linear(11)
+    root = wsd(decay_shape="1-sqrt")
+    assert [root(s) for s in range(6)] == [linear(s) for s in range(6)]
+    for step in (6, 8, 10):
+        expected = FLOOR_FRACTION + (1 - FLOOR_FRACTION) * (1 - math.sqrt((step + 1 - 6) / 6))
+        assert root(step) == pytest.approx(expected, abs=1e-12)
+        assert root(step) < linear(step)  # 1-sqrt drops faster at first
+    assert root(11) == pytest.approx(FLOOR_FRACTION, abs=1e-12)
+
+
+def test_wsd_decay_start_from_a_step_a_branch_or_the_fraction():
+    at_nine = wsd(decay_start_step=9)  # updates 9, 10, 11 at 2/3, 1/3 and 0 of the way from the floor
+    assert at_nine(8) == 1.0 and at_nine(9) == pytest.approx(0.1 + 0.9 * 2 / 3) and at_nine(11) == pytest.approx(0.1)
+    assert wsd(branch_step=8)(9) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert wsd(branch_step=8, decay_start_step=10)(9) == 1.0  # the configured step wins
+    assert [wsd(wsd_decay_fraction=0.0)(s) for s in (2, 11)] == [1.0, 1.0]  # no decay inside the run
+    assert wsd(wsd_decay_fraction=1.0)(6) == pytest.approx(0.1 + 0.9 * 0.5)  # over updates 2 to 11
+    with pytest.raises(ValueError, match=r"the branch point \(step 12\) is at or past the end"):
+        wsd(branch_step=12)
+    with pytest.raises(ValueError, match="decay shape must be one of"):
+        wsd(decay_shape="cosine")
+
+
+def test_wsd_on_a_wall_clock_decays_over_the_last_fraction_of_the_budget():
+    schedule = LRSchedule(warmup_steps=2, total_steps=None, kind="wsd", wsd_decay_fraction=0.25)
+    schedule.advance(0.05, step=2)
+    schedule.advance(0.75, step=40)  # a quarter of the budget is left: the decay starts now
+    assert schedule(40) == 1.0
+    schedule.advance(0.875, step=50)
+    assert schedule(50) == pytest.approx(FLOOR_FRACTION + (1 - FLOOR_FRACTION) * 0.5, abs=1e-12)
+    schedule.advance(1.0, step=57)
+    assert schedule(57) == pytest.approx(FLOOR_FRACTION, abs=1e-12)
+    # A warmup that ends after 1 - fraction of the budget: the decay starts when it ends.
+    late = LRSchedule(warmup_steps=2, total_steps=None, kind="wsd", wsd_decay_fraction=0.25)
+    late.advance(0.8, step=2)
+    late.advance(0.9, step=3)
+    assert late(3) == pytest.approx(FLOOR_FRACTION + (1 - FLOOR_FRACTION) * 0.5, abs=1e-12)
+    # A decay branch on a wall clock: from the progress at its branch point to the end of the budget.
+    branch = LRSchedule(warmup_steps=2, total_steps=None, kind="wsd", branch_step=30)
+    branch.advance(0.4, step=30)
+    assert branch.decay_start_progress == 0.4 and branch(30) == 1.0
+    branch.advance(0.7, step=35)
+    assert branch(35) == pytest.approx(FLOOR_FRACTION + (1 - FLOOR_FRACTION) * 0.5, abs=1e-12)

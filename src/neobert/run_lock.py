@@ -39,6 +39,7 @@ def hold_folder(folder: str | os.PathLike, option: str = "the output folder") ->
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"{option} {folder} is a file, not a folder")
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_FILE
     descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -55,5 +56,11 @@ def hold_folder(folder: str | os.PathLike, option: str = "the output folder") ->
         os.ftruncate(descriptor, 0)
         os.write(descriptor, f"pid {os.getpid()} on {socket.gethostname()} ({command})\n".encode())
         yield folder
+    except BaseException:
+        if created and [p.name for p in folder.iterdir()] == [LOCK_FILE]:
+            # Refused before writing anything: leave no empty folder behind (still holding the lock).
+            path.unlink()
+            folder.rmdir()
+        raise
     finally:
-        os.close(descriptor)  # releases the lock; the file stays (removing it would race a new holder)
+        os.close(descriptor)  # releases the lock; the file stays otherwise (removing it would race a new holder)

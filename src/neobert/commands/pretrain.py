@@ -66,6 +66,12 @@ def run(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun, one summary: rank 0's
     print(f"{result.status} at step {result.step}; checkpoint: {result.checkpoint}")
+    for phase in result.phases:  # the branch points this run descends from (phase.json)
+        label = f"phase {phase['name']}" if phase["name"] else "phase"
+        print(
+            f"  {label} from {phase['source']} (step {phase['step']}, manifest sha256 "
+            f"{phase['manifest_sha256']}), carrying its {phase['carry']}"
+        )
     for name, value in sorted(result.last_eval.items()):
         if name != "step":
             print(f"  {name}: {value:.4f}")

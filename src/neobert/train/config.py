@@ -1,4 +1,4 @@
-"""The pre-training configuration: five typed sections (model, data, train, system, budget).
+"""The pre-training configuration: six typed sections (model, data, train, system, budget, phase).
 
 A run is described by one or more YAML files merged in order, then dotted overrides from the command line
 (`train.lr=6e-4 budget.hours=2`). A YAML file may name a parent with `inherit: other.yaml` (relative to its
@@ -154,10 +154,17 @@ class TrainSection:
     warmup_steps: int = 2000
     # "cosine": to final_lr_fraction of the peak over decay_fraction of the steps, then constant (paper).
     # "linear": the same shape with a straight line. "constant": the peak after warmup (stage 2 sets lr
-    # itself to 10% of stage 1's peak).
-    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    # itself to 10% of stage 1's peak). "wsd": warmup, the peak held, then a decay to the floor over the last
+    # wsd_decay_fraction of the run (of its progress, for an hours budget) in decay_shape.
+    schedule: Literal["cosine", "linear", "constant", "wsd"] = "cosine"
     final_lr_fraction: float = 0.1
+    # The floor as a rate; None: final_lr_fraction of lr.
+    final_lr: float | None = None
     decay_fraction: float = 0.9
+    wsd_decay_fraction: float = 0.2
+    decay_shape: Literal["linear", "1-sqrt"] = "linear"
+    # WSD: the step its decay starts at instead (None: from wsd_decay_fraction, or a decay branch's step).
+    decay_start_step: int | None = None
     # None: derived from data.batch_size, data.micro_batch_size and the world size.
     grad_accumulation: int | None = None
     clip_grad_norm: float | None = 1.0
@@ -180,9 +187,27 @@ class TrainSection:
         if self.warmup_steps < 0:
             raise ValueError(f"train.warmup_steps must be non-negative, got {self.warmup_steps}")
         if not 0 <= self.final_lr_fraction <= 1:
-            raise ValueError(f"train.final_lr_fraction must lie in [0, 1], got {self.final_lr_fraction}")
+            raise ValueError(
+                f"train.final_lr_fraction must lie in [0, 1] (a floor above the peak is not a decay), got "
+                f"{self.final_lr_fraction}"
+            )
+        if self.final_lr is not None and not 0 <= self.final_lr <= self.lr:
+            raise ValueError(
+                f"train.final_lr ({self.final_lr:g}) must lie in [0, train.lr = {self.lr:g}]: the floor cannot be "
+                "above the peak"
+            )
         if not 0 < self.decay_fraction <= 1:
             raise ValueError(f"train.decay_fraction must lie in (0, 1], got {self.decay_fraction}")
+        if not 0 <= self.wsd_decay_fraction <= 1:
+            raise ValueError(f"train.wsd_decay_fraction must lie in [0, 1], got {self.wsd_decay_fraction}")
+        if self.decay_start_step is not None:
+            if self.schedule != "wsd":
+                raise ValueError(f"train.decay_start_step needs train.schedule=wsd (it is {self.schedule!r})")
+            if self.decay_start_step < self.warmup_steps:
+                raise ValueError(
+                    f"train.decay_start_step ({self.decay_start_step}) falls inside the "
+                    f"{self.warmup_steps} warmup steps"
+                )
         if self.grad_accumulation is not None and self.grad_accumulation <= 0:
             raise ValueError(f"train.grad_accumulation must be positive, got {self.grad_accumulation}")
         if self.clip_grad_norm is not None and self.clip_grad_norm <= 0:
@@ -192,6 +217,11 @@ class TrainSection:
                 raise ValueError(f"train.{name} must be positive, got {getattr(self, name)}")
         if self.keep_every is not None and self.keep_every <= 0:
             raise ValueError(f"train.keep_every must be positive or null, got {self.keep_every}")
+
+    @property
+    def floor_fraction(self) -> float:
+        """The schedule's floor as a share of the peak."""
+        return self.final_lr / self.lr if self.final_lr is not None else self.final_lr_fraction
 
 
 @dataclass
@@ -255,14 +285,34 @@ class BudgetSection:
 
 
 @dataclass
+class PhaseSection:
+    """A run that starts from a checkpoint of another run, which it only reads: it writes its own run folder
+    (system.output_dir) and records the branch point (source, step, manifest SHA-256) there."""
+
+    from_checkpoint: str | None = None
+    # "state": the step, optimiser, schedule position, data position and RNG states go on from the checkpoint
+    # (a decay branch: with train.schedule=wsd the decay starts at the checkpoint's step unless
+    # train.decay_start_step says otherwise). "weights": the model weights only, and the phase starts at step
+    # 0 with its own data, optimiser and schedule (stage 2's longer context).
+    carry: Literal["state", "weights"] = "state"
+    name: str | None = None  # a label for the record, e.g. "decay" or "stage2"
+
+
+@dataclass
 class PretrainConfig:
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     train: TrainSection = field(default_factory=TrainSection)
     system: SystemSection = field(default_factory=SystemSection)
     budget: BudgetSection = field(default_factory=lambda: BudgetSection(steps=1_000_000))
+    phase: PhaseSection = field(default_factory=PhaseSection)
 
     def __post_init__(self) -> None:
+        if self.phase.from_checkpoint is not None and self.model.init_from is not None:
+            raise ValueError(
+                "model.init_from and phase.from_checkpoint both name starting weights; keep one "
+                "(phase.carry=weights does what model.init_from does, and records the branch point)"
+            )
         model_max = self.model.neobert_config().max_length
         if self.data.max_length > model_max:
             raise ValueError(

@@ -1,13 +1,17 @@
-"""AdamW with optional decay exemptions, and the paper's learning-rate schedule as a pure function of the step.
+"""AdamW with optional decay exemptions, and the learning-rate schedules as pure functions of the step.
 
-The schedule (spec B.5): linear warmup to the peak, then cosine (or linear) decay to `final_fraction` of
-the peak, reached at `decay_fraction` of the run, then constant. Step numbers count optimiser updates
-already taken: the first update uses step 0.
+The paper's schedule (spec B.5): linear warmup to the peak, then cosine (or linear) decay to
+`final_fraction` of the peak, reached at `decay_fraction` of the run, then constant. WSD (warmup-stable-
+decay, "trapezoidal"): linear warmup, the peak held, then a decay to the floor over the last
+`wsd_decay_fraction` of the run, linear or 1-sqrt; the decay may instead start at a given step (a decay
+branch starts it at its branch point). Step numbers count optimiser updates already taken: the first update
+uses step 0.
 
 "Of the run" means of its steps for a step or token budget. For a wall-clock budget it means of the budget's
 *progress*, max(step / estimated steps, elapsed / budget), which the loop feeds in: a machine that slows down
 mid-run then moves the schedule on with the clock, so the run still ends at the floor, never cut short with
-the learning rate near its peak.
+the learning rate near its peak. WSD's decay then starts when `wsd_decay_fraction` of the budget's progress is
+left (or at the progress reached when the run passes its decay start step) and reaches the floor at 1.0.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from torch import nn
 
 from neobert.train.config import TrainSection
 
-SCHEDULES = ("cosine", "linear", "constant")
+SCHEDULES = ("cosine", "linear", "constant", "wsd")
+DECAY_SHAPES = ("linear", "1-sqrt")
 
 
 @dataclass
@@ -40,16 +45,30 @@ class LRSchedule:
     decay_fraction: float = 0.9
     progress: float | None = None
     warmup_end_progress: float | None = None
+    # WSD only: the decay's share of the run, its shape, and the step it starts at when given (the config's
+    # `decay_start_step`, else the step a decay branch started from, else from `wsd_decay_fraction`).
+    wsd_decay_fraction: float = 0.2
+    decay_shape: str = "linear"
+    decay_start_step: int | None = None
+    branch_step: int | None = None
+    decay_start_progress: float | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.kind!r}")
+        if self.decay_shape not in DECAY_SHAPES:
+            raise ValueError(f"decay shape must be one of {DECAY_SHAPES}, got {self.decay_shape!r}")
+        if not 0 <= self.wsd_decay_fraction <= 1:
+            raise ValueError(f"the WSD decay fraction must lie in [0, 1], got {self.wsd_decay_fraction}")
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be non-negative, got {self.warmup_steps}")
         self.check_total(self.total_steps)
 
     def check_total(self, total_steps: int | None) -> None:
         if total_steps is None or self.kind == "constant":
+            return
+        if self.kind == "wsd":
+            self._check_wsd_total(total_steps)
             return
         if self.decay_end(total_steps) <= self.warmup_steps:
             raise ValueError(
@@ -58,8 +77,31 @@ class LRSchedule:
                 "raise the budget"
             )
 
+    def _check_wsd_total(self, total_steps: int) -> None:
+        if total_steps <= self.warmup_steps:
+            raise ValueError(
+                f"the run of {total_steps} steps ends within its {self.warmup_steps} warmup steps: lower "
+                "train.warmup_steps or raise the budget"
+            )
+        for name, start in (("train.decay_start_step", self.decay_start_step), ("the branch point", self.branch_step)):
+            if start is not None and start >= total_steps:
+                raise ValueError(
+                    f"{name} (step {start}) is at or past the end of the run ({total_steps} steps): nothing is "
+                    "left to decay; raise the budget"
+                )
+
     def decay_end(self, total_steps: int) -> int:
         return round(self.decay_fraction * total_steps)
+
+    def explicit_decay_start(self) -> int | None:
+        return self.decay_start_step if self.decay_start_step is not None else self.branch_step
+
+    def wsd_decay_start(self, total_steps: int) -> int:
+        """The first update of WSD's decay: updates `start` to `total_steps - 1` step down to the floor."""
+        start = self.explicit_decay_start()
+        if start is None:
+            start = total_steps - round(self.wsd_decay_fraction * total_steps)
+        return max(start, self.warmup_steps)
 
     def set_total_steps(self, total_steps: int) -> None:
         self.check_total(total_steps)
@@ -70,6 +112,9 @@ class LRSchedule:
         self.progress = min(1.0, max(progress, self.progress or 0.0))
         if step >= self.warmup_steps and self.warmup_end_progress is None:
             self.warmup_end_progress = self.progress
+        start = self.explicit_decay_start()
+        if start is not None and step >= start and self.decay_start_progress is None:
+            self.decay_start_progress = self.progress
 
     def fraction_reached(self, step: int) -> float:
         """How much of the run's schedule `step` updates have covered (1.0: the run is complete)."""
@@ -81,6 +126,8 @@ class LRSchedule:
 
     def decay_position(self, step: int) -> float | None:
         """Where in the decay `step` stands, from 0 (the peak) to 1 (the floor); None before it is known."""
+        if self.kind == "wsd":
+            return self._wsd_position(step)
         if self.progress is not None:
             start = self.warmup_end_progress if self.warmup_end_progress is not None else self.progress
             if self.decay_fraction <= start:
@@ -91,6 +138,26 @@ class LRSchedule:
         end = self.decay_end(self.total_steps)
         return min(1.0, (step - self.warmup_steps) / (end - self.warmup_steps))
 
+    def _wsd_position(self, step: int) -> float | None:
+        if self.progress is not None:
+            if self.decay_start_progress is not None:
+                start = self.decay_start_progress
+            elif self.explicit_decay_start() is not None:
+                return 0.0  # the start step is not reached yet
+            else:
+                start = max(1.0 - self.wsd_decay_fraction, self.warmup_end_progress or 0.0)
+            if self.progress <= start or start >= 1.0:
+                return 0.0
+            return min(1.0, (self.progress - start) / (1.0 - start))
+        if self.total_steps is None:
+            return None
+        # Like the warmup's (step + 1) / warmup_steps: the first decay update is already below the peak and the
+        # run's last update uses the floor itself.
+        start = self.wsd_decay_start(self.total_steps)
+        if step < start or start >= self.total_steps:
+            return 0.0
+        return min(1.0, (step + 1 - start) / (self.total_steps - start))
+
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:
             return (step + 1) / self.warmup_steps
@@ -99,6 +166,8 @@ class LRSchedule:
             return 1.0
         if self.kind == "cosine":
             shape = 0.5 * (1.0 + math.cos(math.pi * progress))
+        elif self.kind == "wsd" and self.decay_shape == "1-sqrt":
+            shape = 1.0 - math.sqrt(progress)
         else:
             shape = 1.0 - progress
         return self.final_fraction + (1.0 - self.final_fraction) * shape
@@ -109,8 +178,11 @@ def schedule_from(train: TrainSection, total_steps: int | None) -> LRSchedule:
         warmup_steps=train.warmup_steps,
         total_steps=total_steps,
         kind=train.schedule,
-        final_fraction=train.final_lr_fraction,
+        final_fraction=train.floor_fraction,
         decay_fraction=train.decay_fraction,
+        wsd_decay_fraction=train.wsd_decay_fraction,
+        decay_shape=train.decay_shape,
+        decay_start_step=train.decay_start_step,
     )
 
 

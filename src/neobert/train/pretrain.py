@@ -19,9 +19,10 @@ import torch
 from neobert.model.heads import NeoBERTForMaskedLM
 from neobert.train import distributed as dist_utils
 from neobert.train.budget import WallClockBudget
-from neobert.train.checkpoint import CheckpointError, find_latest_good
+from neobert.train.checkpoint import MODEL_FILE, CheckpointError, find_latest_good, load_model_weights
 from neobert.train.config import PretrainConfig
 from neobert.train.metrics import ConsoleProgress, MetricsLogger, plot_loss_curve
+from neobert.train.phase import PHASE_FILE, PhaseStart, check_phase_folder, plan_phase, write_phase_record
 from neobert.train.trainer import (
     EvalFactory,
     Loader,
@@ -29,6 +30,7 @@ from neobert.train.trainer import (
     Trainer,
     TrainingDiverged,
     build_model,
+    initial_model,
 )
 
 __all__ = [
@@ -57,6 +59,9 @@ class PretrainResult:
     schedule_fraction: float = 0.0
     final_lr: float = 0.0
     precision: dict[str, Any] = field(default_factory=dict)  # what the run computed in, and why
+    # The branch points this run descends from, oldest first (phase.py): name, carry, source, step,
+    # manifest_sha256.
+    phases: list[dict[str, Any]] = field(default_factory=list)
 
 
 class StopRequested(Exception):
@@ -102,30 +107,58 @@ def pretrain(
     and returns at that step without changing the schedule (a job that must end before the run does)."""
     context = dist_utils.init_distributed(config.system.device, config.system.backend)
     try:
+        check_phase_folder(config)
         with dist_utils.hold_output_folder(config.system.output_dir, context, "system.output_dir"):
-            return _run(Trainer(config, make_loader, make_eval_batches, context, model), resume, stop_at_step)
+            # A phase's source is verified before any model is built; a phase resumed from its own checkpoint
+            # no longer needs it (the source run's retention may have deleted it since).
+            own_root = Path(config.system.output_dir) / "checkpoints"
+            has_own = find_latest_good(own_root, "marker") is not None
+            if resume is False and has_own:
+                raise CheckpointError(
+                    f"{own_root} already holds checkpoints of another run: resume it or choose another "
+                    "system.output_dir"
+                )
+            resuming_own = resume is not False and (resume is not True or has_own)
+            start = None if resuming_own else plan_phase(config, context)
+            if start is not None and start.carry == "weights" and model is None:
+                model = _model_with_weights_of(config, Path(start.source))
+            trainer = Trainer(config, make_loader, make_eval_batches, context, model)
+            return _run(trainer, resume, stop_at_step, start)
     finally:
         dist_utils.teardown(context)
 
 
-def _run(trainer: Trainer, resume: bool | str, stop_at_step: int | None) -> PretrainResult:
+def _model_with_weights_of(config: PretrainConfig, folder: Path) -> NeoBERTForMaskedLM:
+    from safetensors.torch import load_file
+
+    model = initial_model(config)
+    try:
+        load_model_weights(model, load_file(folder / MODEL_FILE))
+    except (CheckpointError, RuntimeError) as error:
+        first_line = str(error).strip().splitlines()[0]
+        raise CheckpointError(
+            f"phase.from_checkpoint: the weights of {folder} do not fit this run's model: {first_line}"
+        ) from None
+    return model
+
+
+def _run(trainer: Trainer, resume: bool | str, stop_at_step: int | None, start: PhaseStart | None) -> PretrainResult:
     config, context, system = trainer.config, trainer.context, trainer.config.system
     resumed_from = trainer.resume(resume) if resume else None
-    if resumed_from is None and find_latest_good(trainer.checkpoint_root, "marker") is not None:
-        raise CheckpointError(
-            f"{trainer.checkpoint_root} already holds checkpoints of another run: resume it or choose another "
-            "system.output_dir"
-        )
+    if resumed_from is None and start is not None:
+        trainer.start_phase(start)
     if context.is_main:
         trainer.output_dir.mkdir(parents=True, exist_ok=True)
         (trainer.output_dir / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
+        if start is not None and resumed_from is None:
+            write_phase_record(trainer.output_dir, trainer.phases)
     logger = MetricsLogger(
         trainer.output_dir,
         system.log_sinks,
         context.is_main,
         system.wandb_project,
         config.resolved(),
-        resumed_at=trainer.step if resumed_from is not None else None,
+        resumed_at=trainer.step if resumed_from is not None or start is not None else None,
     )
     progress = ConsoleProgress(trainer.schedule.total_steps, trainer.step, system.progress_bar, not context.is_main)
     loop = _Loop(trainer, logger, progress, stop_at_step)
@@ -138,6 +171,8 @@ def _run(trainer: Trainer, resume: bool | str, stop_at_step: int | None) -> Pret
         progress.message(f"resumed from {resumed_from} at step {trainer.step}")
         for change in trainer.changed_on_resume:
             progress.message(f"  changed since the checkpoint: {change}")
+    if start is not None and resumed_from is None:
+        _announce_phase(progress, trainer, start)
     try:
         with StopSignals() as signals:
             status = loop.run(signals)
@@ -154,7 +189,7 @@ def _run(trainer: Trainer, resume: bool | str, stop_at_step: int | None) -> Pret
             progress.message(f"stopped by a signal at step {trainer.step}; checkpoint saved")
         fraction, floor = (
             trainer.schedule.fraction_reached(trainer.step),
-            config.train.lr * config.train.final_lr_fraction,
+            config.train.lr * config.train.floor_fraction,
         )
         progress.message(
             f"schedule: {fraction:.0%} reached by step {trainer.step}, last learning rate "
@@ -175,7 +210,24 @@ def _run(trainer: Trainer, resume: bool | str, stop_at_step: int | None) -> Pret
         trainer.schedule.fraction_reached(trainer.step),
         trainer.lr,
         trainer.precision.as_record(),
+        trainer.phases,
     )
+
+
+def _announce_phase(progress: ConsoleProgress, trainer: Trainer, start: PhaseStart) -> None:
+    label = f"phase {start.name!r}" if start.name else "phase"
+    progress.message(
+        f"{label}: from {start.source} (step {start.step}, manifest sha256 {start.manifest_sha256[:16]}...), "
+        f"carrying its {start.carry}; recorded in {trainer.output_dir / PHASE_FILE}"
+    )
+    if start.carry == "state":
+        schedule = trainer.schedule
+        if schedule.kind == "wsd" and schedule.total_steps is not None:
+            decay = schedule.wsd_decay_start(schedule.total_steps)
+            progress.message(f"  WSD decay from step {decay} to step {schedule.total_steps}")
+        for change in trainer.changed_on_resume:
+            if not change.startswith(("phase.", "system.output_dir:")):  # those differ for every branch
+                progress.message(f"  changed from the branch point: {change}")
 
 
 def _final_evaluation(loop: _Loop, signals: StopSignals) -> str:

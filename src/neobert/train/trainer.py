@@ -43,6 +43,7 @@ from neobert.train.metrics import (
     peak_flops,
 )
 from neobert.train.optim import build_optimizer, build_scheduler, schedule_from
+from neobert.train.phase import PhaseStart, check_clock_left
 from neobert.train.precision import PrecisionChoice, model_shapes, resolve_precision
 
 
@@ -165,6 +166,7 @@ class Trainer:
         self.nonfinite = torch.zeros((), device=context.device)
         self.last_good_step: int | None = None
         self.changed_on_resume: list[str] = []
+        self.phases: list[dict[str, Any]] = []  # the branch points this run descends from (phase.py)
         self.skipped_on_resume: list[str] = []
         self.wrapped.train()  # the sparse MLM decoder (masked rows only) runs in training mode
 
@@ -175,6 +177,12 @@ class Trainer:
         folder = self._verified_resume_folder(source)
         if folder is None:
             return None
+        self.restore(folder)
+        return folder
+
+    def restore(self, folder: Path) -> None:
+        """Everything from a checkpoint folder already verified: weights, optimiser, schedule, data position,
+        RNG states, step."""
         saved = read_checkpoint(folder, rank=self.context.rank, verify="marker")
         if saved.world_size != self.context.world_size:
             raise CheckpointError(
@@ -195,9 +203,23 @@ class Trainer:
             self.precision = PrecisionChoice(self.precision.dtype, f"auto, kept from the checkpoint ({kept})")
         self.tokens_seen = float(saved.trainer_state.get("tokens_seen", 0.0))
         self.last_good_step = saved.step
+        self.phases = list(saved.trainer_state.get("phases", []))
         self.changed_on_resume = config_changes(saved.config or {}, self.config.resolved())
         self._apply_current_recipe(saved.config or {})
-        return folder
+
+    def start_phase(self, start: PhaseStart) -> None:
+        """Begin this run from another run's checkpoint (verified by `plan_phase`). Carrying the state, it goes
+        on from there (a decay branch); carrying the weights, `pretrain` has already loaded them."""
+        if start.carry == "state":
+            self.restore(Path(start.source))
+            check_clock_left(self.config, start, self.elapsed_before, self.schedule.progress)
+            self.last_good_step = None  # the source's checkpoint is not one of this run's
+            if self.config.train.schedule == "wsd" and self.config.train.decay_start_step is None:
+                self.schedule.branch_step = self.step
+                self.schedule.decay_start_progress = self.schedule.progress
+                self.refresh_lr()
+                self.lr = self.optimizer.param_groups[0]["lr"]
+        self.phases = [*self.phases, start.as_record()]
 
     def _verified_resume_folder(self, source: str | bool) -> Path | None:
         """The checkpoint to resume from, every file checked on the main process (the others wait for its
@@ -248,6 +270,10 @@ class Trainer:
                 fresh.progress = min(1.0, self.schedule.progress * scale)
             if self.schedule.warmup_end_progress is not None:
                 fresh.warmup_end_progress = self.schedule.warmup_end_progress * scale
+            if self.schedule.decay_start_progress is not None:
+                fresh.decay_start_progress = self.schedule.decay_start_progress * scale
+        # A decay branch's start is part of its history, which no configuration restates.
+        fresh.branch_step = self.schedule.branch_step
         fresh.check_total(fresh.total_steps)
         vars(self.schedule).update(vars(fresh))
         self.scheduler.base_lrs = [train.lr] * len(self.optimizer.param_groups)
@@ -335,6 +361,7 @@ class Trainer:
                 "elapsed_seconds": elapsed,
                 "precision": self.precision.name,
                 "tokens_seen": self.tokens_seen,
+                "phases": self.phases,
             }
             folder = save_checkpoint(
                 self.checkpoint_root,
