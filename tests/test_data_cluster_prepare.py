@@ -1,0 +1,248 @@
+"""`prepare --tasks`: tasks on datatrove's executors, joined into the single-machine corpus; a failed task reruns
+alone; the join refuses unfinished tasks and other preparations and deletes nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from data_helpers import files_of, prepare_files, sample_texts, tokenizer, write_jsonl
+
+pytest.importorskip("datatrove")
+
+from neobert.data.cluster_executors import SlurmOptions, run_local, submit_slurm  # noqa: E402
+from neobert.data.cluster_prepare import join, make_plan, split_contiguously, write_plan  # noqa: E402
+from neobert.data.prepare import PrepareConfig  # noqa: E402
+from neobert.data.sequences import TokenCorpus  # noqa: E402
+from neobert.data.shards import DataError, load_manifest, verify_corpus  # noqa: E402
+from neobert.data.sources import ReaderOptions, resolve_sources  # noqa: E402
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+SETTINGS = dict(shard_tokens=2500, heldout_fraction=0.1, batch_bytes=2000, max_length=64)
+
+
+def documents(folder: Path, split: str) -> list[list[int]]:
+    corpus = TokenCorpus(folder, split)
+    return [corpus.document(i).tolist() for i in range(len(corpus))]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> Path:
+    """Five JSON Lines files of different sizes, in one folder."""
+    folder = tmp_path_factory.mktemp("inputs") / "text"
+    for number, count in enumerate([40, 90, 25, 60, 70]):
+        write_jsonl(folder / f"part_{number}.jsonl", sample_texts(count, seed=number, long_words=300))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def single(inputs, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("single") / "corpus"
+    prepare_files([inputs], out, **SETTINGS)
+    return out
+
+
+def cluster(inputs: Path, out: Path, tasks: int = 2, parallel: int = 1, **overrides):
+    config = PrepareConfig(**{**SETTINGS, **overrides}, workers=1, progress=False)
+    plan = make_plan(resolve_sources([str(inputs)], config.reader), tokenizer(), config, tasks)
+    write_plan(out, plan)
+    return plan, config
+
+
+def assert_same_corpus(joined: Path, single: Path) -> None:
+    for split in ("train", "heldout"):
+        assert documents(joined, split) == documents(single, split), split
+    one, other = load_manifest(joined), load_manifest(single)
+    for key in ("format", "version", "tokenizer", "settings", "max_length", "document_format", "sources"):
+        assert one[key] == other[key], key
+    for split in ("train", "heldout"):
+        for count in ("documents", "tokens"):
+            assert one["splits"][split][count] == other["splits"][split][count], (split, count)
+    forecast = "sequences_at_max_length"
+    assert {k: v for k, v in one["stats"].items() if k != forecast} == {
+        k: v for k, v in other["stats"].items() if k != forecast
+    }
+
+
+def test_inputs_are_cut_into_contiguous_runs_of_about_equal_size():
+    assert split_contiguously([10, 10, 10, 10], 2) == [(0, 2), (2, 4)]
+    assert split_contiguously([100, 1, 1, 1], 2) == [(0, 1), (1, 4)]
+    assert split_contiguously([1, 1, 1, 100], 3) == [(0, 2), (2, 3), (3, 4)]  # every task gets a file
+    assert split_contiguously([5, 5, 5], 3) == [(0, 1), (1, 2), (2, 3)]
+    with pytest.raises(DataError, match="4 tasks for 3 input file"):
+        split_contiguously([5, 5, 5], 4)
+
+
+def test_two_local_tasks_join_to_the_single_machine_corpus(inputs, single, tmp_path):
+    out = tmp_path / "joined"
+    plan, _ = cluster(inputs, out)
+    sizes = [path.stat().st_size for path in sorted(inputs.iterdir())]
+    assert plan.runs == [(0, 3), (3, 5)] and abs(sum(sizes[:3]) - sum(sizes[3:])) < max(sizes)
+    summary = run_local(out, plan, parallel=1)
+    assert_same_corpus(out, single)
+    assert verify_corpus(out, full=True) == len(summary.manifest["splits"]["train"]["shards"]) * 2
+    manifest = load_manifest(out)
+    assert manifest["tasks"] == {"count": 2, "runs": [[0, 3], [3, 5]]}
+    # The joined shards are the tasks' files (hard links), numbered in task order: no copy, no re-tokenising.
+    task_shards = load_manifest(out / "tasks" / "task_00001")["splits"]["train"]["shards"]
+    last = manifest["splits"]["train"]["shards"][-1]
+    assert last["tokens_sha256"] == task_shards[-1]["tokens_sha256"]
+    joined_file, task_file = out / last["tokens_file"], out / "tasks" / "task_00001" / task_shards[-1]["tokens_file"]
+    assert os.path.samefile(joined_file, task_file)
+    assert len(task_shards) > 1 and len(manifest["splits"]["train"]["shards"]) > len(task_shards)
+
+    # Joining again changes nothing; the same inputs and task count give the same bytes in another folder.
+    before = files_of(out)
+    assert join(out).already_complete and files_of(out) == before
+    again = tmp_path / "again"
+    plan, _ = cluster(inputs, again)
+    run_local(again, plan, parallel=2)  # two task processes at once this time
+    corpus = {name: data for name, data in files_of(again).items() if not name.startswith("logs/")}
+    assert corpus == {name: data for name, data in before.items() if not name.startswith("logs/")}
+
+
+def test_a_failed_task_reruns_alone(inputs, single, tmp_path):
+    copy = tmp_path / "text"
+    shutil.copytree(inputs, copy)
+    # The last file of task 1 becomes unreadable at line 30 (after the plan checked its first line): the
+    # task fails mid-way, as on a flaky file system, and the line is restored afterwards.
+    damaged = copy / "part_4.jsonl"
+    lines = damaged.read_bytes().split(b"\n")
+    good = lines[29]
+    lines[29] = b"{" + b"x" * (len(good) - 1)
+    times = damaged.stat()
+    out = tmp_path / "out"
+    plan, _ = cluster(copy, out)
+    damaged.write_bytes(b"\n".join(lines))
+    os.utime(damaged, ns=(times.st_atime_ns, times.st_mtime_ns))
+    with pytest.raises(DataError, match=r"task\(s\) 1 of 2 failed .*part_4.jsonl, line 30: not valid JSON"):
+        run_local(out, plan, parallel=1)
+    logs = out / "logs"
+    assert (logs / "completions" / "00000").is_file() and not (logs / "completions" / "00001").exists()
+    with pytest.raises(DataError, match=r"1 of 2 task\(s\) did not finish \(task 1: no manifest.json"):
+        join(out)
+    assert not (out / "manifest.json").exists()
+    finished = (logs / "stats" / "00000.json").stat().st_mtime_ns
+
+    lines[29] = good
+    damaged.write_bytes(b"\n".join(lines))
+    os.utime(damaged, ns=(times.st_atime_ns, times.st_mtime_ns))
+    run_local(out, plan, parallel=1)
+    assert (logs / "stats" / "00000.json").stat().st_mtime_ns == finished  # task 0 did not run again
+    assert (logs / "completions" / "00001").is_file()
+    for split in ("train", "heldout"):
+        assert documents(out, split) == documents(single, split)
+
+
+def test_the_join_refuses_other_preparations_and_unfinished_tasks_and_deletes_nothing(inputs, tmp_path, capsys):
+    from neobert.cli import main
+
+    first, other = tmp_path / "first", tmp_path / "other"
+    run_local(first, cluster(inputs, first)[0], parallel=1)
+    run_local(other, cluster(inputs, other, heldout_fraction=0.2)[0], parallel=1)
+
+    mixed = tmp_path / "mixed"
+    (mixed / "tasks").mkdir(parents=True)
+    shutil.copy(first / "plan.json", mixed / "plan.json")
+    shutil.copytree(first / "tasks" / "task_00000", mixed / "tasks" / "task_00000")
+    shutil.copytree(other / "tasks" / "task_00001", mixed / "tasks" / "task_00001")
+    before = files_of(mixed)
+    assert main(["prepare", "--join", "--out", str(mixed)]) == 1
+    error = capsys.readouterr().err
+    assert "task_00001: task 1 belongs to another preparation (differs in: settings)" in error
+    assert files_of(mixed) == before and not (mixed / "manifest.json").exists()
+
+    (mixed / "tasks" / "task_00001" / "manifest.json").unlink()
+    with pytest.raises(DataError, match=r"1 of 2 task\(s\) did not finish \(task 1"):
+        join(mixed)
+    with pytest.raises(DataError, match="holds no `neobert prepare --tasks` preparation"):
+        join(first / "tasks" / "task_00000")  # a single-machine corpus folder
+
+    # Another task count or other settings into a prepared folder: refused, nothing deleted.
+    before = files_of(first)
+    with pytest.raises(DataError, match=r"differs in: runs, tasks"):
+        cluster(inputs, first, tasks=3)
+    with pytest.raises(DataError, match=r"differs in: settings"):
+        cluster(inputs, first, heldout_fraction=0.3)
+    assert files_of(first) == before
+    with pytest.raises(DataError, match="6 tasks for 5 input file"):
+        cluster(inputs, tmp_path / "too_many", tasks=6)
+    with pytest.raises(DataError, match="hf:some/dataset: --tasks splits input files"):
+        make_plan(resolve_sources(["hf:some/dataset"], ReaderOptions()), tokenizer(), PrepareConfig(), 2)
+    assert not (tmp_path / "too_many").exists()
+
+
+def test_command_line(inputs, single, tmp_path, capsys):
+    from neobert.cli import main
+
+    out = tmp_path / "out"
+    arguments = ["prepare", str(inputs), "--out", str(out), "--tasks", "2", "--no-progress", "--parallel-tasks", "2"]
+    arguments += ["--shard-tokens", "2500", "--heldout-fraction", "0.1", "--max-length", "64"]
+    assert main(arguments) == 0
+    assert f"prepared {out}" in capsys.readouterr().out
+    for split in ("train", "heldout"):
+        assert documents(out, split) == documents(single, split)
+    assert main(["prepare", str(inputs), "--out", str(tmp_path / "o"), "--tasks", "9", "--no-progress"]) == 1
+    assert "9 tasks for 5 input file(s)" in capsys.readouterr().err
+    assert main(["prepare", "--demo", "--out", str(tmp_path / "d"), "--tasks", "2"]) == 2
+    assert main(["prepare", str(inputs), "--out", str(tmp_path / "s"), "--tasks", "2", "--executor", "slurm"]) == 2
+    assert "--slurm-partition" in capsys.readouterr().err
+
+
+FAKE_SBATCH = """#!/bin/sh
+# Records each submission (arguments, then the script) and answers as sbatch does.
+count=$(ls "$SUBMITTED" | wc -l)
+{ echo "$@"; eval cat \\"\\${$#}\\"; } > "$SUBMITTED/job_$count"
+echo "Submitted batch job $((100 + count))"
+"""
+FAKE_SCONTROL = """#!/bin/sh
+# `scontrol show hostnames LIST`, for a list of one node.
+echo "$4"
+"""
+
+
+@pytest.mark.slow  # about 20 s: three processes, each importing torch with the package
+def test_slurm_submission_runs_the_tasks_and_then_the_join(inputs, single, tmp_path, monkeypatch):
+    """Real `SlurmPipelineExecutor` up to `sbatch` (and `scontrol`), replaced by scripts that record the jobs
+    (and name the node); the array tasks and the join then run as the Slurm script runs them
+    (`launch_pickled_pipeline`), each in its own process."""
+    bin_folder, submitted = tmp_path / "bin", tmp_path / "submitted"
+    bin_folder.mkdir()
+    submitted.mkdir()
+    for name, script in (("sbatch", FAKE_SBATCH), ("scontrol", FAKE_SCONTROL)):
+        (bin_folder / name).write_text(script)
+        (bin_folder / name).chmod((bin_folder / name).stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bin_folder}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("SUBMITTED", str(submitted))
+
+    out = tmp_path / "out"
+    plan, _ = cluster(inputs, out)
+    message = submit_slurm(out, plan, SlurmOptions(partition="cpu", env_command="true"))
+    assert "as Slurm job 100 and the join as job 102 (after it)" in message
+    jobs = [(submitted / f"job_{n}").read_text() for n in range(4)]  # tasks, their stats, join, its stats
+    assert "#SBATCH --array=0-1" in jobs[0] and "#SBATCH --partition=cpu" in jobs[0]
+    assert jobs[2].startswith("--export=ALL,RUN_OFFSET=0 --dependency=afterok:100")
+    assert "launch_pickled_pipeline" in jobs[0] and not (out / "manifest.json").exists()
+
+    def array_task(executor: Path, rank: int) -> subprocess.Popen:
+        environment = {**os.environ, "PYTHONPATH": SRC, "SLURM_ARRAY_TASK_ID": str(rank), "SLURM_NODELIST": "n1"}
+        command = [sys.executable, "-m", "datatrove.tools.launch_pickled_pipeline", str(executor)]
+        return subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def succeeds(job: subprocess.Popen) -> None:
+        output, _ = job.communicate(timeout=300)
+        assert job.returncode == 0, output[-3000:]
+
+    for job in [array_task(out / "logs" / "executor.pik", rank) for rank in range(2)]:  # at once, as on Slurm
+        succeeds(job)
+    succeeds(array_task(out / "logs" / "join" / "executor.pik", 0))
+    for split in ("train", "heldout"):
+        assert documents(out, split) == documents(single, split)
+    assert json.loads((out / "manifest.json").read_text())["tasks"]["count"] == 2
