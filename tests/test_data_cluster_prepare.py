@@ -84,12 +84,12 @@ def test_two_local_tasks_join_to_the_single_machine_corpus(inputs, single, tmp_p
     out = tmp_path / "joined"
     plan, _ = cluster(inputs, out)
     sizes = [path.stat().st_size for path in sorted(inputs.iterdir())]
-    assert plan.runs == [(0, 3), (3, 5)] and abs(sum(sizes[:3]) - sum(sizes[3:])) < max(sizes)
+    assert [len(part) for part in plan.parts] == [3, 2] and abs(sum(sizes[:3]) - sum(sizes[3:])) < max(sizes)
     summary = run_local(out, plan, parallel=1)
     assert_same_corpus(out, single)
     assert verify_corpus(out, full=True) == len(summary.manifest["splits"]["train"]["shards"]) * 2
     manifest = load_manifest(out)
-    assert manifest["tasks"] == {"count": 2, "runs": [[0, 3], [3, 5]]}
+    assert manifest["tasks"] == {"count": 2, "first_source": [0, 3]}
     # The joined shards are the tasks' files (hard links), numbered in task order: no copy, no re-tokenising.
     task_shards = load_manifest(out / "tasks" / "task_00001")["splits"]["train"]["shards"]
     last = manifest["splits"]["train"]["shards"][-1]
@@ -167,16 +167,46 @@ def test_the_join_refuses_other_preparations_and_unfinished_tasks_and_deletes_no
 
     # Another task count or other settings into a prepared folder: refused, nothing deleted.
     before = files_of(first)
-    with pytest.raises(DataError, match=r"differs in: runs, tasks"):
+    with pytest.raises(DataError, match=r"differs in: task_sources, tasks"):
         cluster(inputs, first, tasks=3)
     with pytest.raises(DataError, match=r"differs in: settings"):
         cluster(inputs, first, heldout_fraction=0.3)
     assert files_of(first) == before
     with pytest.raises(DataError, match="6 tasks for 5 input file"):
         cluster(inputs, tmp_path / "too_many", tasks=6)
-    with pytest.raises(DataError, match="hf:some/dataset: --tasks splits input files"):
-        make_plan(resolve_sources(["hf:some/dataset"], ReaderOptions()), tokenizer(), PrepareConfig(), 2)
+    mixture = resolve_sources(["hf:some/dataset", str(inputs)], ReaderOptions())
+    with pytest.raises(DataError, match="hf:some/dataset: --tasks cuts either input files or one dataset"):
+        make_plan(mixture, tokenizer(), PrepareConfig(), 2)
     assert not (tmp_path / "too_many").exists()
+
+
+def test_a_dataset_is_cut_into_parts_in_order(tmp_path):
+    """A saved dataset (parts of rows) and a streamed one (`hf:` on a local folder: parts of data files)."""
+    datasets = pytest.importorskip("datasets")
+    pytest.importorskip("pyarrow")
+    texts = sample_texts(150, seed=11, long_words=300)
+    saved = tmp_path / "saved"
+    datasets.Dataset.from_dict({"text": texts}).save_to_disk(str(saved))
+    files = tmp_path / "files"
+    files.mkdir()
+    for number in range(3):
+        datasets.Dataset.from_dict({"text": texts[number * 50 : (number + 1) * 50]}).to_parquet(
+            str(files / f"part_{number}.parquet")
+        )
+    for spec in (str(saved), f"hf:{files}"):
+        name = "saved" if spec == str(saved) else "streamed"
+        reference = prepare_files([spec], tmp_path / f"{name}_single", **SETTINGS).out
+        out = tmp_path / f"{name}_tasks"
+        config = PrepareConfig(**SETTINGS, workers=1, progress=False)
+        plan = make_plan(resolve_sources([spec], config.reader), tokenizer(), config, 2)
+        write_plan(out, plan)
+        manifest = run_local(out, plan, parallel=1).manifest
+        for split in ("train", "heldout"):
+            assert documents(out, split) == documents(reference, split), (name, split)
+        assert [source["part"] for source in manifest["sources"]] == [[0, 2], [1, 2]]
+        assert [source["documents"] for source in manifest["sources"]] == ([75, 75] if name == "saved" else [100, 50])
+    with pytest.raises(DataError, match=r"4 tasks for a dataset of 3 data file\(s\)"):
+        make_plan(resolve_sources([f"hf:{files}"], ReaderOptions()), tokenizer(), PrepareConfig(), 4)
 
 
 def test_command_line(inputs, single, tmp_path, capsys):

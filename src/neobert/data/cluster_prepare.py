@@ -1,13 +1,14 @@
 """`neobert prepare --tasks N`: the same corpus as `prepare`, made by N independent tasks, then joined.
 
-The input files, in the order `prepare` reads them, are cut into N contiguous runs of about equal size;
-task r tokenises run r with the single-machine code into its own corpus folder (own shards, manifest,
-resume). The join lists the tasks' shards in task order under one manifest, hard-linking the files into
-the usual layout: the joined corpus holds the single-machine corpus's documents, token ids and held-out
-split in the same order; only the shard boundaries differ (each task's last shard is a short one).
+The input files, in the order `prepare` reads them, are cut into N contiguous runs of about equal size
+(or one Hugging Face dataset into N contiguous parts: data files when streamed, rows when saved); task r
+tokenises part r with the single-machine code into its own corpus folder (own shards, manifest, resume).
+The join lists the tasks' shards in task order under one manifest, hard-linking the files into the usual
+layout: the joined corpus holds the single-machine corpus's documents, token ids and held-out split in
+the same order; only the shard boundaries differ (each task's last shard is a short one).
 
 ```
-OUT/plan.json                   the inputs, settings, tokenizer, task count and each task's files
+OUT/plan.json                   the inputs, settings, tokenizer, task count and each task's part
 OUT/tasks/task_00000/           task 0's corpus folder (plan.json, progress/, train/, heldout/, manifest.json)
 OUT/logs/                       the engine's logs and completion markers (datatrove: completions/00000)
 OUT/train/shard_00000.*         after the join: hard links to the tasks' shards, numbered in order
@@ -19,6 +20,7 @@ decides where tasks run and reruns only the unfinished ones.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -41,7 +43,7 @@ from neobert.data.shards import (
     open_shard,
     shard_files,
 )
-from neobert.data.sources import FileSource, Source, resolve_sources
+from neobert.data.sources import DatasetSource, FileSource, Source, resolve_sources
 from neobert.data.tokenization import TokenizerSpec
 from neobert.files import write_json_atomically
 
@@ -73,22 +75,39 @@ def split_contiguously(sizes: list[int], tasks: int) -> list[tuple[int, int]]:
     return list(zip(starts, [*starts[1:], len(sizes)], strict=True))
 
 
+class DatasetPart(DatasetSource):
+    """Part `index` of `count` of a Hugging Face dataset, in order: whole data files of a streamed dataset,
+    rows of a saved one (`shard(..., contiguous=True)`; the parts laid end to end are the dataset)."""
+
+    def __init__(self, source: DatasetSource, index: int, count: int):
+        super().__init__(source.spec, source.options, source.path, source.name, source.config)
+        self.index, self.count = index, count
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "part": [self.index, self.count]}
+
+    def _dataset(self):
+        return super()._dataset().shard(num_shards=self.count, index=self.index, contiguous=True)
+
+
+def dataset_pieces(source: DatasetSource) -> int:
+    """How many parts a dataset can be cut into: its data files when streamed, its rows when saved."""
+    dataset = source._dataset()
+    return dataset.num_shards if source.path is None else len(dataset)
+
+
 @dataclass
 class ClusterPlan:
-    """What `OUT/plan.json` records: everything that decides the corpus, and which task reads which files."""
+    """What `OUT/plan.json` records: everything that decides the corpus, and what each task reads."""
 
     spec: TokenizerSpec
     config: PrepareConfig
     sources: list[Source]
-    runs: list[tuple[int, int]]
+    parts: list[list[Source]]  # per task, in order: laid end to end, they are `sources`
 
     @property
     def tasks(self) -> int:
-        return len(self.runs)
-
-    def task_sources(self, rank: int) -> list[Source]:
-        start, end = self.runs[rank]
-        return self.sources[start:end]
+        return len(self.parts)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -98,27 +117,39 @@ class ClusterPlan:
             "settings": self.config.decisive(),
             "sources": [s.identity() for s in self.sources],
             "tasks": self.tasks,
-            "runs": [list(run) for run in self.runs],
+            "task_sources": [[s.identity() for s in part] for part in self.parts],
         }
 
 
 def make_plan(sources: list[Source], tokenizer: Any, config: PrepareConfig, tasks: int) -> ClusterPlan:
-    """Checks the inputs (cheaply, before any task starts) and assigns them to tasks."""
+    """Checks the inputs (cheaply, before any task starts) and assigns them to tasks: contiguous runs of
+    files of about equal size, or the parts of one dataset."""
     if not sources:
         raise DataError("no sources given")
-    not_files = [s.spec for s in sources if not isinstance(s, FileSource)]
-    if not_files:
-        raise DataError(
-            f"{not_files[0]}: --tasks splits input files between tasks; a Hugging Face dataset is one stream. "
-            "Download its data files (Parquet) and give their folder instead"
-        )
+    spec = tokenizer if isinstance(tokenizer, TokenizerSpec) else TokenizerSpec.from_tokenizer(tokenizer)
+    datasets = [s for s in sources if not isinstance(s, FileSource)]
+    if datasets:
+        if len(sources) > 1:
+            raise DataError(
+                f"{datasets[0].spec}: --tasks cuts either input files or one dataset into parts, not a mixture; "
+                "prepare the dataset on its own, or download its data files and give them with the others"
+            )
+        (dataset,) = datasets
+        pieces = dataset_pieces(dataset)
+        if tasks > pieces:
+            raise DataError(
+                f"{dataset.spec}: {tasks} tasks for a dataset of {pieces} data file(s) (a task reads whole files); "
+                f"use --tasks {pieces} or fewer"
+            )
+        if tasks < 1:
+            raise ValueError(f"tasks must be at least 1, not {tasks}")
+        return ClusterPlan(spec, config, [dataset], [[DatasetPart(dataset, r, tasks)] for r in range(tasks)])
     # Absolute paths: a task may run on another node, in another folder, and reads exactly these files.
     sources = [_absolute(source, config) for source in sources]
     for source in sources:
         source.check()
-    spec = tokenizer if isinstance(tokenizer, TokenizerSpec) else TokenizerSpec.from_tokenizer(tokenizer)
     runs = split_contiguously([s.path.stat().st_size for s in sources], tasks)
-    return ClusterPlan(spec, config, sources, runs)
+    return ClusterPlan(spec, config, sources, [sources[start:end] for start, end in runs])
 
 
 def _absolute(source: FileSource, config: PrepareConfig) -> Source:
@@ -159,29 +190,25 @@ def write_plan(out: Path, plan: ClusterPlan, overwrite: bool = False) -> None:
 
 @dataclass
 class PrepareTask:
-    """One task of the engine's pipeline: `prepare` on this rank's files into this rank's folder. It holds
-    the tokenizer as a spec and the files as absolute paths, so it runs on any node that sees `out`."""
+    """One task of the engine's pipeline: `prepare` on this rank's part of the inputs into this rank's
+    folder. It holds the tokenizer as a spec and files by absolute path, so it runs on any node that sees
+    them and `out`."""
 
     out: str
     spec: TokenizerSpec
     config: PrepareConfig
-    runs: list[list[tuple[str, str]]]  # per task: (spec as the user gave it, absolute path) of each file
+    parts: list[list[Source]]
 
     @classmethod
     def from_plan(cls, out: Path, plan: ClusterPlan, workers: int = 1) -> PrepareTask:
-        runs = [[(s.spec, str(s.path)) for s in plan.task_sources(r)] for r in range(plan.tasks)]
         config = replace(plan.config, workers=workers, progress=False, overwrite=False)
-        return cls(str(Path(out).resolve()), plan.spec, config, runs)
-
-    def sources(self, rank: int) -> list[Source]:
-        return [
-            _absolute(FileSource(Path(path), self.config.reader, spec), self.config) for spec, path in self.runs[rank]
-        ]
+        return cls(str(Path(out).resolve()), plan.spec, config, plan.parts)
 
     def __call__(self, data: Any, rank: int = 0, world_size: int = 1) -> None:
-        if world_size != len(self.runs):
-            raise DataError(f"the engine runs {world_size} tasks but the plan has {len(self.runs)}")
-        summary = prepare(self.sources(rank), task_folder(Path(self.out), rank), self.spec, self.config)
+        if world_size != len(self.parts):
+            raise DataError(f"the engine runs {world_size} tasks but the plan has {len(self.parts)}")
+        sources = copy.deepcopy(self.parts[rank])  # fresh read counts
+        summary = prepare(sources, task_folder(Path(self.out), rank), self.spec, self.config)
         print(f"task {rank}: " + summary.describe())
         return data
 
@@ -205,8 +232,7 @@ def _check_task(out: Path, rank: int, plan: dict[str, Any]) -> dict[str, Any]:
     """The task's manifest, after checking that the task belongs to this preparation."""
     folder = task_folder(out, rank)
     task_plan = _read_json(folder / PLAN)
-    start, end = plan["runs"][rank]
-    expected = {**{key: plan[key] for key in SHARED_KEYS}, "sources": plan["sources"][start:end]}
+    expected = {**{key: plan[key] for key in SHARED_KEYS}, "sources": plan["task_sources"][rank]}
     differing = sorted(key for key in expected if task_plan.get(key) != expected[key])
     if differing:
         raise DataError(
@@ -280,6 +306,7 @@ def join(out: str | os.PathLike) -> PrepareSummary:
                 splits[split]["tokens"] += entry.tokens
             index += 1
     first = manifests[0]
+    sizes = [len(m["sources"]) for m in manifests]
     stats = _summed_stats(manifests)
     stats["sequences_at_max_length"] = sequence_forecast(
         out, [{"train": shard} for shard in splits["train"]["shards"]], first["max_length"]
@@ -289,7 +316,7 @@ def join(out: str | os.PathLike) -> PrepareSummary:
         "sources": [source for m in manifests for source in m["sources"]],
         "splits": splits,
         "stats": stats,
-        "tasks": {"count": plan["tasks"], "runs": plan["runs"]},
+        "tasks": {"count": plan["tasks"], "first_source": np.cumsum([0, *sizes[:-1]]).tolist()},
     }
     if (out / MANIFEST).is_file():
         if load_manifest(out) == manifest:
