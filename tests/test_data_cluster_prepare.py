@@ -159,6 +159,15 @@ def test_the_join_refuses_other_preparations_and_unfinished_tasks_and_deletes_no
     assert "task_00001: task 1 belongs to another preparation (differs in: settings)" in error
     assert files_of(mixed) == before and not (mixed / "manifest.json").exists()
 
+    clash = tmp_path / "clash"
+    joined_files = {"train", "heldout", "manifest.json"}  # the top level's: the tasks keep theirs
+    shutil.copytree(first, clash, ignore=lambda folder, names: joined_files if Path(folder) == first else set())
+    (clash / "train").mkdir()
+    (clash / "train" / "shard_00000.tokens.npy").write_bytes(b"someone else's file")
+    with pytest.raises(DataError, match=r"shard_00000.tokens.npy: already exists and is not .*nothing was replaced"):
+        join(clash)
+    assert (clash / "train" / "shard_00000.tokens.npy").read_bytes() == b"someone else's file"
+
     (mixed / "tasks" / "task_00001" / "manifest.json").unlink()
     with pytest.raises(DataError, match=r"1 of 2 task\(s\) did not finish \(task 1"):
         join(mixed)
@@ -172,6 +181,9 @@ def test_the_join_refuses_other_preparations_and_unfinished_tasks_and_deletes_no
     with pytest.raises(DataError, match=r"differs in: settings"):
         cluster(inputs, first, heldout_fraction=0.3)
     assert files_of(first) == before
+    plan, _ = cluster(inputs, tmp_path / "scratch", tasks=3)
+    write_plan(first, plan, overwrite=True)  # --overwrite: the old preparation goes, the new plan is in
+    assert sorted(p.name for p in first.iterdir()) == ["plan.json"]
     with pytest.raises(DataError, match="6 tasks for 5 input file"):
         cluster(inputs, tmp_path / "too_many", tasks=6)
     mixture = resolve_sources(["hf:some/dataset", str(inputs)], ReaderOptions())
