@@ -141,6 +141,54 @@ def test_a_failed_task_reruns_alone(inputs, single, tmp_path):
         assert documents(out, split) == documents(single, split)
 
 
+# The command line, with a SIGKILL to its process group (it and datatrove's helper processes, as when a node is
+# lost) right after task 1 has written its second block. Run in a session of its own.
+KILLED_IN_TASK_1 = """
+import os, signal, sys
+from neobert.data import prepare
+from neobert.cli import main
+
+real_write = prepare._Block.write
+
+def write_then_die(block):
+    record = real_write(block)
+    if block.root.name == "task_00001" and block.index == 1:
+        os.killpg(0, signal.SIGKILL)
+    return record
+
+prepare._Block.write = write_then_die
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_killed_run_reruns_only_the_unfinished_task_from_its_last_block(inputs, single, tmp_path):
+    out = tmp_path / "out"
+    arguments = ["prepare", str(inputs), "--out", str(out), "--tasks", "2", "--parallel-tasks", "1"]
+    arguments += ["--no-progress", "--shard-tokens", "2500", "--heldout-fraction", "0.1", "--max-length", "64"]
+    environment = {**os.environ, "PYTHONPATH": SRC}
+
+    def neobert(*entry: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, *entry, *arguments]
+        return subprocess.run(
+            command, env=environment, capture_output=True, text=True, timeout=300, start_new_session=True
+        )
+
+    killed = neobert("-c", KILLED_IN_TASK_1)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    logs = out / "logs"
+    assert (logs / "completions" / "00000").is_file() and not (logs / "completions" / "00001").exists()
+    assert len(list((out / "tasks" / "task_00001" / "progress").glob("block_*.json"))) == 2
+    finished = (logs / "stats" / "00000.json").stat().st_mtime_ns
+
+    rerun = neobert("-m", "neobert")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "task 1: prepared" in rerun.stdout and "task 0: prepared" not in rerun.stdout
+    assert "2 finished block(s) reused" in rerun.stdout
+    assert (logs / "stats" / "00000.json").stat().st_mtime_ns == finished
+    for split in ("train", "heldout"):
+        assert documents(out, split) == documents(single, split)
+
+
 def test_the_join_refuses_other_preparations_and_unfinished_tasks_and_deletes_nothing(inputs, tmp_path, capsys):
     from neobert.cli import main
 
