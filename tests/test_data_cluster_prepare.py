@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -122,7 +124,7 @@ def test_a_failed_task_reruns_alone(inputs, single, tmp_path):
     plan, _ = cluster(copy, out)
     damaged.write_bytes(b"\n".join(lines))
     os.utime(damaged, ns=(times.st_atime_ns, times.st_mtime_ns))
-    with pytest.raises(DataError, match=r"task\(s\) 1 of 2 failed .*part_4.jsonl, line 30: not valid JSON"):
+    with pytest.raises(DataError, match=r"a task failed \(.*part_4.jsonl, line 30: not valid JSON.*\); 1 of 2 task"):
         run_local(out, plan, parallel=1)
     logs = out / "logs"
     assert (logs / "completions" / "00000").is_file() and not (logs / "completions" / "00001").exists()
@@ -137,6 +139,37 @@ def test_a_failed_task_reruns_alone(inputs, single, tmp_path):
     run_local(out, plan, parallel=1)
     assert (logs / "stats" / "00000.json").stat().st_mtime_ns == finished  # task 0 did not run again
     assert (logs / "completions" / "00001").is_file()
+    for split in ("train", "heldout"):
+        assert documents(out, split) == documents(single, split)
+
+
+def test_a_killed_task_process_fails_alone_then_resumes(inputs, single, tmp_path, monkeypatch, capfd):
+    from neobert.data import prepare as prepare_module
+
+    real_write = prepare_module._Block.write
+
+    def write_then_die(block):  # task 1's process dies (the OOM killer) right after its second block
+        record = real_write(block)
+        if block.root.name == "task_00001" and block.index == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return record
+
+    monkeypatch.setattr(prepare_module._Block, "write", write_then_die)
+    out = tmp_path / "out"
+    plan, _ = cluster(inputs, out)
+    # Two at a time: the pool learns of the lost task (it would wait forever for a process killed in it) and
+    # stops; task 0 may have finished or been stopped, and resumes either way.
+    with pytest.raises(DataError, match=r"a task failed \(task 1: its process was killed \(SIGKILL\)\)"):
+        run_local(out, plan, parallel=2)
+    assert not (out / "logs" / "completions" / "00001").exists()
+    assert len(list((out / "tasks" / "task_00001" / "progress").glob("block_*.json"))) == 2
+    capfd.readouterr()
+
+    monkeypatch.undo()
+    run_local(out, plan, parallel=2)
+    printed = re.split(r"(?m)^task (\d+): ", capfd.readouterr().out)
+    summaries = dict(zip(printed[1::2], printed[2::2], strict=True))
+    assert "2 finished block(s) reused" in summaries["1"]
     for split in ("train", "heldout"):
         assert documents(out, split) == documents(single, split)
 
@@ -161,6 +194,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow  # about 15 s: two processes importing torch with the package
 def test_a_killed_run_reruns_only_the_unfinished_task_from_its_last_block(inputs, single, tmp_path):
     out = tmp_path / "out"
     arguments = ["prepare", str(inputs), "--out", str(out), "--tasks", "2", "--parallel-tasks", "1"]

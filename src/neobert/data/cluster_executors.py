@@ -4,7 +4,8 @@ datatrove does the scheduling and the bookkeeping: a task is marked complete (`O
 only when it returns, and a rerun of the same command runs only the tasks without a mark, so a killed or
 failed task reruns alone (and inside it, `prepare` resumes from its last finished block).
 
-- `local`: a pool of processes on this machine, then the join in this process.
+- `local`: a pool of processes on this machine, each task in a child of its own (so a killed task fails
+  alone instead of stalling the pool), then the join in this process.
 - `slurm`: one array job of N tasks (`sbatch`), and the join as a one-task job that starts after it
   (`afterok`). `OUT` must be on a file system every node sees.
 """
@@ -13,8 +14,12 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from neobert.data.cluster_prepare import LOGS, ClusterPlan, JoinTask, PrepareTask, join, unfinished_tasks
 from neobert.data.prepare import PrepareSummary
@@ -33,10 +38,60 @@ class SlurmOptions:
     sbatch_args: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass
+class ForkedTask:
+    """Runs a pipeline task in a forked child of the pool's process and waits for it. A task process killed
+    by a signal (the OOM killer, a user) then fails that task with an error naming the signal; in the pool
+    process itself, the pool would wait for its result forever."""
+
+    task: Callable[[Any, int, int], Any]
+
+    def __call__(self, data: Any, rank: int = 0, world_size: int = 1) -> Any:
+        if not hasattr(os, "fork"):
+            return self.task(data, rank, world_size)
+        read, write = os.pipe()
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read)
+            _die_with_parent(parent)
+            code = 0
+            try:
+                self.task(data, rank, world_size)
+            except BaseException as error:  # everything goes back to the parent as a message
+                message = str(error) if isinstance(error, DataError) else f"{type(error).__name__}: {error}"
+                os.write(write, message.encode("utf-8", errors="replace")[: 1 << 15])
+                code = 1
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        os.close(write)
+        with os.fdopen(read, "rb") as pipe:
+            message = pipe.read().decode("utf-8", errors="replace")
+        _, status = os.waitpid(pid, 0)
+        if os.WIFSIGNALED(status):
+            raise DataError(f"task {rank}: its process was killed ({signal.Signals(os.WTERMSIG(status)).name})")
+        if os.WEXITSTATUS(status) != 0:
+            raise DataError(message or f"task {rank}: its process ended with exit code {os.WEXITSTATUS(status)}")
+        return data
+
+
+def _die_with_parent(parent: int) -> None:
+    """Linux: this process is killed when its parent ends. The pool stops its workers when a task fails,
+    and a task left running without its worker would race the rerun of the same task."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux
+        return
+    if os.getppid() != parent:  # the parent ended before the request took effect
+        os._exit(1)
+
+
 def _quiet_datatrove_console() -> None:
     """datatrove logs every step at INFO to the console; its per-task log files keep everything."""
-    import sys
-
     from datatrove.utils.logging import logger
 
     logger.remove()
@@ -50,7 +105,7 @@ def run_local(out: Path, plan: ClusterPlan, parallel: int = 0) -> PrepareSummary
     _quiet_datatrove_console()
     parallel = min(plan.tasks, parallel or len(os.sched_getaffinity(0)))
     executor = LocalPipelineExecutor(
-        pipeline=[PrepareTask.from_plan(out, plan, workers=1)],
+        pipeline=[ForkedTask(PrepareTask.from_plan(out, plan, workers=1))],
         tasks=plan.tasks,
         workers=parallel,
         logging_dir=str(out / LOGS),
@@ -59,12 +114,13 @@ def run_local(out: Path, plan: ClusterPlan, parallel: int = 0) -> PrepareSummary
     )
     try:
         executor.run()
-    except Exception as error:  # the first failed task's error; the others ran or were left to a rerun
-        failed = unfinished_tasks(out, plan.tasks)
+    except Exception as error:  # the first failure stops the pool: tasks still running are stopped too
+        unfinished = unfinished_tasks(out, plan.tasks)
         raise DataError(
-            f"{out}: task(s) {', '.join(map(str, failed))} of {plan.tasks} failed ({type(error).__name__}: "
-            f"{error}); the logs are in {out / LOGS / 'logs'}; run the same command again: finished tasks "
-            "are skipped"
+            f"{out}: a task failed ({error if isinstance(error, DataError) else repr(error)}); "
+            f"{len(unfinished)} of {plan.tasks} task(s) did not finish (task {', '.join(map(str, unfinished))}); "
+            f"the logs are in {out / LOGS / 'logs'}; run the same command again: finished tasks are skipped, "
+            "the others resume from their last finished block"
         ) from error
     return join(out)
 

@@ -204,6 +204,9 @@ class PrepareTask:
         config = replace(plan.config, workers=workers, progress=False, overwrite=False)
         return cls(str(Path(out).resolve()), plan.spec, config, plan.parts)
 
+    def __repr__(self) -> str:  # engines log the pipeline: not the tokenizer's vocabulary
+        return f"PrepareTask(out={self.out!r}, tasks={len(self.parts)}, tokenizer={self.spec.fingerprint[:12]})"
+
     def __call__(self, data: Any, rank: int = 0, world_size: int = 1) -> None:
         if world_size != len(self.parts):
             raise DataError(f"the engine runs {world_size} tasks but the plan has {len(self.parts)}")
