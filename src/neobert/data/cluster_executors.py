@@ -16,13 +16,14 @@ import multiprocessing
 import os
 import signal
 import sys
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from neobert.data.cluster_prepare import LOGS, ClusterPlan, JoinTask, PrepareTask, join, unfinished_tasks
-from neobert.data.prepare import PrepareSummary
+from neobert.data.prepare import PrepareSummary, usable_cores
 from neobert.data.shards import DataError
 
 EXECUTORS = ("local", "slurm")
@@ -60,6 +61,8 @@ class ForkedTask:
                 self.task(data, rank, world_size)
             except BaseException as error:  # everything goes back to the parent as a message
                 message = str(error) if isinstance(error, DataError) else f"{type(error).__name__}: {error}"
+                if not isinstance(error, DataError):
+                    traceback.print_exc()  # into the task's log: a bug, not bad input
                 os.write(write, message.encode("utf-8", errors="replace")[: 1 << 15])
                 code = 1
             finally:
@@ -103,7 +106,7 @@ def run_local(out: Path, plan: ClusterPlan, parallel: int = 0) -> PrepareSummary
     from datatrove.executor import LocalPipelineExecutor
 
     _quiet_datatrove_console()
-    parallel = min(plan.tasks, parallel or len(os.sched_getaffinity(0)))
+    parallel = min(plan.tasks, parallel or usable_cores())
     executor = LocalPipelineExecutor(
         pipeline=[ForkedTask(PrepareTask.from_plan(out, plan, workers=1))],
         tasks=plan.tasks,
@@ -116,9 +119,10 @@ def run_local(out: Path, plan: ClusterPlan, parallel: int = 0) -> PrepareSummary
         executor.run()
     except Exception as error:  # the first failure stops the pool: tasks still running are stopped too
         unfinished = unfinished_tasks(out, plan.tasks)
+        names = ", ".join(map(str, unfinished[:10])) + (", ..." if len(unfinished) > 10 else "")
         raise DataError(
             f"{out}: a task failed ({error if isinstance(error, DataError) else repr(error)}); "
-            f"{len(unfinished)} of {plan.tasks} task(s) did not finish (task {', '.join(map(str, unfinished))}); "
+            f"{len(unfinished)} of {plan.tasks} task(s) did not finish (task {names}); "
             f"the logs are in {out / LOGS / 'logs'}; run the same command again: finished tasks are skipped, "
             "the others resume from their last finished block"
         ) from error

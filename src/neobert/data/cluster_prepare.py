@@ -126,6 +126,8 @@ def make_plan(sources: list[Source], tokenizer: Any, config: PrepareConfig, task
     files of about equal size, or the parts of one dataset."""
     if not sources:
         raise DataError("no sources given")
+    if tasks < 1:
+        raise ValueError(f"tasks must be at least 1, not {tasks}")
     spec = tokenizer if isinstance(tokenizer, TokenizerSpec) else TokenizerSpec.from_tokenizer(tokenizer)
     datasets = [s for s in sources if not isinstance(s, FileSource)]
     if datasets:
@@ -141,8 +143,6 @@ def make_plan(sources: list[Source], tokenizer: Any, config: PrepareConfig, task
                 f"{dataset.spec}: {tasks} tasks for a dataset of {pieces} data file(s) (a task reads whole files); "
                 f"use --tasks {pieces} or fewer"
             )
-        if tasks < 1:
-            raise ValueError(f"tasks must be at least 1, not {tasks}")
         return ClusterPlan(spec, config, [dataset], [[DatasetPart(dataset, r, tasks)] for r in range(tasks)])
     # Absolute paths: a task may run on another node, in another folder, and reads exactly these files.
     sources = [_absolute(source, config) for source in sources]

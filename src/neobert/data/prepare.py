@@ -261,7 +261,7 @@ def _finished_blocks(root: Path, dtype: np.dtype) -> list[dict[str, Any]]:
     return records
 
 
-def _usable_cores() -> int:
+def usable_cores() -> int:
     """Cores this process may run on (a container's CPU set), else the machine's count."""
     try:
         return len(os.sched_getaffinity(0))
@@ -274,7 +274,7 @@ def _ordered_results(
 ) -> Iterator[tuple[list[str], EncodedBatch]]:
     """Encodes batches in worker processes (or here), yielding results in input order with a bounded
     number of batches in flight, so reading never runs far ahead of tokenising."""
-    workers = config.workers or _usable_cores()
+    workers = config.workers or usable_cores()
     if workers <= 1:
         encoder = DocumentEncoder(spec, config.heldout_fraction)
         for batch in batches:
