@@ -370,3 +370,24 @@ def test_slurm_submission_runs_the_tasks_and_then_the_join(inputs, single, tmp_p
     for split in ("train", "heldout"):
         assert documents(out, split) == documents(single, split)
     assert json.loads((out / "manifest.json").read_text())["tasks"]["count"] == 2
+
+
+@pytest.mark.slow  # about 15 s: the benchmark in its own process
+def test_throughput_benchmark_counts_every_token_and_projects_by_core_count(tmp_path):
+    from conftest import run_quick_benchmark
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from prepare_throughput import quick_text
+
+    report, printed = run_quick_benchmark("cluster_prepare_throughput.py", tmp_path / "r.json", "--repeats", "1")
+    (run,) = report["runs"]
+    source, documents, _, _ = quick_text(tmp_path)
+    texts = [json.loads(line)["text"] for line in source.read_text().splitlines()]
+    assert report["corpus"]["documents"] == documents and report["tasks"] == 2 and report["format"] == "jsonl"
+    assert run["tokens"] == sum(map(len, tokenizer()(texts, add_special_tokens=False)["input_ids"]))
+    per_core = report["tokens_per_second_per_core"]
+    assert per_core == run["tokens_per_cpu_second"]
+    assert per_core == pytest.approx(run["tokens"] / run["cpu_seconds"], rel=1e-3)  # seconds kept to 1 ms
+    for cores in (100, 1000):
+        assert report["projected_hours_for_600b_tokens"][str(cores)] == round(600e9 / (per_core * cores) / 3600, 2)
+    assert f"median: {per_core:,.0f} tokens/s per core" in printed
