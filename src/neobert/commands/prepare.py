@@ -56,9 +56,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     cluster = parser.add_argument_group("cluster form (docs/data.md, 'Preparing on a cluster')")
-    cluster.add_argument("--tasks", type=int, default=0, help="split the input files between N tasks, then join")
+    cluster.add_argument(
+        "--tasks", type=int, default=0, help="cut the input files (or one dataset) into N tasks, then join them"
+    )
     cluster.add_argument("--executor", default="local", choices=("local", "slurm"), help="where tasks run")
-    cluster.add_argument("--parallel-tasks", type=int, default=0, help="local: tasks at once (default: one per core)")
+    cluster.add_argument(
+        "--parallel-tasks",
+        type=int,
+        default=0,
+        help="local: tasks at once, one process each (default: one per core; --workers is not used)",
+    )
     cluster.add_argument("--join", action="store_true", help="only join the finished tasks in --out")
     cluster.add_argument("--slurm-partition", default=None, help="slurm: the partition to submit to")
     cluster.add_argument("--slurm-time", default="24:00:00", help="slurm: time limit of one task")
