@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bisect
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,13 +28,22 @@ from neobert.data.shards import (
     load_manifest,
     open_shard,
 )
+from neobert.data.verified import VerifiedRecord, file_stamp
 
 SCHEMES = ("truncate", "pack")
 SPECIALS_PER_SEQUENCE = 2  # [CLS] and [SEP]
 
 
 class TokenCorpus:
-    """One split of a prepared corpus, memory-mapped; documents are addressed by a global index."""
+    """One split of a prepared corpus, memory-mapped; documents are addressed by a global index (shards in
+    manifest order). It holds a few numbers per shard: lengths are read from the offsets files as needed,
+    never gathered over the whole corpus.
+
+    Checks (`verify`): "size" checks every file's header and size at opening; "first_use" (the default) also
+    checks the offsets files' sha256 at opening and a tokens file's when its shard is first read, trusting the
+    corpus's `verified.json` record of an earlier check while the file's stat is unchanged (see `verified.py`);
+    "full" hashes every file at opening.
+    Every read of a shard (`check_shards`) also refuses a shard whose files changed since they were opened."""
 
     def __init__(
         self,
@@ -52,60 +62,95 @@ class TokenCorpus:
         self.special_ids: dict[str, int] = dict(tokenizer["special_ids"])
         self.vocab_size = int(tokenizer["vocab_size"])
         dtype = np.dtype(tokenizer["dtype"])
+        self.entries = [ShardEntry.from_dict(payload) for payload in self.manifest["splits"][split]["shards"]]
+        self.verify = verify
+        self.record = VerifiedRecord(self.root)
+        if verify == "full":
+            for entry in self.entries:
+                for name, digest in _files(entry):
+                    check_checksum(self.root / name, digest)
         self.tokens: list[np.ndarray] = []
-        entries = [ShardEntry.from_dict(payload) for payload in self.manifest["splits"][split]["shards"]]
-        # Tokens checksums still to check, shard by shard, when a batch first reads the shard.
-        self._unchecked = {n: e for n, e in enumerate(entries)} if verify == "first_use" else {}
-        lengths, shard_of, starts = [], [], []
-        for number, entry in enumerate(entries):
-            tokens, offsets = open_shard(self.root, entry, dtype, verify=verify)
+        self.offsets: list[np.ndarray] = []
+        self._stamps: list[list[list[int]]] = []
+        for entry in self.entries:
+            if verify == "first_use":  # read whole anyway: hashed at the corpus's first opening, then recorded
+                self.record.check(entry.offsets_file, entry.offsets_sha256)
+            tokens, offsets = open_shard(self.root, entry, dtype, verify="none" if verify == "none" else "size")
             self.tokens.append(tokens)
-            offsets = np.asarray(offsets)
-            lengths.append(np.diff(offsets))
-            starts.append(offsets[:-1])
-            shard_of.append(np.full(len(offsets) - 1, number, dtype=np.int32))
-        if not lengths or sum(len(part) for part in lengths) == 0:
+            self.offsets.append(offsets)
+            self._stamps.append([file_stamp(self.root / name) for name, _ in _files(entry)])
+        self._unchecked = set(range(len(self.entries))) if verify == "first_use" else set()
+        self.shard_documents = [entry.documents for entry in self.entries]
+        self._first_document = np.concatenate([[0], np.cumsum(self.shard_documents, dtype=np.int64)])
+        if self._first_document[-1] == 0:
             raise DataError(f"{self.root}: the {split!r} split holds no documents")
-        self.lengths = np.concatenate(lengths)
-        self.doc_start = np.concatenate(starts)
-        self.doc_shard = np.concatenate(shard_of)
 
     def __len__(self) -> int:
-        return len(self.lengths)
+        return int(self._first_document[-1])
 
     @property
     def default_max_length(self) -> int:
         return int(self.manifest["max_length"])
 
-    def _check(self, shards: np.ndarray) -> None:
-        if not self._unchecked:
-            return
-        for shard in np.unique(shards).tolist():
-            entry = self._unchecked.pop(shard, None)
-            if entry is not None:
-                check_checksum(self.root / entry.tokens_file, entry.tokens_sha256)
+    def check_shards(self, shards: Iterable[int]) -> None:
+        """Before reading shards: their checksums on first use (under "first_use"), and a DataError naming a
+        file that changed since the corpus was opened."""
+        for shard in shards:
+            entry = self.entries[shard]
+            if shard in self._unchecked:
+                self.record.check(entry.tokens_file, entry.tokens_sha256)
+                self._unchecked.discard(shard)
+            if self.verify == "none":
+                continue
+            for (name, _), stamp in zip(_files(entry), self._stamps[shard], strict=True):
+                path = self.root / name
+                if not path.is_file() or file_stamp(path) != stamp:
+                    raise DataError(
+                        f"{path}: the shard changed (or went missing) while training read the corpus; "
+                        "restore it or run the same `neobert prepare` command again, then resume"
+                    )
+
+    def first_document(self, shard: int) -> int:
+        return int(self._first_document[shard])
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """(shard, document within the shard) of a global document index."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"document {index} outside the split's {len(self)}")
+        shard = int(np.searchsorted(self._first_document, index, side="right")) - 1
+        return shard, index - int(self._first_document[shard])
+
+    def spans(self, shard: int, first: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """Token starts (within the shard) and lengths of `count` documents of a shard from `first`."""
+        offsets = np.asarray(self.offsets[shard][first : first + count + 1])
+        return offsets[:-1], np.diff(offsets)
 
     def document(self, index: int) -> np.ndarray:
-        self._check(self.doc_shard[index : index + 1])
-        start = self.doc_start[index]
-        return np.asarray(self.tokens[self.doc_shard[index]][start : start + self.lengths[index]])
+        shard, local = self.locate(index)
+        self.check_shards([shard])
+        (start,), (length,) = self.spans(shard, local, 1)
+        return np.asarray(self.tokens[shard][start : start + length])
 
-    def gather(self, docs: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        """Content tokens of several (document, start, length) spans laid end to end, as int64."""
+    def document_lengths(self) -> np.ndarray:
+        """Every document's length, reading every offsets file: for analysing small corpora (the loader
+        never calls it)."""
+        return np.concatenate([np.diff(np.asarray(offsets)) for offsets in self.offsets])
+
+    def gather(self, shards: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """Content tokens of several (shard, token start in the shard, length) spans laid end to end, as int64."""
         total = int(lengths.sum())
         before = np.cumsum(lengths) - lengths
-        positions = np.arange(total) - np.repeat(before, lengths) + np.repeat(self.doc_start[docs] + starts, lengths)
-        shards = self.doc_shard[docs]
-        self._check(shards)
+        positions = np.arange(total) - np.repeat(before, lengths) + np.repeat(starts, lengths)
         out = np.empty(total, dtype=np.int64)
-        if len(self.tokens) == 1:
-            out[:] = self.tokens[0][positions]
-            return out
         token_shard = np.repeat(shards, lengths)
-        for shard in np.unique(shards):
+        for shard in np.unique(shards).tolist():
             chosen = token_shard == shard
             out[chosen] = self.tokens[shard][positions[chosen]]
         return out
+
+
+def _files(entry: ShardEntry) -> list[tuple[str, str]]:
+    return [(entry.offsets_file, entry.offsets_sha256), (entry.tokens_file, entry.tokens_sha256)]
 
 
 @dataclass
