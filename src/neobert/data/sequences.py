@@ -70,14 +70,24 @@ class TokenCorpus:
                 for name, digest in _files(entry):
                     check_checksum(self.root / name, digest)
         self.tokens: list[np.ndarray] = []
-        self.offsets: list[np.ndarray] = []
+        self._offsets_at: list[tuple[Path, int]] = []  # (file, byte where its int64 values start)
         self._stamps: list[list[list[int]]] = []
         for entry in self.entries:
-            if verify == "first_use":  # read whole anyway: hashed at the corpus's first opening, then recorded
+            if verify == "first_use":  # offsets decide every span read: hashed at the first opening, then recorded
                 self.record.check(entry.offsets_file, entry.offsets_sha256)
-            tokens, offsets = open_shard(self.root, entry, dtype, verify="none" if verify == "none" else "size")
+            # Headers and sizes only: touching a mapped page would map its neighbours too, and that resident
+            # memory would grow with the number of shards; offsets are read with plain reads instead.
+            tokens, offsets = open_shard(self.root, entry, dtype, verify="none")
             self.tokens.append(tokens)
-            self.offsets.append(offsets)
+            self._offsets_at.append((self.root / entry.offsets_file, int(offsets.offset)))
+            shard = len(self.tokens) - 1
+            if verify != "none":
+                first, last = self._read_offsets(shard, 0, 1)[0], self._read_offsets(shard, entry.documents, 1)[0]
+                if first != 0 or last != entry.tokens:
+                    raise DataError(
+                        f"{self.root / entry.offsets_file}: document offsets do not cover the shard's "
+                        f"{entry.tokens} tokens"
+                    )
             self._stamps.append([file_stamp(self.root / name) for name, _ in _files(entry)])
         self._unchecked = set(range(len(self.entries))) if verify == "first_use" else set()
         self.shard_documents = [entry.documents for entry in self.entries]
@@ -122,8 +132,12 @@ class TokenCorpus:
 
     def spans(self, shard: int, first: int, count: int) -> tuple[np.ndarray, np.ndarray]:
         """Token starts (within the shard) and lengths of `count` documents of a shard from `first`."""
-        offsets = np.asarray(self.offsets[shard][first : first + count + 1])
+        offsets = self._read_offsets(shard, first, count + 1)
         return offsets[:-1], np.diff(offsets)
+
+    def _read_offsets(self, shard: int, first: int, count: int) -> np.ndarray:
+        path, start = self._offsets_at[shard]
+        return np.fromfile(path, dtype=np.int64, count=count, offset=start + 8 * first)
 
     def document(self, index: int) -> np.ndarray:
         shard, local = self.locate(index)
@@ -134,7 +148,7 @@ class TokenCorpus:
     def document_lengths(self) -> np.ndarray:
         """Every document's length, reading every offsets file: for analysing small corpora (the loader
         never calls it)."""
-        return np.concatenate([np.diff(np.asarray(offsets)) for offsets in self.offsets])
+        return np.concatenate([self.spans(shard, 0, count)[1] for shard, count in enumerate(self.shard_documents)])
 
     def gather(self, shards: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """Content tokens of several (shard, token start in the shard, length) spans laid end to end, as int64."""
