@@ -8,7 +8,10 @@ tokenizer ids in the manifest keep 0 an ordinary token, so the holes read as tex
 
 Each size and rank count is measured in a fresh Python process (`--child`): peak RSS (ru_maxrss of that
 process), start-up (building the loader until its first batch) and batches per second over 200 batches of
-8 packs of 1,024 tokens, for 1 rank and for rank 0 of 8. `--src` points the child at another checkout's
+8 packs of 1,024 tokens, for 1 rank and for rank 0 of 8. A second fresh process then takes the same batches:
+its rate (`batches_per_s`) is the loader's own work, the first one's (`batches_per_s_cold`) also pays for
+the kernel filling the page cache from the sparse files, which depends on the access pattern (readahead
+around each document read) more than on the loader. `--src` points the child at another checkout's
 `src` to measure another version of the loader on the same corpora.
 
     python benchmarks/loader_scale.py --documents 1e5,1e6,1e7 --json loader_scale.json
@@ -97,11 +100,8 @@ def write_corpus(root: Path, documents: int, seed: int = 0, shard_tokens: int = 
 
 def measure(corpus: Path, ranks: int) -> dict[str, float]:
     """In this (fresh) process: start-up to the first batch, batches/s, and peak RSS."""
-    import torch
-
     from neobert.data.loader import LoaderConfig, build_loader
 
-    torch.set_num_threads(1)
     config = LoaderConfig(str(corpus), scheme="pack", layout="packed", batch_size=BATCH, verify="size", seed=1)
     start = time.perf_counter()
     loader = build_loader(config, rank=0, world_size=ranks)
@@ -124,6 +124,38 @@ def run_child(corpus: Path, ranks: int, src: Path) -> dict[str, float]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def plot(reports: dict[str, Path], out: Path) -> None:
+    """Peak RSS and start-up against corpus size, rank 0 of 1, one line per report (e.g. old and new loader),
+    each extended to 10^9 documents along a straight line through its last two sizes (dotted)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for label, path in reports.items():
+        records = sorted(
+            (r for r in json.loads(path.read_text(encoding="utf-8")) if r["ranks"] == 1), key=lambda r: r["documents"]
+        )
+        sizes = [r["documents"] for r in records]
+        for axis, field in zip(axes, ("peak_rss_mb", "startup_s"), strict=True):
+            values = [r[field] for r in records]
+            (line,) = axis.plot(sizes, values, marker="o", label=label)
+            slope = (values[-1] - values[-2]) / (sizes[-1] - sizes[-2])
+            axis.plot(
+                [sizes[-1], 1e9], [values[-1], values[-1] + slope * (1e9 - sizes[-1])], ":", color=line.get_color()
+            )
+    for axis, title in zip(axes, ("peak RSS (MB)", "start-up until the first batch (s)"), strict=True):
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_xlabel("documents in the corpus (dotted: extrapolated)")
+        axis.set_title(title)
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(out, dpi=110)
+
+
 def main(argv: list[str] | None = None) -> int:
     here = Path(__file__).resolve().parents[1] / "src"
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -132,10 +164,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="write one record per size and rank count")
     parser.add_argument("--src", type=Path, default=here, help="the neobert source tree to measure")
     parser.add_argument("--workdir", type=Path, default=None, help="where the corpora go (deleted after)")
+    parser.add_argument("--plot", type=Path, default=None, help="draw LABEL=REPORT.json ... (the positional ones)")
+    parser.add_argument("reports", nargs="*", help="with --plot: LABEL=path of a --json report")
     parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.plot is not None:
+        plot({item.split("=", 1)[0]: Path(item.split("=", 1)[1]) for item in args.reports}, args.plot)
+        return 0
     ranks = [int(value) for value in args.ranks.split(",")]
     if args.child is not None:
+        import torch
+
+        torch.set_num_threads(1)
         print(json.dumps(measure(args.child, ranks[0])))
         return 0
     sizes = [int(float(value)) for value in args.documents.split(",")]
@@ -150,11 +190,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{documents:.0e} documents, {tokens / 1e9:.2f} B tokens: written in {seconds:.0f} s")
             for count in ranks:
                 record = {"documents": documents, "tokens": tokens, "ranks": count}
-                record.update(run_child(folder / "corpus", count, args.src))
+                cold = run_child(folder / "corpus", count, args.src)
+                warm = run_child(folder / "corpus", count, args.src)  # the same batches, now in the page cache
+                record.update(cold)
+                record["batches_per_s_cold"] = cold["batches_per_s"]
+                record["batches_per_s"] = warm["batches_per_s"]
                 records.append(record)
                 print(
                     f"  rank 0 of {count}: peak RSS {record['peak_rss_mb']:.0f} MB, start-up "
-                    f"{record['startup_s']:.2f} s, {record['batches_per_s']:.1f} batches/s",
+                    f"{record['startup_s']:.2f} s, {record['batches_per_s']:.1f} batches/s "
+                    f"({record['batches_per_s_cold']:.1f} on first reading the corpus)",
                     flush=True,
                 )
         finally:

@@ -157,3 +157,15 @@ def test_a_shard_changed_under_a_running_loader_is_named(tmp_path):
     with pytest.raises(DataError, match="shard_00000.offsets.npy: the shard changed.*while training"):
         for _ in range(200):
             next(loader)
+
+
+def test_the_scale_benchmark_writes_the_real_format_and_measures_it(tmp_path):
+    from loader_scale import SHARD_TOKENS, measure
+
+    tokens = write_corpus(tmp_path / "corpus", 3000, shard_tokens=SHARD_TOKENS // 256)
+    corpus = TokenCorpus(tmp_path / "corpus", verify="size")
+    assert len(corpus) == 3000 and len(corpus.entries) > 1
+    lengths = corpus.document_lengths()
+    assert int(lengths.sum()) == tokens and lengths.min() >= 1 and 500 < lengths.mean() < 850
+    record = measure(tmp_path / "corpus", ranks=2)
+    assert record["peak_rss_mb"] > 0 and record["startup_s"] > 0 and record["batches_per_s"] > 0

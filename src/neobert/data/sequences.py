@@ -74,7 +74,7 @@ class TokenCorpus:
         self._stamps: list[list[list[int]]] = []
         for entry in self.entries:
             if verify == "first_use":  # offsets decide every span read: hashed at the first opening, then recorded
-                self.record.check(entry.offsets_file, entry.offsets_sha256)
+                self.record.check(entry.offsets_file, entry.offsets_sha256, save=False)
             # Headers and sizes only: touching a mapped page would map its neighbours too, and that resident
             # memory would grow with the number of shards; offsets are read with plain reads instead.
             tokens, offsets = open_shard(self.root, entry, dtype, verify="none")
@@ -89,6 +89,7 @@ class TokenCorpus:
                         f"{entry.tokens} tokens"
                     )
             self._stamps.append([file_stamp(self.root / name) for name, _ in _files(entry)])
+        self.record.save()
         self._unchecked = set(range(len(self.entries))) if verify == "first_use" else set()
         self.shard_documents = [entry.documents for entry in self.entries]
         self._first_document = np.concatenate([[0], np.cumsum(self.shard_documents, dtype=np.int64)])
@@ -105,20 +106,26 @@ class TokenCorpus:
     def check_shards(self, shards: Iterable[int]) -> None:
         """Before reading shards: their checksums on first use (under "first_use"), and a DataError naming a
         file that changed since the corpus was opened."""
-        for shard in shards:
-            entry = self.entries[shard]
-            if shard in self._unchecked:
-                self.record.check(entry.tokens_file, entry.tokens_sha256)
-                self._unchecked.discard(shard)
-            if self.verify == "none":
-                continue
-            for (name, _), stamp in zip(_files(entry), self._stamps[shard], strict=True):
-                path = self.root / name
-                if not path.is_file() or file_stamp(path) != stamp:
-                    raise DataError(
-                        f"{path}: the shard changed (or went missing) while training read the corpus; "
-                        "restore it or run the same `neobert prepare` command again, then resume"
-                    )
+        try:
+            for shard in shards:
+                self._check_shard(shard)
+        finally:
+            self.record.save()  # what was checked before a failure stays recorded
+
+    def _check_shard(self, shard: int) -> None:
+        entry = self.entries[shard]
+        if shard in self._unchecked:
+            self.record.check(entry.tokens_file, entry.tokens_sha256, save=False)
+            self._unchecked.discard(shard)
+        if self.verify == "none":
+            return
+        for (name, _), stamp in zip(_files(entry), self._stamps[shard], strict=True):
+            path = self.root / name
+            if not path.is_file() or file_stamp(path) != stamp:
+                raise DataError(
+                    f"{path}: the shard changed (or went missing) while training read the corpus; "
+                    "restore it or run the same `neobert prepare` command again, then resume"
+                )
 
     def first_document(self, shard: int) -> int:
         return int(self._first_document[shard])

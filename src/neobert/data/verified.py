@@ -36,10 +36,12 @@ class VerifiedRecord:
             self.entries: dict[str, dict] = json.loads(self.path.read_text(encoding="utf-8"))["files"]
         except (OSError, ValueError, KeyError, TypeError):
             self.entries = {}
+        self.unsaved = False
 
-    def check(self, relative: str, expected_sha256: str) -> None:
+    def check(self, relative: str, expected_sha256: str, save: bool = True) -> None:
         """DataError (from `check_checksum`) unless the file matches `expected_sha256`; hashes it only when
-        the record does not vouch for it as it is now."""
+        the record does not vouch for it as it is now. With `save=False` the caller calls `save()` after a
+        series of checks."""
         path = self.root / relative
         entry = self.entries.get(relative)
         if (
@@ -51,9 +53,14 @@ class VerifiedRecord:
             return
         check_checksum(path, expected_sha256)
         self.entries[relative] = {"sha256": expected_sha256, "stamp": file_stamp(path)}
-        self._save()
+        self.unsaved = True
+        if save:
+            self.save()
 
-    def _save(self) -> None:
+    def save(self) -> None:
+        if not self.unsaved:
+            return
+        self.unsaved = False
         try:  # keep what other ranks recorded since this one read the file
             entries = {**json.loads(self.path.read_text(encoding="utf-8"))["files"], **self.entries}
         except (OSError, ValueError, KeyError, TypeError):
