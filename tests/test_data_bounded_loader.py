@@ -14,7 +14,7 @@ import pytest
 
 from data_helpers import prepare_files, sample_texts, write_jsonl
 from neobert.data import verified
-from neobert.data.loader import LoaderConfig, PretrainingLoader
+from neobert.data.loader import LengthBucket, LoaderConfig, PretrainingLoader, build_loader
 from neobert.data.order import BlockOrder, KeyedPermutation
 from neobert.data.sequences import TokenCorpus
 from neobert.data.shards import DataError
@@ -169,3 +169,26 @@ def test_the_scale_benchmark_writes_the_real_format_and_measures_it(tmp_path):
     assert int(lengths.sum()) == tokens and lengths.min() >= 1 and 500 < lengths.mean() < 850
     record = measure(tmp_path / "corpus", ranks=2)
     assert record["peak_rss_mb"] > 0 and record["startup_s"] > 0 and record["batches_per_s"] > 0
+
+
+def test_a_length_mixture_continues_on_another_world_size_with_the_same_micro_batch(corpus_dir):
+    mixture = dict(PACK, batch_size=2, length_mixture=(LengthBucket(0.5, 0), LengthBucket(0.5, 200)))
+
+    def loaders(world, micro=2):
+        return [
+            build_loader(LoaderConfig(str(corpus_dir), **{**mixture, "batch_size": micro}), r, world)
+            for r in range(world)
+        ]
+
+    def rounds(group, count):
+        return [tuple(s) for _ in range(count) for loader in group for s in sequences_of(next(loader))]
+
+    straight = rounds(loaders(2), 20)
+    two = loaders(2)
+    head = rounds(two, 8)
+    state = json.loads(json.dumps(two[0].state_dict()))
+    one = loaders(1)[0]
+    one.load_state_dict(state)
+    assert head + rounds([one], 24) == straight
+    with pytest.raises(DataError, match="draws its bucket per micro-batch"):
+        loaders(1, micro=4)[0].load_state_dict(state)
