@@ -12,7 +12,7 @@ $(BIN)/python:
 $(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e ".[eval,data,onnx,hf,dev]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[eval,data,cluster,onnx,hf,dev]"
 	touch $@
 
 install: $(VENV)/.installed

@@ -64,4 +64,9 @@ def content_ids(texts: list[str]) -> list[list[int]]:
 
 
 def files_of(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    """The files of a folder; a corpus's record of checked checksums (written by readers) is left out."""
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != "verified.json"
+    }

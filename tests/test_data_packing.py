@@ -82,7 +82,9 @@ def sequences_of(batch) -> list[list[int]]:
 
 def test_one_epoch_of_packs_holds_every_document_token_exactly_once(corpus_dir):
     corpus = TokenCorpus(corpus_dir)
-    config = LoaderConfig(str(corpus_dir), scheme="pack", layout="packed", batch_size=4, epochs=1, pack_window=64)
+    config = LoaderConfig(
+        str(corpus_dir), scheme="pack", layout="packed", batch_size=4, epochs=1, block_documents=16, window_blocks=4
+    )
     loader = PretrainingLoader(config)
     pieces = []
     for batch in loader:
@@ -106,7 +108,7 @@ def test_truncate_scheme_yields_each_documents_head_once(corpus_dir):
     loader = PretrainingLoader(LoaderConfig(str(corpus_dir), batch_size=16, epochs=1))
     heads = Counter(tuple(s[1:-1]) for batch in loader for s in sequences_of(batch))
     assert heads == Counter(tuple(corpus.document(d)[:126].tolist()) for d in range(len(corpus)))
-    truncation = packing_efficiency(corpus.lengths, 128)
+    truncation = packing_efficiency(corpus.document_lengths(), 128)
     assert truncation["truncation_kept_fraction"] < 1.0
     assert truncation["packing_efficiency"] > truncation["truncate_pad_to_max_efficiency"]
 

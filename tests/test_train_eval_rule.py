@@ -58,7 +58,8 @@ def test_different_recipes_share_the_fixed_held_out_positions(corpus):
         flat(reference, "input_ids")[flat(reference, "labels") != -100],
         torch.full_like(flat(reference, "input_ids")[flat(reference, "labels") != -100], 103),
     )
-    assert reference[0]["input_ids"].numel() == 4 * 64
+    # Four packs of the fixed 64-token budget (best fit leaves a few slots of some packs empty).
+    assert 0.9 * 4 * 64 <= reference[0]["input_ids"].numel() <= 4 * 64
 
 
 def test_unset_rule_follows_the_training_recipe(corpus):

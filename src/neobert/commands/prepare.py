@@ -1,4 +1,5 @@
-"""`neobert prepare SOURCE... --out DIR` and `neobert prepare --demo --out DIR`: text -> token shards."""
+"""`neobert prepare SOURCE... --out DIR` and `neobert prepare --demo --out DIR`: text -> token shards.
+`--tasks N` prepares the same corpus as N tasks on datatrove's local or Slurm executor, then joins them."""
 
 from __future__ import annotations
 
@@ -54,6 +55,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="replace a corpus prepared from other inputs or settings in --out",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    cluster = parser.add_argument_group("cluster form (docs/data.md, 'Preparing on a cluster')")
+    cluster.add_argument(
+        "--tasks", type=int, default=0, help="cut the input files (or one dataset) into N tasks, then join them"
+    )
+    cluster.add_argument("--executor", default="local", choices=("local", "slurm"), help="where tasks run")
+    cluster.add_argument(
+        "--parallel-tasks",
+        type=int,
+        default=0,
+        help="local: tasks at once, one process each (default: one per core; --workers is not used)",
+    )
+    cluster.add_argument("--join", action="store_true", help="only join the finished tasks in --out")
+    cluster.add_argument("--slurm-partition", default=None, help="slurm: the partition to submit to")
+    cluster.add_argument("--slurm-time", default="24:00:00", help="slurm: time limit of one task")
+    cluster.add_argument("--slurm-cpus-per-task", type=int, default=1, help="slurm: tokenising processes per task")
+    cluster.add_argument("--slurm-mem-per-cpu-gb", type=int, default=2, help="slurm: memory per CPU")
+    cluster.add_argument("--slurm-env-command", default=None, help="slurm: run before each task (activate a venv)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,8 +80,13 @@ def run(args: argparse.Namespace) -> int:
     from neobert.data.sources import ReaderOptions, resolve_sources
     from neobert.tokenizer import load_tokenizer
 
+    if args.join:
+        return _join(args)
     if args.demo == bool(args.sources):
         print("give either SOURCE... or --demo", file=sys.stderr)
+        return 2
+    if args.tasks < 0 or (args.tasks and args.demo):
+        print("--tasks takes a positive count of tasks over SOURCE files (not --demo)", file=sys.stderr)
         return 2
     reader = ReaderOptions(text_field=args.text_field, text_unit=args.text_unit, hf_split=args.split)
     config = PrepareConfig(
@@ -90,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
                     "--unknown-as-text to read them as plain text",
                     file=sys.stderr,
                 )
+        if args.tasks:
+            return _run_tasks(args, sources, load_tokenizer(args.tokenizer), config)
         summary = prepare(sources, args.out, load_tokenizer(args.tokenizer), config)
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -97,6 +122,46 @@ def run(args: argparse.Namespace) -> int:
     print(summary.describe())
     if args.demo:
         print(_demo_table(summary.manifest["sources"][0].get("datasets", {})))
+    return 0
+
+
+def _run_tasks(args: argparse.Namespace, sources: list, tokenizer, config) -> int:
+    from neobert.data.cluster_executors import SlurmOptions, run_local, submit_slurm
+    from neobert.data.cluster_prepare import make_plan, write_plan
+
+    out = Path(args.out)
+    plan = make_plan(sources, tokenizer, config, args.tasks)
+    if args.executor == "slurm" and not args.slurm_partition:
+        print("--executor slurm needs --slurm-partition", file=sys.stderr)
+        return 2
+    write_plan(out, plan, overwrite=args.overwrite)
+    if args.executor == "local":
+        print(run_local(out, plan, args.parallel_tasks).describe())
+        return 0
+    options = SlurmOptions(
+        partition=args.slurm_partition,
+        time=args.slurm_time,
+        cpus_per_task=args.slurm_cpus_per_task,
+        mem_per_cpu_gb=args.slurm_mem_per_cpu_gb,
+        env_command=args.slurm_env_command,
+    )
+    print(submit_slurm(out, plan, options))
+    return 0
+
+
+def _join(args: argparse.Namespace) -> int:
+    from neobert.data.cluster_prepare import join
+    from neobert.data.shards import DataError
+
+    if args.sources or args.demo or args.tasks:
+        print("--join takes only --out (the folder of a `--tasks` preparation)", file=sys.stderr)
+        return 2
+    try:
+        summary = join(args.out)
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(summary.describe())
     return 0
 
 

@@ -1,18 +1,24 @@
-"""Batches for pre-training: memory-mapped shards, seeded shuffling, rank split, exact resume.
+"""Batches for pre-training: memory-mapped shards, seeded shuffling, rank split, exact and elastic resume.
 
-There is one global order of samples, the same for every rank and process count: per epoch the sequence
-units (truncated documents or chunks, see `sequences.py`) are shuffled with a seed derived from (seed,
-epoch) and taken in windows of `pack_window`; a sample is a unit, or under `pack` a pack of a window's units
-(best fit decreasing into budgets of `max_length` tokens, the packs shuffled). The order is cut into chunks
-of `batch_size` samples, dealt out in turn: rank r of w takes chunks r, r + w, r + 2w, ... So with a global
-batch of G samples, step s trains on samples s*G .. (s+1)*G - 1 whatever the world size, micro-batch and
-accumulation, and each sample is seen exactly once per epoch across ranks. The loader is endless by default:
-batches run on from one epoch into the next, so no data is dropped and every rank yields batches forever.
+There is one global order of samples, the same for every rank and process count, built in memory that does
+not grow with the corpus (`order.py`): per epoch, blocks of `block_documents` consecutive documents are
+visited in a seeded permutation and taken `window_blocks` at a time; a window's sequence units (truncated
+documents or chunks, see `sequences.py`) are computed from the shards' memory-mapped offsets and shuffled
+with a seed derived from (seed, epoch, window). A sample is a unit, or under `pack` a pack of a window's
+units (best fit decreasing into budgets of `max_length` tokens, the packs shuffled). The order is cut into
+chunks of `batch_size` samples, dealt out in turn: rank r of w takes chunks r, r + w, r + 2w, ... So with a
+global batch of G samples, step s trains on samples s*G .. (s+1)*G - 1 whatever the world size, micro-batch
+and accumulation, and each sample is seen exactly once per epoch across ranks. The loader is endless by
+default: batches run on from one epoch into the next, so no data is dropped and every rank yields batches
+forever.
 
-The position is (epoch, window, sample within the window) with the count of chunks gone by; `state_dict()`
-stores it, and resuming recomputes only that window's packing from document lengths: no token is read again
-and no batch is replayed. Each sample is masked with draws seeded by (seed, stream, its index in the global
-order), so masks are the same after a resume and do not depend on ranks, accumulation or data workers.
+The position is (epoch, window, sample within the window) with the count of samples and of chunks gone by;
+`state_dict()` stores it, and resuming recomputes only that window from document lengths: no token is read
+again and no batch is replayed. The state also holds the position at the end of the current round of
+`world_size` chunks, which is the same on every rank at a step boundary: a loader with another rank, world
+size or micro-batch resumes from there (elastic resume), as long as that position is a whole number of its
+rounds. Each sample is masked with draws seeded by (seed, stream, its index in the global order), so masks
+are the same after a resume and do not depend on ranks, accumulation or data workers.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import numpy as np
 import torch
 
 from neobert.data.masking import IGNORE_INDEX, MaskingConfig, mask_with_draws, sequence_draws
+from neobert.data.order import BlockOrder
 from neobert.data.sequences import (
     SCHEMES,
     SPECIALS_PER_SEQUENCE,
@@ -41,7 +48,7 @@ from neobert.data.shards import DataError
 
 # "rows": each pack is one row with full attention (cross-document, the naive packing of M6).
 LAYOUTS = ("padded", "packed", "rows")
-STATE_VERSION = 2
+STATE_VERSION = 3
 MIXTURE_STREAM = 1_000_003  # a stream id no component uses, for the per-batch mixture draw
 
 
@@ -67,7 +74,10 @@ class LoaderConfig:
     max_length: int | None = None  # None: the corpus's --max-length
     batch_size: int = 32  # sequences (truncate) or packs of max_length tokens (pack) per batch
     pad_to_multiple_of: int = 8
-    pack_window: int = 2048  # units a rank shuffles and packs together
+    # The order: blocks of consecutive documents of one shard, visited in a seeded permutation, and windows
+    # of blocks whose units are shuffled and packed together (see order.py).
+    block_documents: int = 128
+    window_blocks: int = 16
     min_document_tokens: int = 0
     length_mixture: tuple[LengthBucket, ...] = ()  # non-empty: each batch draws one bucket (phase 2)
     masking: MaskingConfig = field(default_factory=MaskingConfig)
@@ -85,8 +95,8 @@ class LoaderConfig:
             raise ValueError("scheme 'pack' puts several documents in a row: use layout 'packed' (or 'rows')")
         if self.layout == "rows" and self.scheme != "pack":
             raise ValueError("layout 'rows' lays packs in rows: it needs scheme 'pack'")
-        if self.batch_size < 1 or self.pack_window < 1:
-            raise ValueError("batch_size and pack_window must be positive")
+        if min(self.batch_size, self.block_documents, self.window_blocks) < 1:
+            raise ValueError("batch_size, block_documents and window_blocks must be positive")
 
     @classmethod
     def from_dict(cls, payload: dict[str, Any]) -> LoaderConfig:
@@ -118,47 +128,58 @@ class PretrainingLoader:
         self.config, self.rank, self.world_size, self.stream = config, rank, world_size, stream
         self.corpus = corpus or TokenCorpus(config.path, config.split, tokenizer_fingerprint, config.verify)
         self.max_length = config.max_length or self.corpus.default_max_length
-        self.units = sequence_units(self.corpus.lengths, config.scheme, self.max_length, config.min_document_tokens)
-        if len(self.units) < world_size:
-            raise DataError(
-                f"{self.corpus.root}: {len(self.units)} sequence(s) of documents with at least "
-                f"{config.min_document_tokens} tokens: too few for {world_size} rank(s)"
-            )
+        if config.min_document_tokens == 0 and len(self.corpus) < world_size:
+            raise DataError(f"{self.corpus.root}: {len(self.corpus)} document(s): too few for {world_size} rank(s)")
+        self.order = BlockOrder(
+            self.corpus.shard_documents, config.block_documents, config.window_blocks, (config.seed, stream)
+        )
         ids = self.corpus.special_ids
         self.never_mask = sorted({ids["pad"], ids["unk"], ids["cls"], ids["sep"], ids["mask"]})
         self.stats = {"batches": 0, "sequences": 0, "tokens": 0, "slots": 0, "masked": 0}
         # Position in the global order (epoch, window, sample in the window), samples taken from it, and
         # chunks of `batch_size` samples gone by (this rank's and the others').
         self._epoch = self._window = self._offset = self._taken = self._chunks = 0
-        self._cached_epoch: tuple[int, np.ndarray] | None = None
-        self._cached_window: tuple[tuple[int, int], list[np.ndarray]] | None = None
+        self._cached_windows: dict[tuple[int, int], list[np.ndarray]] = {}
+        self._first_samples()
 
     # ---- the global sample order ----------------------------------------------------------------------
-    def _epoch_order(self, epoch: int) -> np.ndarray:
-        if self._cached_epoch is None or self._cached_epoch[0] != epoch:
-            rng = np.random.default_rng(np.random.SeedSequence([self.config.seed, self.stream, epoch]))
-            self._cached_epoch = (epoch, rng.permutation(len(self.units)))
-        return self._cached_epoch[1]
-
-    def _windows(self) -> int:
-        return -(-len(self.units) // self.config.pack_window)
+    def _first_samples(self) -> None:
+        """Names a filter no document passes now, rather than at the first batch (it reads every window's
+        offsets only when the first windows are empty)."""
+        for window in range(self.order.windows):
+            if self._samples(0, window):
+                return
+        raise DataError(
+            f"{self.corpus.root}: no sequence of documents with at least {self.config.min_document_tokens} tokens "
+            f"in the {self.config.split!r} split"
+        )
 
     def _samples(self, epoch: int, window: int) -> list[np.ndarray]:
-        """The samples (arrays of unit indices) of one window: single units, or packs."""
+        """The samples of one window: arrays of (shard, token start, length) rows, one row per unit."""
         key = (epoch, window)
-        if self._cached_window is not None and self._cached_window[0] == key:
-            return self._cached_window[1]
-        size = self.config.pack_window
-        units = self._epoch_order(epoch)[window * size : (window + 1) * size]
+        cached = self._cached_windows.get(key)
+        if cached is not None:
+            return cached
+        blocks = self.order.window(epoch, window)
+        self.corpus.check_shards(sorted({block.shard for block in blocks}))
+        parts = []
+        for block in blocks:
+            starts, lengths = self.corpus.spans(block.shard, block.first, block.count)
+            units = sequence_units(lengths, self.config.scheme, self.max_length, self.config.min_document_tokens)
+            parts.append(
+                np.stack([np.full(len(units), block.shard), starts[units.doc] + units.start, units.length], axis=1)
+            )
+        rng = np.random.default_rng(np.random.SeedSequence([self.config.seed, self.stream, epoch, window]))
+        units = np.concatenate(parts).astype(np.int64)[rng.permutation(sum(len(part) for part in parts))]
         if self.config.scheme == "truncate":
             samples = [units[i : i + 1] for i in range(len(units))]
         else:
-            sizes = self.units.length[units] + SPECIALS_PER_SEQUENCE
-            packs = pack_best_fit(sizes, self.max_length)
+            packs = pack_best_fit(units[:, 2] + SPECIALS_PER_SEQUENCE, self.max_length)
             # Best fit fills packs longest-first; shuffling keeps long and short documents mixed in batches.
-            rng = np.random.default_rng(np.random.SeedSequence([self.config.seed, self.stream, epoch, window]))
             samples = [units[np.asarray(packs[i])] for i in rng.permutation(len(packs))]
-        self._cached_window = (key, samples)
+        if len(self._cached_windows) >= 2:  # the current window and the one a state_dict() looked ahead to
+            self._cached_windows.pop(next(iter(self._cached_windows)))
+        self._cached_windows[key] = samples
         return samples
 
     def take_samples(self, count: int) -> tuple[list[np.ndarray], int]:
@@ -176,7 +197,7 @@ class PretrainingLoader:
             self._offset += need
             if self._offset >= len(samples):
                 self._offset, self._window = 0, self._window + 1
-                if self._window >= self._windows():
+                if self._window >= self.order.windows:
                     self._epoch, self._window = self._epoch + 1, 0
         self._taken += len(taken)
         return taken, first
@@ -214,8 +235,8 @@ class PretrainingLoader:
     def build(self, samples: list[np.ndarray], first: int) -> dict[str, Any]:
         """The masked batch of `samples`, the first of which is sample `first` of the global order."""
         units = np.concatenate(samples)
-        lengths = self.units.length[units]
-        content = self.corpus.gather(self.units.doc[units], self.units.start[units], lengths)
+        lengths = units[:, 2]
+        content = self.corpus.gather(units[:, 0], units[:, 1], lengths)
         ids = self.corpus.special_ids
         flat, cu = with_specials(content, lengths, ids["cls"], ids["sep"])
         # Each sample is masked with its own draws, seeded by its place in the global order.
@@ -267,42 +288,86 @@ class PretrainingLoader:
 
     # ---- resume --------------------------------------------------------------------------------------
     def _identity(self) -> dict[str, Any]:
+        """What a saved position means: the corpus and the order's configuration. The rank, world size and
+        batch size are kept apart (`placement`): they change where a rank stands, not the global order."""
         config = asdict(self.config)
-        for volatile in ("path", "verify", "epochs", "drop_last"):
+        for volatile in ("path", "verify", "epochs", "drop_last", "batch_size"):
             config.pop(volatile)
-        if not config["masking"]["identity_rate"]:  # states saved before the option existed still match
-            del config["masking"]["identity_rate"]
         identity = {
             "config": config,
             "max_length": self.max_length,
-            "units": len(self.units),
-            "rank": self.rank,
-            "world_size": self.world_size,
+            "documents": len(self.corpus),
+            "shards": len(self.corpus.entries),
             "stream": self.stream,
         }
         return json.loads(json.dumps(identity))  # as a checkpoint file gives it back (tuples become lists)
 
-    def state_dict(self) -> dict[str, Any]:
+    def _placement(self) -> dict[str, int]:
+        return {"rank": self.rank, "world_size": self.world_size, "batch_size": self.config.batch_size}
+
+    def _position(self) -> dict[str, Any]:
         return {
-            "version": STATE_VERSION,
             "position": [self._epoch, self._window, self._offset],
             "taken": self._taken,
             "chunks": self._chunks,
+        }
+
+    def _set_position(self, state: dict[str, Any]) -> None:
+        self._epoch, self._window, self._offset = (int(x) for x in state["position"])
+        self._taken, self._chunks = int(state["taken"]), int(state["chunks"])
+
+    def end_of_round(self) -> dict[str, Any]:
+        """The position after the rest of the current round of `world_size` chunks (the other ranks' part of
+        it): at a step boundary, the same on every rank."""
+        now = self._position()
+        while self._chunks % self.world_size:
+            self.take_samples(self.config.batch_size)
+            self._chunks += 1
+        boundary = self._position()
+        self._set_position(now)
+        return boundary
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            **self._position(),
+            "boundary": self.end_of_round(),
+            "placement": self._placement(),
             "identity": self._identity(),
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def check_identity(self, state: dict[str, Any]) -> None:
         if state.get("version") != STATE_VERSION:
-            raise DataError(f"loader state version {state.get('version')!r}; this neobert reads {STATE_VERSION}")
+            raise DataError(
+                f"loader state version {state.get('version')!r}; this neobert reads {STATE_VERSION} (states of "
+                "earlier versions follow another sample order and cannot be continued)"
+            )
         mine, theirs = self._identity(), state["identity"]
         if mine != theirs:
             differing = sorted(key for key in mine if mine[key] != theirs.get(key))
             raise DataError(
                 f"the loader state was saved by a different setup (differs in: {', '.join(differing)}); "
-                "resume with the same corpus, configuration, rank and world size"
+                "resume with the same corpus and data configuration"
             )
-        self._epoch, self._window, self._offset = (int(x) for x in state["position"])
-        self._taken, self._chunks = int(state["taken"]), int(state["chunks"])
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue exactly where the state was taken; saved by another rank, world size or micro-batch, from
+        the end of its round (a step boundary), when that is a whole number of this loader's rounds."""
+        self.check_identity(state)
+        if state["placement"] == self._placement():
+            self._set_position(state)
+            return
+        self.continue_from_boundary(state["boundary"])
+
+    def continue_from_boundary(self, boundary: dict[str, Any]) -> None:
+        taken, round_size = int(boundary["taken"]), self.config.batch_size * self.world_size
+        if taken % round_size:
+            raise DataError(
+                f"the saved position (sample {taken} of the global order) is not a whole number of rounds of "
+                f"{self.world_size} rank(s) x {self.config.batch_size} samples: resume with a micro-batch, "
+                "accumulation and world size whose global batch divides it"
+            )
+        self._set_position({**boundary, "chunks": taken // self.config.batch_size})
 
 
 class MixtureLoader:
@@ -366,15 +431,41 @@ class MixtureLoader:
             self.components[self._draw(self._chunks)].take_samples(self.config.batch_size)
             self._chunks += 1
 
+    def _placement(self) -> dict[str, int]:
+        return {"rank": self.rank, "world_size": self.world_size, "batch_size": self.config.batch_size}
+
     def state_dict(self) -> dict[str, Any]:
-        return {"chunks": self._chunks, "components": [c.state_dict() for c in self.components]}
+        now = self._chunks, [component.state_dict() for component in self.components]
+        while self._chunks % self.world_size:  # to the end of the round, as in PretrainingLoader.end_of_round
+            self.components[self._draw(self._chunks)].take_samples(self.config.batch_size)
+            self._chunks += 1
+        boundary = {"chunks": self._chunks, "components": [c._position() for c in self.components]}
+        self._chunks = now[0]
+        for component, saved in zip(self.components, now[1], strict=True):
+            component.load_state_dict(saved)
+        return {"chunks": now[0], "components": now[1], "boundary": boundary, "placement": self._placement()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if len(state["components"]) != len(self.components):
             raise DataError("the loader state holds a different number of length-mixture components")
         for component, saved in zip(self.components, state["components"], strict=True):
-            component.load_state_dict(saved)
-        self._chunks = int(state["chunks"])
+            component.check_identity(saved)
+        if state.get("placement") == self._placement():
+            for component, saved in zip(self.components, state["components"], strict=True):
+                component.load_state_dict(saved)
+            self._chunks = int(state["chunks"])
+            return
+        saved_batch = state.get("placement", {}).get("batch_size")
+        chunks = int(state["boundary"]["chunks"])
+        if saved_batch != self.config.batch_size or chunks % self.world_size:
+            raise DataError(
+                f"a length mixture draws its bucket per micro-batch: resume it with the micro-batch it was saved "
+                f"with ({saved_batch} samples, here {self.config.batch_size}) and a world size that divides "
+                f"its {chunks} micro-batches gone by"
+            )
+        for component, position in zip(self.components, state["boundary"]["components"], strict=True):
+            component._set_position(position)
+        self._chunks = chunks
 
 
 def build_loader(

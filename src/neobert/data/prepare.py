@@ -261,7 +261,7 @@ def _finished_blocks(root: Path, dtype: np.dtype) -> list[dict[str, Any]]:
     return records
 
 
-def _usable_cores() -> int:
+def usable_cores() -> int:
     """Cores this process may run on (a container's CPU set), else the machine's count."""
     try:
         return len(os.sched_getaffinity(0))
@@ -274,7 +274,7 @@ def _ordered_results(
 ) -> Iterator[tuple[list[str], EncodedBatch]]:
     """Encodes batches in worker processes (or here), yielding results in input order with a bounded
     number of batches in flight, so reading never runs far ahead of tokenising."""
-    workers = config.workers or _usable_cores()
+    workers = config.workers or usable_cores()
     if workers <= 1:
         encoder = DocumentEncoder(spec, config.heldout_fraction)
         for batch in batches:
@@ -350,7 +350,7 @@ def _progress_bar(enabled: bool):
     )
 
 
-def _sequence_forecast(root: Path, records: list[dict[str, Any]], max_length: int) -> dict[str, float]:
+def sequence_forecast(root: Path, records: list[dict[str, Any]], max_length: int) -> dict[str, float]:
     """How the two sequence schemes would use the training documents at `max_length`, on every k-th
     document (at most about 200,000), so the forecast stays quick and small on large corpora."""
     from neobert.data.sequences import packing_efficiency
@@ -419,7 +419,8 @@ def _manifest(
 def prepare(
     sources: list[Source], out: str | os.PathLike, tokenizer: Any = None, config: PrepareConfig | None = None
 ) -> PrepareSummary:
-    """Tokenises `sources` into a corpus folder `out` (see `neobert.data.shards` for the layout)."""
+    """Tokenises `sources` into a corpus folder `out` (see `neobert.data.shards` for the layout); `tokenizer`
+    is a fast tokenizer or its `TokenizerSpec`."""
     config = config or PrepareConfig()
     if not sources:
         raise DataError("no sources given")
@@ -431,7 +432,8 @@ def prepare(
         from neobert.tokenizer import load_tokenizer
 
         tokenizer = load_tokenizer()
-    spec = TokenizerSpec.from_tokenizer(tokenizer)
+    # A spec is what a cluster task receives: it carries the tokenizer without needing its files on the node.
+    spec = tokenizer if isinstance(tokenizer, TokenizerSpec) else TokenizerSpec.from_tokenizer(tokenizer)
     dtype = token_dtype(spec.vocab_size)
     for source in sources:
         source.check()
@@ -481,7 +483,7 @@ def prepare(
     if not records or all(r["train"]["documents"] + r["heldout"]["documents"] == 0 for r in records):
         raise DataError(f"no text found in {', '.join(s.spec for s in sources)}")
     summary.seconds = time.perf_counter() - started
-    forecast = _sequence_forecast(out, records, config.max_length)
+    forecast = sequence_forecast(out, records, config.max_length)
     summary.manifest = _manifest(spec, config, sources, records, stream.documents_cut, forecast)
     write_json_atomically(out / MANIFEST, summary.manifest)
     return summary

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bisect
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,13 +28,22 @@ from neobert.data.shards import (
     load_manifest,
     open_shard,
 )
+from neobert.data.verified import VerifiedRecord, file_stamp
 
 SCHEMES = ("truncate", "pack")
 SPECIALS_PER_SEQUENCE = 2  # [CLS] and [SEP]
 
 
 class TokenCorpus:
-    """One split of a prepared corpus, memory-mapped; documents are addressed by a global index."""
+    """One split of a prepared corpus, memory-mapped; documents are addressed by a global index (shards in
+    manifest order). It holds a few numbers per shard: lengths are read from the offsets files as needed,
+    never gathered over the whole corpus.
+
+    Checks (`verify`): "size" checks every file's header and size at opening; "first_use" (the default) also
+    checks the offsets files' sha256 at opening and a tokens file's when its shard is first read, trusting the
+    corpus's `verified.json` record of an earlier check while the file's stat is unchanged (see `verified.py`);
+    "full" hashes every file at opening.
+    Every read of a shard (`check_shards`) also refuses a shard whose files changed since they were opened."""
 
     def __init__(
         self,
@@ -52,60 +62,116 @@ class TokenCorpus:
         self.special_ids: dict[str, int] = dict(tokenizer["special_ids"])
         self.vocab_size = int(tokenizer["vocab_size"])
         dtype = np.dtype(tokenizer["dtype"])
+        self.entries = [ShardEntry.from_dict(payload) for payload in self.manifest["splits"][split]["shards"]]
+        self.verify = verify
+        self.record = VerifiedRecord(self.root)
+        if verify == "full":
+            for entry in self.entries:
+                for name, digest in _files(entry):
+                    check_checksum(self.root / name, digest)
         self.tokens: list[np.ndarray] = []
-        entries = [ShardEntry.from_dict(payload) for payload in self.manifest["splits"][split]["shards"]]
-        # Tokens checksums still to check, shard by shard, when a batch first reads the shard.
-        self._unchecked = {n: e for n, e in enumerate(entries)} if verify == "first_use" else {}
-        lengths, shard_of, starts = [], [], []
-        for number, entry in enumerate(entries):
-            tokens, offsets = open_shard(self.root, entry, dtype, verify=verify)
+        self._offsets_at: list[tuple[Path, int]] = []  # (file, byte where its int64 values start)
+        self._stamps: list[list[list[int]]] = []
+        for entry in self.entries:
+            if verify == "first_use":  # offsets decide every span read: hashed at the first opening, then recorded
+                self.record.check(entry.offsets_file, entry.offsets_sha256, save=False)
+            # Headers and sizes only: touching a mapped page would map its neighbours too, and that resident
+            # memory would grow with the number of shards; offsets are read with plain reads instead.
+            tokens, offsets = open_shard(self.root, entry, dtype, verify="none")
             self.tokens.append(tokens)
-            offsets = np.asarray(offsets)
-            lengths.append(np.diff(offsets))
-            starts.append(offsets[:-1])
-            shard_of.append(np.full(len(offsets) - 1, number, dtype=np.int32))
-        if not lengths or sum(len(part) for part in lengths) == 0:
+            self._offsets_at.append((self.root / entry.offsets_file, int(offsets.offset)))
+            shard = len(self.tokens) - 1
+            if verify != "none":
+                first, last = self._read_offsets(shard, 0, 1)[0], self._read_offsets(shard, entry.documents, 1)[0]
+                if first != 0 or last != entry.tokens:
+                    raise DataError(
+                        f"{self.root / entry.offsets_file}: document offsets do not cover the shard's "
+                        f"{entry.tokens} tokens"
+                    )
+            self._stamps.append([file_stamp(self.root / name) for name, _ in _files(entry)])
+        self.record.save()
+        self._unchecked = set(range(len(self.entries))) if verify == "first_use" else set()
+        self.shard_documents = [entry.documents for entry in self.entries]
+        self._first_document = np.concatenate([[0], np.cumsum(self.shard_documents, dtype=np.int64)])
+        if self._first_document[-1] == 0:
             raise DataError(f"{self.root}: the {split!r} split holds no documents")
-        self.lengths = np.concatenate(lengths)
-        self.doc_start = np.concatenate(starts)
-        self.doc_shard = np.concatenate(shard_of)
 
     def __len__(self) -> int:
-        return len(self.lengths)
+        return int(self._first_document[-1])
 
     @property
     def default_max_length(self) -> int:
         return int(self.manifest["max_length"])
 
-    def _check(self, shards: np.ndarray) -> None:
-        if not self._unchecked:
+    def check_shards(self, shards: Iterable[int]) -> None:
+        """Before reading shards: their checksums on first use (under "first_use"), and a DataError naming a
+        file that changed since the corpus was opened."""
+        try:
+            for shard in shards:
+                self._check_shard(shard)
+        finally:
+            self.record.save()  # what was checked before a failure stays recorded
+
+    def _check_shard(self, shard: int) -> None:
+        entry = self.entries[shard]
+        if shard in self._unchecked:
+            self.record.check(entry.tokens_file, entry.tokens_sha256, save=False)
+            self._unchecked.discard(shard)
+        if self.verify == "none":
             return
-        for shard in np.unique(shards).tolist():
-            entry = self._unchecked.pop(shard, None)
-            if entry is not None:
-                check_checksum(self.root / entry.tokens_file, entry.tokens_sha256)
+        for (name, _), stamp in zip(_files(entry), self._stamps[shard], strict=True):
+            path = self.root / name
+            if not path.is_file() or file_stamp(path) != stamp:
+                raise DataError(
+                    f"{path}: the shard changed (or went missing) while training read the corpus; "
+                    "restore it or run the same `neobert prepare` command again, then resume"
+                )
+
+    def first_document(self, shard: int) -> int:
+        return int(self._first_document[shard])
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """(shard, document within the shard) of a global document index."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"document {index} outside the split's {len(self)}")
+        shard = int(np.searchsorted(self._first_document, index, side="right")) - 1
+        return shard, index - int(self._first_document[shard])
+
+    def spans(self, shard: int, first: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """Token starts (within the shard) and lengths of `count` documents of a shard from `first`."""
+        offsets = self._read_offsets(shard, first, count + 1)
+        return offsets[:-1], np.diff(offsets)
+
+    def _read_offsets(self, shard: int, first: int, count: int) -> np.ndarray:
+        path, start = self._offsets_at[shard]
+        return np.fromfile(path, dtype=np.int64, count=count, offset=start + 8 * first)
 
     def document(self, index: int) -> np.ndarray:
-        self._check(self.doc_shard[index : index + 1])
-        start = self.doc_start[index]
-        return np.asarray(self.tokens[self.doc_shard[index]][start : start + self.lengths[index]])
+        shard, local = self.locate(index)
+        self.check_shards([shard])
+        (start,), (length,) = self.spans(shard, local, 1)
+        return np.asarray(self.tokens[shard][start : start + length])
 
-    def gather(self, docs: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        """Content tokens of several (document, start, length) spans laid end to end, as int64."""
+    def document_lengths(self) -> np.ndarray:
+        """Every document's length, reading every offsets file: for analysing small corpora (the loader
+        never calls it)."""
+        return np.concatenate([self.spans(shard, 0, count)[1] for shard, count in enumerate(self.shard_documents)])
+
+    def gather(self, shards: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """Content tokens of several (shard, token start in the shard, length) spans laid end to end, as int64."""
         total = int(lengths.sum())
         before = np.cumsum(lengths) - lengths
-        positions = np.arange(total) - np.repeat(before, lengths) + np.repeat(self.doc_start[docs] + starts, lengths)
-        shards = self.doc_shard[docs]
-        self._check(shards)
+        positions = np.arange(total) - np.repeat(before, lengths) + np.repeat(starts, lengths)
         out = np.empty(total, dtype=np.int64)
-        if len(self.tokens) == 1:
-            out[:] = self.tokens[0][positions]
-            return out
         token_shard = np.repeat(shards, lengths)
-        for shard in np.unique(shards):
+        for shard in np.unique(shards).tolist():
             chosen = token_shard == shard
             out[chosen] = self.tokens[shard][positions[chosen]]
         return out
+
+
+def _files(entry: ShardEntry) -> list[tuple[str, str]]:
+    return [(entry.offsets_file, entry.offsets_sha256), (entry.tokens_file, entry.tokens_sha256)]
 
 
 @dataclass

@@ -488,6 +488,11 @@ def read_checkpoint(path: str | os.PathLike, rank: int = 0, verify: Verify = "fu
     )
 
 
+def saved_world_size(path: str | os.PathLike) -> int:
+    """How many processes wrote a checkpoint (one rank file each)."""
+    return int(verify_checkpoint(resolve_checkpoint(path, "marker"), "marker").get("world_size", 1))
+
+
 def load_model_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Copy a full state dict into an unsharded model, insisting every key matches."""
     missing, unexpected = unwrap_model(model).load_state_dict(state, strict=False)

@@ -336,8 +336,30 @@ class PretrainConfig:
         return yaml.safe_dump(self.resolved(), sort_keys=False)
 
 
+class BatchSplitError(ValueError):
+    """The global batch cannot be formed on this number of processes; the message lists the ones that work."""
+
+
 def batch_split(data: DataSection, train: TrainSection, world_size: int) -> tuple[int, int]:
     """(sequences per rank per forward pass, accumulation steps) that make up the global batch exactly."""
+    try:
+        return _batch_split(data, train, world_size)
+    except ValueError as error:
+        working = [size for size in range(1, data.global_batch_sequences + 1) if _splits(data, train, size)]
+        raise BatchSplitError(
+            f"{error}; numbers of processes that form this global batch: {', '.join(map(str, working)) or 'none'}"
+        ) from None
+
+
+def _splits(data: DataSection, train: TrainSection, world_size: int) -> bool:
+    try:
+        _batch_split(data, train, world_size)
+    except ValueError:
+        return False
+    return True
+
+
+def _batch_split(data: DataSection, train: TrainSection, world_size: int) -> tuple[int, int]:
     sequences = data.global_batch_sequences
     if sequences % world_size:
         raise ValueError(f"the global batch of {sequences} sequences does not split over {world_size} processes")

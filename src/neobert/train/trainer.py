@@ -30,6 +30,7 @@ from neobert.train.checkpoint import (
     resolve_checkpoint,
     restore_rank_state,
     save_checkpoint,
+    saved_world_size,
     unwrap_model,
 )
 from neobert.train.config import PretrainConfig, batch_split
@@ -183,17 +184,22 @@ class Trainer:
     def restore(self, folder: Path) -> None:
         """Everything from a checkpoint folder already verified: weights, optimiser, schedule, data position,
         RNG states, step."""
-        saved = read_checkpoint(folder, rank=self.context.rank, verify="marker")
-        if saved.world_size != self.context.world_size:
-            raise CheckpointError(
-                f"{folder} was written by {saved.world_size} process(es); resume with the same number "
-                f"(this run has {self.context.world_size}), since each one's data position is its own"
-            )
+        # The same processes: each takes back its own data position and RNG states. Another number of them
+        # (elastic resume): the model and optimiser states are whole in the checkpoint and are laid out for
+        # this world here, and every rank continues the global sample order from the step boundary, which
+        # any rank's loader state records (rank 0's is read); the RNG states stay this run's own.
+        same_world = saved_world_size(folder) == self.context.world_size
+        saved = read_checkpoint(folder, rank=self.context.rank if same_world else 0, verify="marker")
         dist_utils.load_full_state_dicts(
             self.wrapped, self.optimizer, saved.model_state, saved.trainer_state["optimizer"]
         )
         self.scheduler.load_state_dict(saved.trainer_state["scheduler"])
-        restore_rank_state(saved.rank_state, self.loader)
+        restore_rank_state(saved.rank_state, self.loader, rng=same_world)
+        if not same_world:
+            self.changed_on_resume.append(
+                f"processes: {saved.world_size} -> {self.context.world_size} (the global sample order continues "
+                "from the step boundary)"
+            )
         self.step = saved.step
         self.elapsed_before = float(saved.trainer_state.get("elapsed_seconds", 0.0))
         kept = saved.trainer_state.get("precision")
@@ -204,7 +210,7 @@ class Trainer:
         self.tokens_seen = float(saved.trainer_state.get("tokens_seen", 0.0))
         self.last_good_step = saved.step
         self.phases = list(saved.trainer_state.get("phases", []))
-        self.changed_on_resume = config_changes(saved.config or {}, self.config.resolved())
+        self.changed_on_resume += config_changes(saved.config or {}, self.config.resolved())
         self._apply_current_recipe(saved.config or {})
 
     def start_phase(self, start: PhaseStart) -> None:
