@@ -36,7 +36,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         'prompt stored with the model; "query" and "document" prompts are also used in training, '
         'e.g. --prompt "query=query: " --prompt "document=passage: "',
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    parser.add_argument(
+        "--restart",
+        "--overwrite",
+        dest="overwrite",
+        action="store_true",
+        help="replace what --out holds (an earlier embedder) with this run's; --overwrite is the older name",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

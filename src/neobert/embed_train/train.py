@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from neobert.embed import pool_packed
-from neobert.embed_train.data import HomogeneousBatches, read_pairs
+from neobert.embed_train.data import HomogeneousBatches, check_batch_fits, read_pairs
 from neobert.embed_train.grad_cache import contrastive_step
 from neobert.embed_train.loss import TEMPERATURE, info_nce
 from neobert.train.checkpoint import verify_model_folder
@@ -101,10 +101,12 @@ def train_contrastive(
     settings = settings or ContrastiveSettings()
     out = Path(out)
     if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
+        raise FileExistsError(f"--out {out} exists; pass --restart to replace it, or choose another --out")
     datasets = load_datasets(data)  # before any model work, so that bad data fails fast
-    context = init_distributed(settings.device)
+    check_batch_fits(datasets, settings.batch_size)
+    context = init_distributed(settings.device, option="--device")
     try:
+        check_batch_fits(datasets, settings.batch_size * context.world_size)
         torch.manual_seed(settings.seed + context.rank)
         model_dir = Path(model_dir)
         verify_model_folder(model_dir)

@@ -13,7 +13,7 @@ from typing import Any
 
 from neobert.eval.metrics import GLUE_METRICS, glue_score
 from neobert.files import write_json_atomically
-from neobert.finetune.glue_data import GlueTask, read_task
+from neobert.finetune.glue_data import GlueTask, check_data_source, read_task
 from neobert.finetune.model import load_task_model, model_folder, tokenizer_for
 from neobert.finetune.run import effective_max_length, sequence_task
 from neobert.finetune.trainer import FinetuneSettings, finetune
@@ -113,6 +113,7 @@ def run_glue(
     log=print,
 ) -> dict[str, Any]:
     out = Path(out)
+    check_data_source(data_source)
     pretrained = model_folder(model)
     ordered = sorted(tasks, key=lambda t: t.name != "mnli")  # MNLI first: four tasks start from its best model
     summaries: dict[str, Any] = {}

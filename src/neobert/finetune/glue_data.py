@@ -129,6 +129,18 @@ def is_glue_folder(data: str | os.PathLike) -> bool:
     return path.is_dir() and any((path / task.folder).is_dir() for task in TASKS.values())
 
 
+def check_data_source(data: str | os.PathLike) -> None:
+    """A --data that names no folder here and is not a hub name (`hf:NAME`, or the `org/name` form) is a
+    mistyped folder: refused at once, instead of minutes of hub lookups and a traceback."""
+    from neobert.tokenizer import looks_like_a_path
+
+    text = str(data)
+    if text.startswith("hf:") or Path(text).exists():
+        return
+    if looks_like_a_path(text) or len(Path(text).parts) != 2:
+        raise FinetuneDataError(f"--data {text}: no such folder (a hub dataset is named hf:NAME, e.g. hf:nyu-mll/glue)")
+
+
 def read_task(data: str | os.PathLike, task: GlueTask) -> tuple[Examples, dict[str, Examples]]:
     """(train, {validation name: examples}) from a GLUE folder, a saved `datasets` folder or `hf:nyu-mll/glue`."""
     if is_glue_folder(data):

@@ -1,0 +1,338 @@
+"""Hardening, round three (issue 20, items 3, 5 and 6): a folder's results always match its settings, every
+reader names the file and line, degenerate input is refused, and a user's mistake is one line with the
+documented exit code, found before any training. Each test is the audit's command and what it must do."""
+
+import json
+
+import pytest
+import torch
+
+from data_helpers import prepare_files, sample_texts, write_jsonl
+from embed_helpers import exported_model
+from finetune_helpers import tiny_model_folder, word_rows, write_table
+from neobert.cli import main
+from test_commands import TINY
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+FAST_FINETUNE = ["--no-progress", "--max-steps", "4", "--eval-every", "2", "--batch-size", "8", "--max-length", "16"]
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return tiny_model_folder(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("corpus")
+    source = write_jsonl(folder / "docs.jsonl", sample_texts(300, long_every=0))
+    prepare_files([source], folder / "prepared", max_length=32, heldout_fraction=0.1)
+    return folder / "prepared"
+
+
+def pretrain(corpus, out, *extra):
+    return main(["pretrain", "demo", *TINY, f"data.path={corpus}", f"system.output_dir={out}", *extra])
+
+
+# ---- item 3: a folder's results always match its settings ------------------------------------------------
+
+
+def test_finetune_into_a_finished_folder_with_other_settings_is_refused_until_restart(model_dir, tmp_path, capsys):
+    train = write_table(tmp_path / "train.csv", word_rows(32))
+    other_train = write_table(tmp_path / "other.csv", word_rows(32, seed=5))
+    valid = write_table(tmp_path / "dev.csv", word_rows(16, seed=1))
+    out = tmp_path / "run"
+    command = ["finetune", "--model", str(model_dir), "--validation", str(valid), "--out", str(out), *FAST_FINETUNE]
+    assert main([*command, "--train", str(train), "--lr", "1e-3"]) == 0
+    finished = (out / "results.json").read_bytes()
+    capsys.readouterr()
+
+    # Before: exit 0, "resuming from step 4", nothing trained, the old results kept under the new settings.
+    assert main([*command, "--train", str(train), "--lr", "2e-3"]) == 2
+    err = one_line_error(capsys)
+    assert "holds a run started with other settings (settings.lr: 0.001 -> 0.002)" in err and "--restart" in err
+    assert main([*command, "--train", str(other_train), "--lr", "1e-3"]) == 2
+    assert "data.train: other contents" in one_line_error(capsys)
+    assert (out / "results.json").read_bytes() == finished
+
+    # The same command again is the same run: it resumes (there is nothing left to train) and agrees.
+    assert main([*command, "--train", str(train), "--lr", "1e-3"]) == 0
+    assert json.loads((out / "results.json").read_text())["best_metric"] == json.loads(finished)["best_metric"]
+
+    # --restart: the earlier run is gone and the results are this run's.
+    assert main([*command, "--train", str(train), "--lr", "2e-3", "--restart"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["settings"]["lr"] == 2e-3 and results["steps"] == 4
+
+
+def test_finetune_with_another_label_space_in_a_finished_folder_is_refused(model_dir, tmp_path, capsys):
+    train = write_table(tmp_path / "train.csv", word_rows(32))
+    valid = write_table(tmp_path / "dev.csv", word_rows(16, seed=1))
+    three = [{**row, "label": ["pos", "neg", "meh"][i % 3]} for i, row in enumerate(word_rows(32))]
+    out = tmp_path / "run"
+    command = ["finetune", "--model", str(model_dir), "--out", str(out), *FAST_FINETUNE]
+    assert main([*command, "--train", str(train), "--validation", str(valid)]) == 0
+    capsys.readouterr()
+    three_train = write_table(tmp_path / "three.csv", three)
+    three_valid = write_table(tmp_path / "three-dev.csv", three[:12])
+    # Before: a traceback from loading a 2-label classifier into a 3-label one.
+    assert main([*command, "--train", str(three_train), "--validation", str(three_valid)]) == 2
+    err = one_line_error(capsys)
+    assert "label_space.names" in err and "--restart" in err
+
+
+def test_a_checkpoint_without_recorded_settings_is_not_resumed(model_dir, tmp_path, capsys):
+    train = write_table(tmp_path / "train.csv", word_rows(32))
+    valid = write_table(tmp_path / "dev.csv", word_rows(16, seed=1))
+    out = tmp_path / "run"
+    command = ["finetune", "--model", str(model_dir), "--train", str(train), "--validation", str(valid)]
+    assert main([*command, "--out", str(out), *FAST_FINETUNE]) == 0
+    (out / "run-settings.json").unlink()  # as a folder from before the record existed
+    capsys.readouterr()
+    assert main([*command, "--out", str(out), *FAST_FINETUNE]) == 2
+    assert "settings were not recorded (run-settings.json is missing)" in one_line_error(capsys)
+
+
+@pytest.fixture(scope="module")
+def ladder_corpus(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ladder-corpus")
+    source = write_jsonl(folder / "docs.jsonl", sample_texts(200, long_every=0))
+    prepare_files([source], folder / "prepared", max_length=128, heldout_fraction=0.1)
+    return folder / "prepared"
+
+
+def test_ablate_into_a_finished_folder_with_other_steps_is_refused_until_restart(ladder_corpus, tmp_path, capsys):
+    out = tmp_path / "ladder"
+    command = ["ablate", "--quick", "--rows", "m0", "--seeds", "1", "--no-probe", "--corpus", str(ladder_corpus)]
+    command += ["--out", str(out)]
+    assert main(command) == 0
+    finished = (out / "results.json").read_bytes()
+    capsys.readouterr()
+
+    # Before: exit 0 in seconds, the old 12-step table printed, results.json claiming 14 steps.
+    assert main([*command, "--steps", "14"]) == 2
+    err = one_line_error(capsys)
+    assert "settings.steps: null -> 14" in err and "--restart" in err
+    assert (out / "results.json").read_bytes() == finished
+
+    assert main([*command, "--steps", "14", "--restart"]) == 0
+    report = json.loads((out / "results.json").read_text())
+    assert report["settings"]["steps"] == 14 and [run["steps"] for run in report["runs"]] == [14]
+
+
+def test_contrastive_takes_restart_and_keeps_overwrite(tmp_path, capsys):
+    model = exported_model(tmp_path)
+    capsys.readouterr()  # its progress bars
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"query": f"q{i}", "positive": f"p{i}"}) + "\n" for i in range(4)))
+    out = tmp_path / "embedder"
+    command = ["contrastive", "--model", str(model), "--data", str(pairs), "--out", str(out), "--batch-size", "4"]
+    assert main([*command, "--steps", "1"]) == 0
+    capsys.readouterr()
+    assert main([*command, "--steps", "2"]) == 2
+    assert "exists; pass --restart to replace it" in one_line_error(capsys)
+    before = (out / "model.safetensors").read_bytes()
+    assert main([*command, "--steps", "2", "--restart"]) == 0
+    assert (out / "model.safetensors").read_bytes() != before
+    assert main([*command, "--steps", "1", "--overwrite"]) == 0
+
+
+# ---- item 6: every reader names the file and line; degenerate input is refused ----------------------------
+
+
+def test_resume_followed_by_an_override_resumes_and_applies_it(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert pretrain(corpus, out, "budget.steps=4", "--stop-at-step", "2") == 0
+    capsys.readouterr()
+    # Before: "train.lr=5e-4" was taken as the checkpoint to resume from.
+    assert pretrain(corpus, out, "budget.steps=4", "--resume", "train.lr=5e-4") == 0
+    printed = capsys.readouterr().out
+    assert f"resumed from {out / 'checkpoints' / 'step-00000002'} at step 2" in printed
+    assert "completed at step 4" in printed
+    assert "lr: 0.0005" in (out / "config.yaml").read_text()
+
+
+def utf16(path, text: str):
+    path.write_bytes(text.encode("utf-16"))  # with its byte-order mark, as Windows editors save it
+    return path
+
+
+def test_utf16_files_are_named_by_every_reader(model_dir, tmp_path, capsys):
+    csv = utf16(tmp_path / "train.csv", "text,label\ngood,pos\nbad,neg\n")
+    command = ["finetune", "--model", str(model_dir), "--train", str(csv), "--validation", str(csv)]
+    assert main([*command, "--out", str(tmp_path / "ft")]) == 2
+    assert f"{csv}: the file is UTF-16 (it starts with a byte-order mark); save it as UTF-8" in one_line_error(capsys)
+
+    model = exported_model(tmp_path / "embedder")
+    capsys.readouterr()  # its progress bars
+    texts = utf16(tmp_path / "texts.txt", "one\ntwo\n")
+    # Before: "no text found".
+    assert main(["encode", "--model", str(model), "--input", str(texts), "--output", str(tmp_path / "v.npy")]) == 2
+    assert f"{texts}: the file is UTF-16" in one_line_error(capsys)
+
+    pairs = utf16(tmp_path / "pairs.jsonl", '{"query": "q", "positive": "p"}\n')
+    out = tmp_path / "contrastive"
+    assert main(["contrastive", "--model", str(model), "--data", str(pairs), "--out", str(out)]) == 2
+    assert f"{pairs}: the file is UTF-16" in one_line_error(capsys)
+
+    no_mark = tmp_path / "no-mark.txt"
+    no_mark.write_bytes("one\ntwo\n".encode("utf-16-le"))
+    assert main(["encode", "--model", str(model), "--input", str(no_mark), "--output", str(tmp_path / "v.npy")]) == 2
+    assert f"{no_mark}: line 1 holds NUL bytes" in one_line_error(capsys)
+
+    conll = utf16(tmp_path / "train.conll", "Alice B-PER\n")
+    token = ["finetune", "--task", "token-classification", "--model", str(model_dir), "--out", str(tmp_path / "t")]
+    assert main([*token, "--train", str(conll), "--validation", str(conll)]) == 2
+    assert f"{conll}: the file is UTF-16" in one_line_error(capsys)
+    assert not (tmp_path / "t").exists() and not out.exists() and not (tmp_path / "v.npy").exists()
+
+
+def test_a_utf8_byte_order_mark_is_read_past(model_dir, tmp_path):
+    from neobert.commands.encode import read_texts
+    from neobert.finetune.data import read_rows
+
+    csv = tmp_path / "train.csv"
+    csv.write_bytes(b"\xef\xbb\xbftext,label\ngood,pos\n")
+    assert read_rows(csv) == [{"text": "good", "label": "pos"}]
+    texts = tmp_path / "texts.txt"
+    texts.write_bytes(b"\xef\xbb\xbfone\r\ntwo\n")
+    assert read_texts(texts, "text") == ["one", "two"]
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "-Infinity"])
+def test_non_finite_regression_labels_are_refused_at_load(model_dir, tmp_path, capsys, bad):
+    rows = [{"text": f"text {i}", "label": str(0.5 * i + 0.25)} for i in range(8)]
+    rows[5]["label"] = bad
+    train = write_table(tmp_path / "train.csv", rows)
+    out = tmp_path / "run"
+    command = ["finetune", "--model", str(model_dir), "--train", str(train), "--validation", str(train)]
+    # Before: "cannot convert float NaN to integer", or (inf) an error found after the whole training run.
+    assert main([*command, "--out", str(out), "--problem", "regression"]) == 2
+    assert f"{train}: row 6: label '{bad}' is not finite" in one_line_error(capsys)
+    assert main([*command, "--out", str(out)]) == 2  # the label space guessed from the same file
+    assert f"{train}: row 6: label '{bad}' is not finite" in one_line_error(capsys)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "lines, batch, message",
+    [
+        (['{"query": "", "positive": " "}'] * 6, 4, "pairs.jsonl:1: field 'query' is empty"),
+        (['{"query": "q", "positive": "p"}'], 4, "dataset pairs has 1 distinct pair(s), fewer than a batch of 4"),
+        (['{"query": "q", "positive": "p"}'] * 5, 4, "has 1 distinct pair(s)"),
+        (['{"query": "a", "positive": "b"}', '{"query": "q", "positive": "p", "negatives": 5}'], 1, "pairs.jsonl:2"),
+    ],
+)
+def test_degenerate_contrastive_data_is_refused_before_training(tmp_path, capsys, lines, batch, message):
+    model = exported_model(tmp_path)
+    capsys.readouterr()  # its progress bars
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "embedder"
+    command = ["contrastive", "--model", str(model), "--data", str(pairs), "--out", str(out)]
+    # Before: a constant loss and exit 0, or (negatives: 5) "TypeError: 'int' object is not iterable".
+    assert main([*command, "--batch-size", str(batch), "--steps", "2"]) == 2
+    assert message in one_line_error(capsys)
+    assert not out.exists()
+
+
+def test_negatives_that_are_not_a_list_name_the_line(tmp_path):
+    from neobert.embed_train.data import read_pairs
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"query": "q", "positive": "p", "negatives": 5}\n')
+    with pytest.raises(ValueError, match=r"pairs.jsonl:1: negatives must be a string or a list of strings, got 5$"):
+        read_pairs(pairs)
+
+
+# ---- item 5: no traceback for a user's mistake -----------------------------------------------------------
+
+
+def test_an_output_dir_that_is_a_file_is_refused(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.write_text("my notes\n")
+    assert pretrain(corpus, out, "budget.steps=2") == 2
+    assert f"system.output_dir {out} is a file, not a folder" in one_line_error(capsys)
+    assert out.read_text() == "my notes\n"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="asks for CUDA on a machine without it")
+def test_cuda_without_a_gpu_is_one_line(corpus, tmp_path, capsys):
+    assert pretrain(corpus, tmp_path / "run", "budget.steps=2", "system.device=cuda") == 2
+    assert "system.device=cuda, but no CUDA device is available here" in one_line_error(capsys)
+    assert not (tmp_path / "run").exists()
+    model = exported_model(tmp_path)
+    capsys.readouterr()  # its progress bars
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"query": f"q{i}", "positive": f"p{i}"}) + "\n" for i in range(4)))
+    command = ["contrastive", "--model", str(model), "--data", str(pairs), "--out", str(tmp_path / "e")]
+    assert main([*command, "--batch-size", "4", "--device", "cuda"]) == 2
+    assert "--device=cuda, but no CUDA device is available here" in one_line_error(capsys)
+
+
+def test_resume_with_another_model_shape_names_the_fields(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert pretrain(corpus, out, "budget.steps=4", "--stop-at-step", "2") == 0
+    capsys.readouterr()
+    # Before: 32 lines of state-dict size mismatches in a traceback.
+    assert pretrain(corpus, out, "budget.steps=4", "model.overrides.hidden_size=64", "--resume") == 3
+    err = one_line_error(capsys)
+    assert "holds a model of another shape than this configuration builds" in err
+    assert "hidden_size: 32 -> 64" in err
+
+
+def test_a_missing_tokenizer_folder_is_one_line(corpus, tmp_path, capsys):
+    missing = tmp_path / "no-such-tokenizer"
+    # Before: a hub lookup traceback.
+    assert pretrain(corpus, tmp_path / "run", "budget.steps=2", f"data.tokenizer={missing}") == 2
+    assert f"tokenizer folder {missing} does not exist" in one_line_error(capsys)
+
+    from neobert.tokenizer import looks_like_a_path
+
+    assert looks_like_a_path(str(missing)) and looks_like_a_path("./tok") and looks_like_a_path("a/b/c")
+    assert not looks_like_a_path("google-bert/bert-base-uncased") and not looks_like_a_path("bert-base-uncased")
+
+
+def test_encode_output_naming_a_folder_is_refused_before_encoding(tmp_path, capsys, monkeypatch):
+    import neobert.embed
+
+    model = exported_model(tmp_path)
+    capsys.readouterr()  # its progress bars
+    texts = tmp_path / "texts.txt"
+    texts.write_text("one\ntwo\n")
+    monkeypatch.setattr(neobert.embed, "encode", lambda *a, **k: pytest.fail("encoded before checking --output"))
+    # Before: every text encoded, then IsADirectoryError.
+    assert main(["encode", "--model", str(model), "--input", str(texts), "--output", str(tmp_path)]) == 2
+    assert f"--output {tmp_path} is a folder; name the .npy file to write" in one_line_error(capsys)
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    assert main(["encode", "--model", str(model), "--input", str(texts), "--output", str(blocker / "v.npy")]) == 2
+    assert f"{blocker} is a file, not a folder" in one_line_error(capsys)
+
+
+def test_encode_names_the_line_of_bad_json(tmp_path, capsys):
+    model = exported_model(tmp_path)
+    capsys.readouterr()  # its progress bars
+    texts = tmp_path / "texts.jsonl"
+    texts.write_text('{"text": "one"}\n{"text": \n')
+    assert main(["encode", "--model", str(model), "--input", str(texts), "--output", str(tmp_path / "v.npy")]) == 2
+    assert f"{texts}:2: not JSON" in one_line_error(capsys)
+
+
+def test_glue_data_naming_a_missing_folder_is_refused_at_once(model_dir, tmp_path, capsys, monkeypatch):
+    from neobert.finetune import glue_data
+
+    monkeypatch.setattr(glue_data, "_from_datasets", lambda *a: pytest.fail("looked the folder up on the hub"))
+    for missing in (tmp_path / "glue", "glue_data", "./glue"):
+        # Before: taken for a hub name, 36 s of retries, then a traceback.
+        command = ["glue", "--model", str(model_dir), "--data", str(missing), "--tasks", "rte"]
+        assert main([*command, "--out", str(tmp_path / "out")]) == 2
+        assert f"--data {missing}: no such folder (a hub dataset is named hf:NAME" in one_line_error(capsys)
+    assert not (tmp_path / "out").exists()
