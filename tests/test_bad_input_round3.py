@@ -10,6 +10,7 @@ import torch
 from data_helpers import prepare_files, sample_texts, write_jsonl
 from embed_helpers import exported_model
 from finetune_helpers import tiny_model_folder, word_rows, write_table
+from glue_files import write_glue_folder
 from neobert.cli import main
 from test_commands import TINY
 
@@ -144,6 +145,26 @@ def test_contrastive_takes_restart_and_keeps_overwrite(tmp_path, capsys):
     assert main([*command, "--steps", "1", "--overwrite"]) == 0
 
 
+def test_glue_does_not_read_back_a_grid_point_of_other_settings(model_dir, tmp_path, capsys):
+    glue = write_glue_folder(tmp_path / "data")
+    out = tmp_path / "glue"
+    command = ["glue", "--model", str(model_dir), "--data", str(glue), "--out", str(out), "--no-progress"]
+    command += ["--tasks", "sst2", "--grid", "small", "--lrs", "1e-4", "--batch-sizes", "8", "--eval-every", "1"]
+    command += ["--max-length", "32"]
+    assert main([*command, "--max-steps", "2"]) == 0
+    finished = (out / "sst2" / "lr0.0001-bs8-wd0.01" / "results.json").read_bytes()
+    capsys.readouterr()
+    # Before: the 2-step run's results read back as those of a 3-step run.
+    assert main([*command, "--max-steps", "3"]) == 2
+    err = one_line_error(capsys)
+    assert "settings.max_steps: 2 -> 3" in err and "--restart" in err
+    assert (out / "sst2" / "lr0.0001-bs8-wd0.01" / "results.json").read_bytes() == finished
+    assert main([*command, "--max-steps", "2"]) == 0  # the same settings: read back
+    assert main([*command, "--max-steps", "3", "--restart"]) == 0
+    results = json.loads((out / "sst2" / "lr0.0001-bs8-wd0.01" / "results.json").read_text())
+    assert results["steps"] == 3
+
+
 # ---- item 6: every reader names the file and line; degenerate input is refused ----------------------------
 
 
@@ -176,6 +197,9 @@ def test_utf16_files_are_named_by_every_reader(model_dir, tmp_path, capsys):
     # Before: "no text found".
     assert main(["encode", "--model", str(model), "--input", str(texts), "--output", str(tmp_path / "v.npy")]) == 2
     assert f"{texts}: the file is UTF-16" in one_line_error(capsys)
+    scoring = ["evaluate", "--model", str(model_dir), "--pseudo-perplexity", str(texts), "--out", str(tmp_path / "ev")]
+    assert main(scoring) == 2
+    assert f"{texts}: the file is UTF-16" in one_line_error(capsys)
 
     pairs = utf16(tmp_path / "pairs.jsonl", '{"query": "q", "positive": "p"}\n')
     out = tmp_path / "contrastive"
@@ -186,6 +210,12 @@ def test_utf16_files_are_named_by_every_reader(model_dir, tmp_path, capsys):
     no_mark.write_bytes("one\ntwo\n".encode("utf-16-le"))
     assert main(["encode", "--model", str(model), "--input", str(no_mark), "--output", str(tmp_path / "v.npy")]) == 2
     assert f"{no_mark}: line 1 holds NUL bytes" in one_line_error(capsys)
+
+    glue = write_glue_folder(tmp_path / "glue")
+    tsv = utf16(glue / "SST-2" / "dev.tsv", "sentence\tlabel\na good film\t1\n")
+    glue_command = ["glue", "--model", str(model_dir), "--data", str(glue), "--tasks", "sst2"]
+    assert main([*glue_command, "--out", str(tmp_path / "g")]) == 2
+    assert f"{tsv}: the file is UTF-16" in one_line_error(capsys)
 
     conll = utf16(tmp_path / "train.conll", "Alice B-PER\n")
     token = ["finetune", "--task", "token-classification", "--model", str(model_dir), "--out", str(tmp_path / "t")]

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from neobert.finetune.data import Examples, FinetuneDataError, LabelSpace
+from neobert.text_files import TextEncodingError, check_utf8
 
 
 @dataclass(frozen=True)
@@ -83,8 +85,11 @@ def resolve_tasks(names: str | None) -> list[GlueTask]:
 def _read_tsv(path: Path, task: GlueTask) -> Examples:
     if not path.is_file():
         raise FinetuneDataError(f"{path}: missing (the original GLUE layout has {task.folder}/{path.name})")
-    with open(path, encoding="utf-8-sig", newline="") as handle:
-        rows = list(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
+    try:
+        text = check_utf8(path, path.read_bytes())
+    except TextEncodingError as error:
+        raise FinetuneDataError(str(error)) from None
+    rows = list(csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE))
     if task.header:
         header = [name.strip() for name in rows[0]]
         wanted = [c for c in (task.text, task.pair, task.label) if c is not None]
