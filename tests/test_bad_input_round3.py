@@ -285,6 +285,35 @@ def test_negatives_that_are_not_a_list_name_the_line(tmp_path):
 # ---- item 5: no traceback for a user's mistake -----------------------------------------------------------
 
 
+def test_a_tokenizer_bigger_than_the_models_vocabulary_is_refused_before_training(tmp_path, capsys):
+    small = tiny_model_folder(tmp_path / "model", vocab_size=1000)
+    capsys.readouterr()  # its progress bar
+    train = write_table(tmp_path / "train.csv", word_rows(16))
+    out = tmp_path / "run"
+    command = ["finetune", "--model", str(small), "--train", str(train), "--validation", str(train)]
+    # Before: a traceback from the first training step ("input_ids must lie in [0, 1000)").
+    assert main([*command, "--out", str(out), *FAST_FINETUNE]) == 2
+    assert f"{small / 'config.json'}: vocab_size is 1000, but the tokenizer gives token id" in one_line_error(capsys)
+    assert not out.exists()
+
+
+def test_a_folder_that_is_not_a_pairs_dataset_is_named(tmp_path, capsys):
+    import datasets
+
+    model = exported_model(tmp_path)
+    capsys.readouterr()  # its progress bars
+    saved = tmp_path / "saved"
+    datasets.DatasetDict({"dev": datasets.Dataset.from_dict({"query": ["q"], "positive": ["p"]})}).save_to_disk(saved)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    capsys.readouterr()  # the progress bar of saving
+    cases = ((saved, "no split 'train'; it has dev"), (empty, "a folder that is not a saved `datasets` dataset"))
+    for data, message in cases:
+        command = ["contrastive", "--model", str(model), "--data", str(data), "--out", str(tmp_path / "e")]
+        assert main(command) == 2
+        assert f"{data}: {message}" in one_line_error(capsys)
+
+
 def test_an_output_dir_that_is_a_file_is_refused(corpus, tmp_path, capsys):
     out = tmp_path / "run"
     out.write_text("my notes\n")

@@ -61,8 +61,14 @@ def read_pairs(source: str | Path) -> list[Pair]:
             name, _, config = text[3:].partition(":")
             rows = datasets.load_dataset(name, config or None, split="train")
         else:
-            rows = datasets.load_from_disk(text)
+            try:
+                rows = datasets.load_from_disk(text)
+            except (FileNotFoundError, ValueError) as error:
+                first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                raise ValueError(f"{text}: a folder that is not a saved `datasets` dataset ({first})") from None
             if isinstance(rows, datasets.DatasetDict):
+                if "train" not in rows:
+                    raise ValueError(f"{text}: no split 'train'; it has {', '.join(rows)}")
                 rows = rows["train"]
         return [pair_from_record(row, f"{text}[{i}]") for i, row in enumerate(rows)]
     path = Path(text)
