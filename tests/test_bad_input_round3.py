@@ -322,6 +322,16 @@ def test_an_output_dir_that_is_a_file_is_refused(corpus, tmp_path, capsys):
     assert out.read_text() == "my notes\n"
 
 
+def test_demo_maps_a_users_mistake_to_the_exit_codes_of_pretrain(corpus, tmp_path, capsys):
+    out = tmp_path / "demo"
+    out.write_text("my notes\n")
+    command = ["demo", "--corpus", str(corpus), "--out", str(out), "--no-probe", *TINY, "budget.steps=2"]
+    # Before: a ValueError traceback.
+    assert main(command) == 2
+    assert f"neobert demo: system.output_dir {out} is a file, not a folder" in one_line_error(capsys)
+    assert out.read_text() == "my notes\n"
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="asks for CUDA on a machine without it")
 def test_cuda_without_a_gpu_is_one_line(corpus, tmp_path, capsys):
     assert pretrain(corpus, tmp_path / "run", "budget.steps=2", "system.device=cuda") == 2
