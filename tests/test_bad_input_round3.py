@@ -322,6 +322,27 @@ def test_an_output_dir_that_is_a_file_is_refused(corpus, tmp_path, capsys):
     assert out.read_text() == "my notes\n"
 
 
+def test_an_out_that_is_a_file_is_refused_by_every_writer_and_kept(model_dir, tmp_path, capsys):
+    notes = tmp_path / "notes"
+    notes.write_text("mine\n")
+    train = write_table(tmp_path / "train.csv", word_rows(16))
+    finetune = ["finetune", "--model", str(model_dir), "--train", str(train), "--validation", str(train)]
+    glue = ["glue", "--model", str(model_dir), "--data", str(write_glue_folder(tmp_path / "glue")), "--tasks", "sst2"]
+    model = exported_model(tmp_path / "embedder")
+    capsys.readouterr()  # its progress bars
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"query": f"q{i}", "positive": f"p{i}"}) + "\n" for i in range(4)))
+    contrastive = ["contrastive", "--model", str(model), "--data", str(pairs), "--batch-size", "4", "--restart"]
+    export = ["export", str(model), "--overwrite"]
+    # Before: a traceback (finetune, glue), or (contrastive --restart, export --overwrite) after all the work.
+    for command in (finetune, glue, contrastive, export):
+        assert main([*command, "--out", str(notes)]) == 2
+        assert f"--out {notes} is a file, not a folder" in one_line_error(capsys)
+        assert main([*command, "--out", str(notes / "inside")]) == 2
+        assert f"--out {notes / 'inside'}: {notes} is a file, not a folder" in one_line_error(capsys)
+    assert notes.read_text() == "mine\n"
+
+
 def test_demo_maps_a_users_mistake_to_the_exit_codes_of_pretrain(corpus, tmp_path, capsys):
     out = tmp_path / "demo"
     out.write_text("my notes\n")

@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from neobert.finetune.model import ModelFolderError, load_task_model
     from neobert.finetune.run import FinetuneRequest, prepare
     from neobert.finetune.trainer import finetune
-    from neobert.run_lock import FolderInUse
+    from neobert.run_lock import FolderInUse, check_output_folder
     from neobert.run_settings import RunMismatch, model_digest
 
     settings = settings_from(
@@ -83,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         settings=settings,
     )
     try:
+        check_output_folder(args.out, "--out")
         folder, data = prepare(request)
     except (FinetuneDataError, ModelFolderError, ValueError) as error:
         print(f"neobert finetune: {error}", file=sys.stderr)

@@ -37,8 +37,10 @@ def run(args: argparse.Namespace) -> int:
     from neobert.finetune.glue import GRIDS, run_glue
     from neobert.finetune.glue_data import resolve_tasks
     from neobert.finetune.model import ModelFolderError
+    from neobert.run_lock import check_output_folder
 
     try:
+        check_output_folder(args.out, "--out")
         tasks = resolve_tasks(args.tasks)
         if args.grid not in GRIDS:
             raise ValueError(f"--grid must be one of {', '.join(GRIDS)}, got {args.grid!r}")

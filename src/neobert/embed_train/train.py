@@ -14,6 +14,7 @@ from neobert.embed import pool_packed
 from neobert.embed_train.data import HomogeneousBatches, check_batch_fits, read_pairs
 from neobert.embed_train.grad_cache import contrastive_step
 from neobert.embed_train.loss import TEMPERATURE, info_nce
+from neobert.run_lock import check_output_folder
 from neobert.train.checkpoint import verify_model_folder
 
 
@@ -100,6 +101,7 @@ def train_contrastive(
 
     settings = settings or ContrastiveSettings()
     out = Path(out)
+    check_output_folder(out, "--out")
     if out.exists() and not overwrite:
         raise FileExistsError(f"--out {out} exists; pass --restart to replace it, or choose another --out")
     datasets = load_datasets(data)  # before any model work, so that bad data fails fast
