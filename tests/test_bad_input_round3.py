@@ -343,6 +343,58 @@ def test_an_out_that_is_a_file_is_refused_by_every_writer_and_kept(model_dir, tm
     assert notes.read_text() == "mine\n"
 
 
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--batch-size", "0", "--batch-size must be at least 1, got 0"),  # before: ZeroDivisionError
+        ("--eval-batch-size", "0", "--eval-batch-size must be at least 1, got 0"),  # before: range() arg 3
+        ("--patience", "0", "--patience must be at least 1, got 0"),  # before: an OSError about a hub repo id
+        ("--lr", "-1", "--lr must be a finite number >= 0, got -1.0"),  # before: a torch traceback
+        ("--max-length", "0", "--max-length must leave room for [CLS], a token and [SEP] (3), got 0"),  # exit 0
+        ("--epochs", "0", "--epochs must be a positive number, got 0.0"),  # before: exit 0 after one step
+        ("--max-steps", "-1", "--max-steps must be at least 1, got -1"),
+    ],
+)
+def test_finetune_settings_that_cannot_train_are_refused(model_dir, tmp_path, capsys, option, value, message):
+    train = write_table(tmp_path / "train.csv", word_rows(16))
+    out = tmp_path / "run"
+    command = ["finetune", "--model", str(model_dir), "--train", str(train), "--validation", str(train)]
+    command += ["--out", str(out), "--no-progress"]
+    if option not in ("--max-steps", "--epochs"):
+        command += ["--max-steps", "2"]
+    assert main([*command, option, value]) == 2
+    assert message in one_line_error(capsys)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--temperature", "0", "--temperature must be a positive number, got 0.0"),  # before: exit 0
+        ("--max-length", "0", "--max-length must leave room for [CLS], a token and [SEP] (3), got 0"),  # exit 0
+        ("--alpha", "nan", "--alpha must be a finite number >= 0, got nan"),  # before: "Probabilities contain NaN"
+    ],
+)
+def test_contrastive_settings_that_cannot_train_are_refused(tmp_path, capsys, option, value, message):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"query": f"q{i}", "positive": f"p{i}"}) + "\n" for i in range(4)))
+    out = tmp_path / "embedder"
+    command = ["contrastive", "--model", str(tmp_path / "no-model"), "--data", str(pairs), "--out", str(out)]
+    assert main([*command, "--batch-size", "4", option, value]) == 2
+    assert message in one_line_error(capsys)
+    assert not out.exists()
+
+
+def test_encode_max_length_0_is_refused_not_taken_as_the_default(tmp_path, capsys):
+    model = exported_model(tmp_path)
+    capsys.readouterr()  # its progress bars
+    texts = tmp_path / "texts.txt"
+    texts.write_text("one\n")
+    command = ["encode", "--model", str(model), "--input", str(texts), "--output", str(tmp_path / "v.npy")]
+    assert main([*command, "--max-length", "0"]) == 2
+    assert "max_length must leave room for [CLS] and [SEP], got 0" in one_line_error(capsys)
+
+
 def test_demo_maps_a_users_mistake_to_the_exit_codes_of_pretrain(corpus, tmp_path, capsys):
     out = tmp_path / "demo"
     out.write_text("my notes\n")

@@ -66,9 +66,13 @@ def run(args: argparse.Namespace) -> int:
     from neobert.run_lock import FolderInUse, check_output_folder
     from neobert.run_settings import RunMismatch, model_digest
 
-    settings = settings_from(
-        args, lr=args.lr, batch_size=args.batch_size, weight_decay=args.weight_decay, metric=args.metric
-    )
+    try:
+        settings = settings_from(
+            args, lr=args.lr, batch_size=args.batch_size, weight_decay=args.weight_decay, metric=args.metric
+        )
+    except ValueError as error:
+        print(f"neobert finetune: {error}", file=sys.stderr)
+        return 2
     request = FinetuneRequest(
         model=args.model,
         train=args.train,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import tempfile
 import time
 from collections.abc import Sequence
@@ -33,6 +34,26 @@ class ContrastiveSettings:
     seed: int = 0
     log_every: int = 10
     device: str = "auto"
+
+    def __post_init__(self) -> None:
+        """Settings that cannot train refused before any work, named by their command-line flags (a zero
+        temperature divides by zero; a NaN alpha makes every dataset's probability NaN)."""
+        problems = [
+            f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}"
+            for name in ("steps", "batch_size", "log_every")
+            if getattr(self, name) < 1
+        ]
+        if self.max_length < 3:
+            problems.append(f"--max-length must leave room for [CLS], a token and [SEP] (3), got {self.max_length}")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            problems.append(f"--temperature must be a positive number, got {self.temperature}")
+        for name in ("lr", "weight_decay", "alpha"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                problems.append(f"--{name.replace('_', '-')} must be a finite number >= 0, got {getattr(self, name)}")
+        if self.warmup_steps < 0:
+            problems.append(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
+        if problems:
+            raise ValueError("; ".join(problems))
 
 
 def packed_embedder(model: torch.nn.Module, tokenizer, max_length: int, pooling: str, device: torch.device):

@@ -69,6 +69,29 @@ class FinetuneSettings:
     progress: bool = True
     keep_checkpoints: bool = True
 
+    def __post_init__(self) -> None:
+        """Settings that cannot train (a batch of 0, patience 0, a NaN learning rate) refused before any work,
+        named by their command-line flags."""
+        problems = []
+        for name in ("batch_size", "eval_batch_size", "patience"):
+            if getattr(self, name) < 1:
+                problems.append(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("max_steps", "eval_every"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                problems.append(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.max_length < 3:
+            problems.append(f"--max-length must leave room for [CLS], a token and [SEP] (3), got {self.max_length}")
+        if self.max_steps is None and not (math.isfinite(self.epochs) and self.epochs > 0):
+            problems.append(f"--epochs must be a positive number, got {self.epochs}")
+        for name in ("lr", "weight_decay"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                problems.append(f"--{name.replace('_', '-')} must be a finite number >= 0, got {getattr(self, name)}")
+        for name in ("warmup_fraction", "classifier_dropout"):
+            if not 0 <= getattr(self, name) < 1:
+                problems.append(f"{name} must lie in [0, 1), got {getattr(self, name)}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
 
 @dataclass
 class TaskData:
