@@ -405,6 +405,20 @@ def test_demo_maps_a_users_mistake_to_the_exit_codes_of_pretrain(corpus, tmp_pat
     assert out.read_text() == "my notes\n"
 
 
+def test_an_output_dir_under_a_file_and_a_missing_contrastive_model_are_one_line(corpus, tmp_path, capsys):
+    notes = tmp_path / "notes"
+    notes.write_text("mine\n")
+    assert pretrain(corpus, notes / "run", "budget.steps=2") == 2
+    assert f"system.output_dir {notes / 'run'}: {notes} is a file, not a folder" in one_line_error(capsys)
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"query": f"q{i}", "positive": f"p{i}"}) + "\n" for i in range(4)))
+    missing = tmp_path / "no-model"
+    command = ["contrastive", "--model", str(missing), "--data", str(pairs), "--out", str(tmp_path / "e")]
+    # Before: an OSError traceback about a hub repo id.
+    assert main([*command, "--batch-size", "4"]) == 2
+    assert f"--model {missing} holds no model (no config.json" in one_line_error(capsys)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="asks for CUDA on a machine without it")
 def test_cuda_without_a_gpu_is_one_line(corpus, tmp_path, capsys):
     assert pretrain(corpus, tmp_path / "run", "budget.steps=2", "system.device=cuda") == 2
