@@ -123,12 +123,12 @@ def train_contrastive(
     settings = settings or ContrastiveSettings()
     out = Path(out)
     check_output_folder(out, "--out")
-    if not (Path(model_dir) / "config.json").is_file():
-        raise FileNotFoundError(f"--model {model_dir} holds no model (no config.json; `neobert export` writes one)")
     if out.exists() and not overwrite:
         raise FileExistsError(f"--out {out} exists; pass --restart to replace it, or choose another --out")
     datasets = load_datasets(data)  # before any model work, so that bad data fails fast
     check_batch_fits(datasets, settings.batch_size)
+    if not (Path(model_dir) / "config.json").is_file():
+        raise FileNotFoundError(f"--model {model_dir} holds no model (no config.json; `neobert export` writes one)")
     context = init_distributed(settings.device, option="--device")
     try:
         check_batch_fits(datasets, settings.batch_size * context.world_size)
