@@ -224,6 +224,14 @@ def test_utf16_files_are_named_by_every_reader(model_dir, tmp_path, capsys):
     assert not (tmp_path / "t").exists() and not out.exists() and not (tmp_path / "v.npy").exists()
 
 
+def test_a_broken_json_lines_table_names_its_line(model_dir, tmp_path, capsys):
+    train = tmp_path / "train.jsonl"
+    train.write_text('{"text": "good", "label": "pos"}\n{"text": "bad", "label": \n{"text": "ok", "label": "neg"}\n')
+    command = ["finetune", "--model", str(model_dir), "--train", str(train), "--validation", str(train)]
+    assert main([*command, "--out", str(tmp_path / "run")]) == 2
+    assert f"{train}:2: not a readable JSONL file" in one_line_error(capsys)
+
+
 def test_a_utf8_byte_order_mark_is_read_past(model_dir, tmp_path):
     from neobert.commands.encode import read_texts
     from neobert.finetune.data import read_rows

@@ -6,6 +6,7 @@ validation label that training never saw is a `FinetuneDataError` naming the fil
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -92,8 +93,23 @@ def read_rows(source: str | os.PathLike, split: str = "train") -> list[dict[str,
     except pd.errors.ParserError as error:
         raise FinetuneDataError(f"{path}: not a readable {suffix[1:].upper()} file ({error})") from None
     except ValueError as error:  # pandas' JSON errors, and Arrow's for a damaged Parquet file
-        raise FinetuneDataError(f"{path}: not a readable {suffix[1:].upper()} file ({error})") from None
+        where = _first_bad_json_line(path) if suffix == ".jsonl" else ""
+        raise FinetuneDataError(f"{path}{where}: not a readable {suffix[1:].upper()} file ({error})") from None
     return frame.to_dict(orient="records")
+
+
+def _first_bad_json_line(path: Path) -> str:
+    """`:N` for the first line of a JSON Lines file that is not a JSON object (pandas does not say which)."""
+    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            return f":{number}"
+        if not isinstance(record, dict):
+            return f":{number}"
+    return ""
 
 
 def _check_text(path: Path) -> None:
