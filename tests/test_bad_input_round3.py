@@ -165,6 +165,25 @@ def test_glue_does_not_read_back_a_grid_point_of_other_settings(model_dir, tmp_p
     assert results["steps"] == 3
 
 
+def test_mteb_does_not_read_back_the_scores_of_another_model_of_the_same_name(tmp_path, monkeypatch, capsys):
+    mteb = pytest.importorskip("mteb")
+    from test_embed_mteb import LocalRetrieval, expected_scores
+
+    monkeypatch.setattr(mteb, "get_tasks", lambda tasks: [LocalRetrieval() for _ in tasks])
+    first, second = exported_model(tmp_path / "a", seed=0), exported_model(tmp_path / "b", seed=1)
+    assert first.name == second.name  # both "exported": one name for mteb, other weights
+    out = tmp_path / "mteb"
+    scores = {}
+    for folder in (first, second):
+        assert main(["mteb", "--model", str(folder), "--tasks", "Local", "--out", str(out), "--no-prompts"]) == 0
+        scores[folder] = json.loads((out / "summary.json").read_text())["main_scores"]["NeoBERTLocalRetrieval"]
+    # Before: the second model's "scores" were the first's, read from mteb's cache (revision "local").
+    expected = {folder: expected_scores(folder)["ndcg_at_10"] for folder in (first, second)}
+    assert expected[first] != pytest.approx(expected[second], abs=1e-3)
+    for folder in (first, second):
+        assert scores[folder] == pytest.approx(expected[folder], abs=1e-5)
+
+
 # ---- item 6: every reader names the file and line; degenerate input is refused ----------------------------
 
 
