@@ -500,6 +500,32 @@ def test_encode_output_naming_a_folder_is_refused_before_encoding(tmp_path, caps
     assert f"{blocker} is a file, not a folder" in one_line_error(capsys)
 
 
+def test_encode_on_a_full_disk_is_one_line_and_leaves_no_temporary(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import numpy as np
+
+    model = exported_model(tmp_path)
+    capsys.readouterr()  # its progress bars
+    texts = tmp_path / "texts.txt"
+    texts.write_text("one\ntwo\n")
+    out = tmp_path / "vectors"
+    out.mkdir()
+
+    def full_disk(handle, array):
+        handle.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "save", full_disk)
+    # Before: an OSError traceback, and a partial temporary left beside the output.
+    command = ["encode", "--model", str(model), "--input", str(texts), "--output", str(out / "v.npy")]
+    assert main(command) == 4
+    err = capsys.readouterr().err  # after the model's loading bar (the encoding ran), one line
+    assert "Traceback" not in err
+    assert err.splitlines()[-1] == f"neobert encode: cannot write --output {out / 'v.npy'}: No space left on device"
+    assert list(out.iterdir()) == []
+
+
 def test_encode_names_the_line_of_bad_json(tmp_path, capsys):
     model = exported_model(tmp_path)
     capsys.readouterr()  # its progress bars

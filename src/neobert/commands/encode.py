@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -72,7 +73,13 @@ def save_npy_atomically(path: Path, array) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".npy", delete=False) as tmp:
-        np.save(tmp, array)
+        try:
+            np.save(tmp, array)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        except BaseException:
+            os.unlink(tmp.name)  # a disk that filled up keeps no half-written temporary
+            raise
     os.replace(tmp.name, path)
 
 
@@ -98,6 +105,11 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, TypeError, FileNotFoundError, json.JSONDecodeError) as error:
         print(f"neobert encode: {error}", file=sys.stderr)
         return 2
-    save_npy_atomically(Path(args.output), vectors)
+    try:
+        save_npy_atomically(Path(args.output), vectors)
+    except OSError as error:
+        # The same codes as `neobert pretrain`: 4 for a full disk, 2 for a path that cannot be written.
+        print(f"neobert encode: cannot write --output {args.output}: {error.strerror or error}", file=sys.stderr)
+        return 4 if error.errno in (errno.ENOSPC, errno.EDQUOT) else 2
     print(f"wrote {args.output}: {vectors.shape[0]} vectors of {vectors.shape[-1]} ({vectors.dtype})")
     return 0
