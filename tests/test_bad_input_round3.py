@@ -2,6 +2,7 @@
 reader names the file and line, degenerate input is refused, and a user's mistake is one line with the
 documented exit code, found before any training. Each test is the audit's command and what it must do."""
 
+import errno
 import json
 
 import pytest
@@ -23,6 +24,13 @@ def one_line_error(capsys) -> str:
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     return err
+
+
+def last_error_line(capsys) -> str:
+    """The error of a command that failed after some work (whose progress bars come first): no traceback."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    return err.strip().splitlines()[-1]
 
 
 @pytest.fixture(scope="module")
@@ -524,6 +532,53 @@ def test_encode_on_a_full_disk_is_one_line_and_leaves_no_temporary(tmp_path, cap
     assert "Traceback" not in err
     assert err.splitlines()[-1] == f"neobert encode: cannot write --output {out / 'v.npy'}: No space left on device"
     assert list(out.iterdir()) == []
+
+
+def no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device", "/the/disk/file")
+
+
+def test_a_full_disk_during_export_onnx_leaves_no_folder_that_blocks_a_rerun(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    model = exported_model(tmp_path)
+    out = tmp_path / "onnx"
+    monkeypatch.setattr(torch.onnx, "export", no_space)
+    capsys.readouterr()
+    # Before: an OSError traceback, and a copied folder that made the rerun fail with "exists and is not empty".
+    assert main(["export-onnx", str(model), "--out", str(out)]) == 4
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert (
+        err.splitlines()[-1]
+        == f"neobert export-onnx: cannot write --out {out}: /the/disk/file: No space left on device"
+    )
+    assert not out.exists()
+
+    exported = tmp_path / "exported-with-onnx"
+    assert main(["export", str(model), "--out", str(exported), "--onnx"]) == 4
+    assert capsys.readouterr().err.splitlines()[-1].startswith(f"neobert export: cannot write --out {exported}:")
+    assert not exported.exists()  # the same command can run again, without --overwrite
+
+
+def test_a_full_disk_while_finetuning_is_exit_4_in_one_line(model_dir, tmp_path, capsys, monkeypatch):
+    from neobert.finetune import trainer
+    from neobert.train.checkpoint import DiskFullError
+
+    train = write_table(tmp_path / "train.csv", word_rows(16))
+    command = ["finetune", "--model", str(model_dir), "--train", str(train), "--validation", str(train)]
+    command += FAST_FINETUNE
+    monkeypatch.setattr(trainer, "write_json_atomically", no_space)
+    # Before: an OSError traceback.
+    assert main([*command, "--out", str(tmp_path / "a")]) == 4
+    assert last_error_line(capsys) == "neobert finetune: /the/disk/file: No space left on device"
+
+    def full_checkpoint(root, *args, **kwargs):
+        raise DiskFullError(f"{root}: the disk is full; the previous checkpoint is kept")
+
+    monkeypatch.setattr(trainer, "save_checkpoint", full_checkpoint)
+    # Before: exit 3, the code of a damaged checkpoint.
+    assert main([*command, "--out", str(tmp_path / "b")]) == 4
+    assert last_error_line(capsys).endswith("the disk is full; the previous checkpoint is kept")
 
 
 def test_encode_names_the_line_of_bad_json(tmp_path, capsys):
