@@ -25,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         const=True,
         default=False,
         metavar="CHECKPOINT",
-        help="continue from the run's latest good checkpoint, or from the one named",
+        help="continue from the run's latest good checkpoint, or from the one named (a key=value after "
+        "--resume is an override, not a checkpoint)",
     )
     parser.add_argument("--stop-at-step", type=int, default=None, help="checkpoint and stop at this step")
 
