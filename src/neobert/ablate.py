@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import statistics
 import time
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from typing import Any
 
 from neobert.files import write_json_atomically
 from neobert.run_lock import hold_folder
+from neobert.run_settings import SETTINGS_FILE, check_same_run, folder_digest, record_run
 
 
 @dataclass(frozen=True)
@@ -206,13 +208,39 @@ def _mean_tokens_per_s(path: Path) -> float | None:
     return statistics.median(speeds) if speeds else None
 
 
-def run_ladder(rows: list[Row], settings: LadderSettings, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Every row and seed, skipping those already in the results file (an interrupted ladder resumes).
-    One process at a time runs a ladder in `settings.out` (FolderInUse otherwise)."""
+def run_ladder(
+    rows: list[Row], settings: LadderSettings, log: Callable[[str], None] = print, restart: bool = False
+) -> dict[str, Any]:
+    """Every row and seed, skipping those already in the results file (an interrupted ladder resumes), when
+    the folder's ladder was started with the same settings (RunMismatch otherwise); `restart` deletes an
+    earlier ladder first. One process at a time runs a ladder in `settings.out` (FolderInUse otherwise)."""
     for row in rows:  # every configuration checked before anything trains
         row_config(row, settings, 0)
     with hold_folder(settings.out, "--out"):
+        out = Path(settings.out)
+        if restart:
+            clear_ladder(out)
+        fingerprint = ladder_fingerprint(settings)
+        # A run left part-way without a ladder record is pretrain's to resume or refuse (its config.yaml).
+        if any((out / name).exists() for name in ("results.json", SETTINGS_FILE)):
+            check_same_run(out, fingerprint)
+        else:
+            record_run(out, fingerprint)
         return _run_rows(rows, settings, log)
+
+
+def ladder_fingerprint(settings: LadderSettings) -> dict[str, Any]:
+    """What every run of a ladder depends on: its settings (more seeds or other rows extend the same ladder)
+    and the corpus's manifest, which lists every shard's checksum."""
+    recorded = {key: value for key, value in asdict(settings).items() if key not in ("out", "seeds")}
+    return {"settings": recorded, "corpus": folder_digest(settings.corpus, ("manifest.json",))}
+
+
+def clear_ladder(out: Path) -> None:
+    """Forget an earlier ladder in `out`: its runs, results, table, figure and settings."""
+    shutil.rmtree(out / "runs", ignore_errors=True)
+    for name in ("results.json", "ablations.md", "ablations.png", SETTINGS_FILE):
+        (out / name).unlink(missing_ok=True)
 
 
 def _run_rows(rows: list[Row], settings: LadderSettings, log: Callable[[str], None]) -> dict[str, Any]:

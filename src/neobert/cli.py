@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-from neobert.errors import EXIT_CHECKPOINT, CheckpointError
+from neobert.errors import EXIT_CHECKPOINT, EXIT_DISK_FULL, WRITE_FAULTS, CheckpointError, io_failure
 
 # name -> (module, one-line help). Each module defines `add_arguments(parser)` and `run(args) -> int`.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -45,7 +45,15 @@ def main(argv: list[str] | None = None) -> int:
         return int(importlib.import_module(args._module).run(args) or 0)
     except CheckpointError as error:  # whichever command read the checkpoint: the same line, the same code
         print(f"neobert {args.command}: {error}", file=sys.stderr)
-        return EXIT_CHECKPOINT
+        from neobert.train.checkpoint import DiskFullError  # loaded already: the error came from there
+
+        return EXIT_DISK_FULL if isinstance(error, DiskFullError) else EXIT_CHECKPOINT
+    except OSError as error:
+        if error.errno not in WRITE_FAULTS:
+            raise
+        line, code = io_failure(args.command, error)
+        print(line, file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -269,6 +269,8 @@ def encode(
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if output_dim is not None and (not isinstance(output_dim, int) or output_dim < 1):
         raise ValueError(f"output_dim must be a positive integer, got {output_dim!r}")
+    if max_length is not None and max_length < 2:  # before the model is loaded
+        raise ValueError(f"max_length must leave room for [CLS] and [SEP], got {max_length}")
     texts, single = check_texts(texts)
     embedder = as_embedder(model_or_path, tokenizer, backend)
     if pooling is None:
@@ -280,7 +282,7 @@ def encode(
             )
     hidden_size = embedder.model.config.hidden_size if embedder.model is not None else None
     prefix = _resolve_prompt(embedder, prompt, prompt_name)
-    limit = max_length or embedder.max_length
+    limit = embedder.max_length if max_length is None else max_length  # 0 is refused, not the default
     if limit < 2:
         raise ValueError(f"max_length must leave room for [CLS] and [SEP], got {limit}")
 

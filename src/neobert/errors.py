@@ -3,7 +3,26 @@ kind. Kept free of heavy imports, so that the command line can catch them withou
 
 from __future__ import annotations
 
+import errno
+
+EXIT_BAD_INPUT = 2
 EXIT_CHECKPOINT = 3
+EXIT_DISK_FULL = 4
+
+
+# I/O faults a user can act on (free space, permissions); other OSErrors stay tracebacks (they are bugs).
+WRITE_FAULTS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def io_failure(command: str, error: OSError, what: str | None = None) -> tuple[str, int]:
+    """The one line and exit code for an I/O fault: 4 when the disk or quota is full, as `neobert pretrain`
+    documents, else 2 (a path that cannot be read or written). `what` names the output being written, e.g.
+    "--out runs/x"; the file the fault happened on is named when the error knows it."""
+    full = error.errno in (errno.ENOSPC, errno.EDQUOT)
+    reason = error.strerror or str(error)
+    where = f"{error.filename}: " if error.filename else ""
+    doing = f"cannot write {what}: " if what else ""
+    return f"neobert {command}: {doing}{where}{reason}", EXIT_DISK_FULL if full else EXIT_BAD_INPUT
 
 
 class CheckpointError(RuntimeError):

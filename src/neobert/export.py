@@ -12,6 +12,7 @@ from transformers import AutoModelForMaskedLM
 
 from neobert.config import NeoBERTConfig
 from neobert.files import follow_umask
+from neobert.run_lock import check_output_folder
 from neobert.tokenizer import load_tokenizer
 from neobert.train.checkpoint import verify_model_folder
 
@@ -38,6 +39,7 @@ def export_model(
     if not (source / "config.json").is_file():
         raise FileNotFoundError(f"{source} holds no model (no config.json)")
     verify_model_folder(source)
+    check_output_folder(out, "--out")  # a file in the way is the user's, --overwrite or not: refused, never deleted
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
     # The source's own code format does not matter: the folder gets the current code.

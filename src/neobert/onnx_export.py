@@ -70,6 +70,16 @@ def export_onnx(model_dir: str | Path, out: str | Path | None = None, int8: bool
     if not encoder.config.rope:
         raise ValueError("ONNX export covers rotary-position models (every NeoBERT preset but bert-like-m0)")
     wrapper = _ExportableEncoder(encoder).eval()
+    created = out != model_dir and not out.exists()
+    try:
+        return _export_into(wrapper, model_dir, out, int8)
+    except BaseException:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)  # a failed export leaves no folder that blocks the next one
+        raise
+
+
+def _export_into(wrapper: torch.nn.Module, model_dir: Path, out: Path, int8: bool) -> Path:
     if out != model_dir:
         if out.exists() and any(out.iterdir()):
             raise FileExistsError(f"{out} exists and is not empty")

@@ -32,13 +32,23 @@ def _holder_description(path: Path) -> str:
     return text or "another process"
 
 
+def check_output_folder(folder: str | os.PathLike, option: str = "the output folder") -> None:
+    """ValueError (exit 2) when `folder`, or the nearest part of its path that exists, is not a folder: for
+    commands to call before their heavy work, since the lock is taken only when writing starts."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{option} {folder} is a file, not a folder")
+    blocking = next((parent for parent in folder.absolute().parents if parent.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise ValueError(f"{option} {folder}: {blocking} is a file, not a folder")
+
+
 @contextlib.contextmanager
 def hold_folder(folder: str | os.PathLike, option: str = "the output folder") -> Iterator[Path]:
     """Create `folder` if needed and hold its lock until the block ends; FolderInUse if another process
     holds it. `option` is how the user named the folder (e.g. "system.output_dir", "--out")."""
     folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"{option} {folder} is a file, not a folder")
+    check_output_folder(folder, option)
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_FILE

@@ -82,13 +82,38 @@ def bert_tokenizer(vocab_file: str | os.PathLike, max_length: int = DEFAULT_MAX_
     return BertTokenizer(vocab=vocab, model_input_names=MODEL_INPUT_NAMES, model_max_length=max_length)
 
 
+def looks_like_a_path(name: str) -> bool:
+    """A name the user meant as a folder (not a hub name such as `org/model`): absolute, relative to `.`,
+    `..` or `~`, more than two parts, or under a folder that exists here."""
+    path = Path(name)
+    if path.is_absolute() or name.startswith(("./", "../", "~")) or name.endswith(("/", os.sep)):
+        return True
+    parts = path.parts
+    return len(parts) > 2 or (len(parts) == 2 and Path(parts[0]).is_dir())
+
+
+def _named_tokenizer(name_or_path: str | os.PathLike) -> PreTrainedTokenizerBase:
+    name = str(name_or_path)
+    path = Path(name).expanduser()
+    if not path.exists() and looks_like_a_path(name):
+        raise FileNotFoundError(f"tokenizer folder {name} does not exist")
+    if path.exists() and not path.is_dir():
+        raise FileNotFoundError(f"tokenizer {name} is a file; name the folder that holds it")
+    try:
+        return AutoTokenizer.from_pretrained(str(path) if path.exists() else name)
+    except (OSError, ValueError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        where = f"folder {name}" if path.exists() else f"{name!r} (no such folder here, so a hub name)"
+        raise FileNotFoundError(f"tokenizer {where} could not be loaded: {first}") from None
+
+
 def load_tokenizer(
     name_or_path: str | os.PathLike | None = None, max_length: int = DEFAULT_MAX_LENGTH
 ) -> PreTrainedTokenizerBase:
     """NeoBERT's tokenizer (bert-base-uncased WordPiece) offline, or any transformers tokenizer by
     hub name or folder. Either way it returns only `input_ids` and `attention_mask`."""
     if name_or_path is not None:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        tokenizer = _named_tokenizer(name_or_path)
     else:
         try:
             tokenizer = bert_tokenizer(bert_vocab_file(), max_length)

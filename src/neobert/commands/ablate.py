@@ -20,7 +20,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=None, help="optimiser steps per run (default: ablations/small)")
     parser.add_argument("--quick", action="store_true", help="tiny shapes and a few steps: checks the ladder runs")
     parser.add_argument("--corpus", default=None, help="prepared corpus folder (default: the cached demo corpus)")
-    parser.add_argument("--out", default="runs/ablate", help="results folder (an interrupted ladder resumes there)")
+    parser.add_argument(
+        "--out", default="runs/ablate", help="results folder (a ladder of the same settings resumes there)"
+    )
+    parser.add_argument("--restart", action="store_true", help="delete the ladder in --out and start afresh")
     parser.add_argument("--no-probe", action="store_true", help="skip the frozen-embedding linear probe")
 
 
@@ -54,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         extra=tuple(overrides),
     )
     try:
-        report = run_ladder(rows, settings)
+        report = run_ladder(rows, settings, restart=args.restart)
     except LadderInterrupted as error:
         print(f"neobert ablate: {error}; the same command resumes it", file=sys.stderr)
         return 130

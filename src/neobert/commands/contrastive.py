@@ -36,27 +36,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         'prompt stored with the model; "query" and "document" prompts are also used in training, '
         'e.g. --prompt "query=query: " --prompt "document=passage: "',
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    parser.add_argument(
+        "--restart",
+        "--overwrite",
+        dest="overwrite",
+        action="store_true",
+        help="replace what --out holds (an earlier embedder) with this run's; --overwrite is the older name",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from neobert.commands.export import parse_prompts
     from neobert.embed_train.train import ContrastiveSettings, train_contrastive
 
-    settings = ContrastiveSettings(
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        temperature=args.temperature,
-        alpha=args.alpha,
-        chunk_size=args.grad_cache,
-        max_length=args.max_length,
-        pooling=args.pooling,
-        warmup_steps=args.warmup_steps,
-        seed=args.seed,
-        device=args.device,
-    )
     try:
+        settings = ContrastiveSettings(
+            steps=args.steps,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            temperature=args.temperature,
+            alpha=args.alpha,
+            chunk_size=args.grad_cache,
+            max_length=args.max_length,
+            pooling=args.pooling,
+            warmup_steps=args.warmup_steps,
+            seed=args.seed,
+            device=args.device,
+        )
         if args.steps < 1:
             raise ValueError(f"--steps must be positive, got {args.steps}")
         if args.pooling not in ("mean", "cls", "max"):

@@ -45,10 +45,23 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"neobert demo: {error}", file=sys.stderr)
         return 2
+    from neobert.commands.pretrain import EXIT_BAD_INPUT, EXIT_DISK_FULL, EXIT_DIVERGED
+    from neobert.train.checkpoint import DiskFullError
     from neobert.train.data import make_eval_batches, make_loader
-    from neobert.train.pretrain import pretrain
+    from neobert.train.pretrain import TrainingDiverged, pretrain
 
-    result = pretrain(config, make_loader, make_eval_batches)
+    # The same exit codes as `neobert pretrain` (a damaged checkpoint is mapped in cli.py).
+    try:
+        result = pretrain(config, make_loader, make_eval_batches)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"neobert demo: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except DiskFullError as error:
+        print(f"neobert demo: {error}", file=sys.stderr)
+        return EXIT_DISK_FULL
+    except TrainingDiverged as error:
+        print(f"neobert demo: {error}", file=sys.stderr)
+        return EXIT_DIVERGED
     report = summarise(config, result, corpus, time.time() - started)
     if not args.no_probe and result.checkpoint is not None:
         report["probe"] = probe_against_random_init(config, result.checkpoint)

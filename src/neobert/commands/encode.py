@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -35,21 +36,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def read_texts(path: Path, text_field: str) -> list[str]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
-    if path.suffix == ".jsonl":
-        texts = []
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                record = json.loads(line)
-                if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
-                    raise ValueError(f"{path}:{number}: no string field {text_field!r}")
-                texts.append(record[text_field])
-        return texts
-    with open(path, encoding="utf-8") as handle:
-        return [line.rstrip("\n") for line in handle]
+    """One text a line of a .txt file, or the `text_field` of each JSON Lines record; every problem named
+    with the file and line."""
+    from neobert.text_files import utf8_lines
+
+    lines = utf8_lines(path)
+    if path.suffix != ".jsonl":
+        return lines
+    texts = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}:{number}: not JSON ({error.msg})") from None
+        if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+            raise ValueError(f"{path}:{number}: no string field {text_field!r}")
+        texts.append(record[text_field])
+    return texts
+
+
+def check_output(path: Path) -> None:
+    """Before any encoding: the vectors must have somewhere to go."""
+    if path.is_dir():
+        raise ValueError(f"--output {path} is a folder; name the .npy file to write")
+    parent = next((p for p in path.absolute().parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ValueError(f"--output {path}: {parent} is a file, not a folder")
+    if parent is not None and not os.access(parent, os.W_OK):
+        raise ValueError(f"--output {path}: {parent} is not writable")
 
 
 def save_npy_atomically(path: Path, array) -> None:
@@ -57,7 +73,13 @@ def save_npy_atomically(path: Path, array) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".npy", delete=False) as tmp:
-        np.save(tmp, array)
+        try:
+            np.save(tmp, array)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        except BaseException:
+            os.unlink(tmp.name)  # a disk that filled up keeps no half-written temporary
+            raise
     os.replace(tmp.name, path)
 
 
@@ -65,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
     from neobert.embed import encode
 
     try:
+        check_output(Path(args.output))
         texts = read_texts(Path(args.input), args.text_field)
         vectors = encode(
             args.model,
@@ -82,6 +105,11 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, TypeError, FileNotFoundError, json.JSONDecodeError) as error:
         print(f"neobert encode: {error}", file=sys.stderr)
         return 2
-    save_npy_atomically(Path(args.output), vectors)
+    try:
+        save_npy_atomically(Path(args.output), vectors)
+    except OSError as error:
+        # The same codes as `neobert pretrain`: 4 for a full disk, 2 for a path that cannot be written.
+        print(f"neobert encode: cannot write --output {args.output}: {error.strerror or error}", file=sys.stderr)
+        return 4 if error.errno in (errno.ENOSPC, errno.EDQUOT) else 2
     print(f"wrote {args.output}: {vectors.shape[0]} vectors of {vectors.shape[-1]} ({vectors.dtype})")
     return 0

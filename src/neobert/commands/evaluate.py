@@ -46,11 +46,12 @@ def _pseudo_perplexity(args, folder: Path, out: Path) -> dict:
         results_as_dicts,
     )
     from neobert.finetune.model import tokenizer_for
+    from neobert.text_files import utf8_lines
 
     text_file = Path(args.pseudo_perplexity)
     if not text_file.is_file():
         raise FileNotFoundError(f"{text_file}: no such text file")
-    texts = [line for line in text_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    texts = [line for line in utf8_lines(text_file) if line.strip()]
     model = AutoModelForMaskedLM.from_pretrained(folder)
     lengths = [int(v) for v in args.lengths.split(",")]
     results = perplexity_by_length(

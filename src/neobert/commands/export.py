@@ -4,6 +4,7 @@ sentence-transformers and the official remote code."""
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 
 
@@ -42,8 +43,13 @@ def parse_prompts(items: list[str]) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from neobert.errors import io_failure
     from neobert.export import export_model
 
+    existed = Path(args.out).exists()
+    out = None
     try:
         if args.int8 and not args.onnx:
             raise ValueError("--int8 quantises the ONNX export: add --onnx")
@@ -64,5 +70,12 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError, FileExistsError) as error:
         print(f"neobert export: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        if out is not None and not existed:
+            # The folder is complete but its ONNX step failed: remove it, so the same command can run again.
+            shutil.rmtree(out, ignore_errors=True)
+        line, code = io_failure("export", error, f"--out {args.out}")
+        print(line, file=sys.stderr)
+        return code
     print(f"wrote {out}")
     return 0

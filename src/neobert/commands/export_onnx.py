@@ -21,5 +21,11 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError, FileExistsError) as error:
         print(f"neobert export-onnx: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        from neobert.errors import io_failure
+
+        line, code = io_failure("export-onnx", error, f"--out {args.out or args.model}")
+        print(line, file=sys.stderr)
+        return code
     print(f"wrote {path}" + (f" and {path.with_name('model_int8.onnx')}" if args.int8 else ""))
     return 0

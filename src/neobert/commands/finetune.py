@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="a model folder, checkpoint or `neobert export` output")
     parser.add_argument("--train", required=True, help="CSV, TSV, JSONL, Parquet, a saved datasets folder, hf:NAME")
     parser.add_argument("--validation", required=True, help="same formats; labels must occur in --train")
-    parser.add_argument("--out", required=True, help="output folder (resumes when it holds a checkpoint)")
+    parser.add_argument("--out", required=True, help="output folder (resumes a run of the same settings)")
     parser.add_argument("--task", default="sequence-classification", help="or token-classification (CoNLL files)")
     parser.add_argument("--text-column", default="text")
     parser.add_argument("--text-pair-column", default=None, help="second text of a pair: [CLS] A [SEP] B [SEP]")
@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--weight-decay", type=float, default=0.01)
     parser.add_argument("--metric", default=None, help="selection metric (default: accuracy / pearson / f1)")
-    parser.add_argument("--restart", action="store_true", help="ignore a checkpoint in --out and start over")
+    parser.add_argument("--restart", action="store_true", help="delete the run in --out and start afresh")
     add_settings_arguments(parser)
 
 
@@ -63,11 +63,16 @@ def run(args: argparse.Namespace) -> int:
     from neobert.finetune.model import ModelFolderError, load_task_model
     from neobert.finetune.run import FinetuneRequest, prepare
     from neobert.finetune.trainer import finetune
-    from neobert.run_lock import FolderInUse
+    from neobert.run_lock import FolderInUse, check_output_folder
+    from neobert.run_settings import RunMismatch, model_digest
 
-    settings = settings_from(
-        args, lr=args.lr, batch_size=args.batch_size, weight_decay=args.weight_decay, metric=args.metric
-    )
+    try:
+        settings = settings_from(
+            args, lr=args.lr, batch_size=args.batch_size, weight_decay=args.weight_decay, metric=args.metric
+        )
+    except ValueError as error:
+        print(f"neobert finetune: {error}", file=sys.stderr)
+        return 2
     request = FinetuneRequest(
         model=args.model,
         train=args.train,
@@ -82,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
         settings=settings,
     )
     try:
+        check_output_folder(args.out, "--out")
         folder, data = prepare(request)
     except (FinetuneDataError, ModelFolderError, ValueError) as error:
         print(f"neobert finetune: {error}", file=sys.stderr)
@@ -94,8 +100,9 @@ def run(args: argparse.Namespace) -> int:
             args.out,
             extra_results={"model": str(folder), "task": args.task, "train": str(args.train)},
             restart=args.restart,
+            origin={"model": model_digest(folder)},
         )
-    except FolderInUse as error:
+    except (FolderInUse, RunMismatch) as error:
         print(f"neobert finetune: {error}", file=sys.stderr)
         return 2
     print(f"best {result.best_metric:.4f} at step {result.best_step} of {result.steps}: {result.best_metrics}")

@@ -22,7 +22,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-sizes", default=None, help="comma list replacing the grid's batch sizes")
     parser.add_argument("--weight-decays", default=None, help="comma list replacing the grid's weight decays")
     parser.add_argument("--mnli-model", default=None, help="the MNLI model to start RTE/STS-B/MRPC/QNLI from")
-    parser.add_argument("--out", default="runs/glue", help="output folder (finished runs are reused)")
+    parser.add_argument(
+        "--out", default="runs/glue", help="output folder (finished runs of the same settings are reused)"
+    )
+    parser.add_argument("--restart", action="store_true", help="delete the earlier runs of these tasks in --out first")
     add_settings_arguments(parser)
     parser.set_defaults(max_length=1024)
 
@@ -34,8 +37,10 @@ def run(args: argparse.Namespace) -> int:
     from neobert.finetune.glue import GRIDS, run_glue
     from neobert.finetune.glue_data import resolve_tasks
     from neobert.finetune.model import ModelFolderError
+    from neobert.run_lock import check_output_folder
 
     try:
+        check_output_folder(args.out, "--out")
         tasks = resolve_tasks(args.tasks)
         if args.grid not in GRIDS:
             raise ValueError(f"--grid must be one of {', '.join(GRIDS)}, got {args.grid!r}")
@@ -46,7 +51,9 @@ def run(args: argparse.Namespace) -> int:
             grid = replace(grid, batch_sizes=tuple(int(v) for v in args.batch_sizes.split(",")))
         if args.weight_decays:
             grid = replace(grid, weight_decays=tuple(float(v) for v in args.weight_decays.split(",")))
-        report = run_glue(args.model, args.data, tasks, grid, settings_from(args), args.out, args.mnli_model)
+        report = run_glue(
+            args.model, args.data, tasks, grid, settings_from(args), args.out, args.mnli_model, restart=args.restart
+        )
     except (FinetuneDataError, ModelFolderError, ValueError) as error:
         print(f"neobert glue: {error}", file=sys.stderr)
         return 2

@@ -25,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         const=True,
         default=False,
         metavar="CHECKPOINT",
-        help="continue from the run's latest good checkpoint, or from the one named",
+        help="continue from the run's latest good checkpoint, or from the one named (a key=value after "
+        "--resume is an override, not a checkpoint)",
     )
     parser.add_argument("--stop-at-step", type=int, default=None, help="checkpoint and stop at this step")
 
@@ -51,6 +52,11 @@ def run(args: argparse.Namespace) -> int:
     from neobert.train.data import make_eval_batches, make_loader
     from neobert.train.pretrain import TrainingDiverged, pretrain
 
+    if isinstance(args.resume, str) and "=" in args.resume:
+        # `--resume` takes an optional checkpoint, so argparse hands it the override that follows it; a
+        # checkpoint path with "=" in it is not worth that trap: the item is an override, and the run resumes.
+        args.items.append(args.resume)
+        args.resume = True
     try:
         paths, overrides = split_items(args.items)
         config = load_config(paths, overrides)

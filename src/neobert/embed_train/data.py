@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from neobert.text_files import utf8_lines
+
 
 @dataclass(frozen=True)
 class Pair:
@@ -19,7 +21,7 @@ class Pair:
 
 
 def pair_from_record(record: object, where: str) -> Pair:
-    """Fields: "query", "positive" (strings); optional "negatives" (list of strings) or "negative"."""
+    """Fields: "query", "positive" (non-empty strings); optional "negatives" (a list of strings) or "negative"."""
     if not isinstance(record, dict):
         raise ValueError(f"{where}: expected an object with query and positive, got {type(record).__name__}")
     for name in ("query", "positive"):
@@ -27,13 +29,16 @@ def pair_from_record(record: object, where: str) -> Pair:
             raise ValueError(f"{where}: missing field {name!r} (need query, positive and optional negatives)")
         if not isinstance(record[name], str):
             raise ValueError(f"{where}: field {name!r} must be a string, got {type(record[name]).__name__}")
+        if not record[name].strip():
+            raise ValueError(f"{where}: field {name!r} is empty; every pair needs a query and a positive text")
     negatives = record.get("negatives", record.get("negative", ()))
     if negatives is None:
         negatives = ()
     if isinstance(negatives, str):
         negatives = (negatives,)
-    if not all(isinstance(n, str) for n in negatives):
-        raise ValueError(f"{where}: negatives must be a string or a list of strings")
+    if not isinstance(negatives, list | tuple) or not all(isinstance(n, str) for n in negatives):
+        shown = json.dumps(negatives, default=str)[:40]
+        raise ValueError(f"{where}: negatives must be a string or a list of strings, got {shown}")
     return Pair(record["query"], record["positive"], tuple(negatives))
 
 
@@ -56,25 +61,42 @@ def read_pairs(source: str | Path) -> list[Pair]:
             name, _, config = text[3:].partition(":")
             rows = datasets.load_dataset(name, config or None, split="train")
         else:
-            rows = datasets.load_from_disk(text)
+            try:
+                rows = datasets.load_from_disk(text)
+            except (FileNotFoundError, ValueError) as error:
+                first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                raise ValueError(f"{text}: a folder that is not a saved `datasets` dataset ({first})") from None
             if isinstance(rows, datasets.DatasetDict):
+                if "train" not in rows:
+                    raise ValueError(f"{text}: no split 'train'; it has {', '.join(rows)}")
                 rows = rows["train"]
         return [pair_from_record(row, f"{text}[{i}]") for i, row in enumerate(rows)]
     path = Path(text)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist (pairs come from {DATA_FORMS})")
     pairs = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if line.strip():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise ValueError(f"{path}:{number}: not JSON ({error.msg})") from None
-                pairs.append(pair_from_record(record, f"{path}:{number}"))
+    for number, line in enumerate(utf8_lines(path), 1):
+        if line.strip():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{number}: not JSON ({error.msg})") from None
+            pairs.append(pair_from_record(record, f"{path}:{number}"))
     if not pairs:
         raise ValueError(f"{path} holds no pairs")
     return pairs
+
+
+def check_batch_fits(datasets: dict[str, list[Pair]], global_batch: int) -> None:
+    """Every dataset must fill a batch with distinct pairs: with fewer, a batch repeats a pair, whose positive
+    then counts as its own negative, and the loss cannot fall (training would run and learn nothing)."""
+    for name, pairs in datasets.items():
+        distinct = len(set(pairs))
+        if distinct < max(global_batch, 2):
+            raise ValueError(
+                f"dataset {name} has {distinct} distinct pair(s), fewer than a batch of {global_batch} "
+                "(--batch-size times processes) needs; lower --batch-size or add pairs"
+            )
 
 
 def sampling_probabilities(sizes: list[int], alpha: float = 0.5) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import tempfile
 import time
 from collections.abc import Sequence
@@ -11,9 +12,10 @@ from pathlib import Path
 import torch
 
 from neobert.embed import pool_packed
-from neobert.embed_train.data import HomogeneousBatches, read_pairs
+from neobert.embed_train.data import HomogeneousBatches, check_batch_fits, read_pairs
 from neobert.embed_train.grad_cache import contrastive_step
 from neobert.embed_train.loss import TEMPERATURE, info_nce
+from neobert.run_lock import check_output_folder
 from neobert.train.checkpoint import verify_model_folder
 
 
@@ -32,6 +34,26 @@ class ContrastiveSettings:
     seed: int = 0
     log_every: int = 10
     device: str = "auto"
+
+    def __post_init__(self) -> None:
+        """Settings that cannot train refused before any work, named by their command-line flags (a zero
+        temperature divides by zero; a NaN alpha makes every dataset's probability NaN)."""
+        problems = [
+            f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}"
+            for name in ("steps", "batch_size", "log_every")
+            if getattr(self, name) < 1
+        ]
+        if self.max_length < 3:
+            problems.append(f"--max-length must leave room for [CLS], a token and [SEP] (3), got {self.max_length}")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            problems.append(f"--temperature must be a positive number, got {self.temperature}")
+        for name in ("lr", "weight_decay", "alpha"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                problems.append(f"--{name.replace('_', '-')} must be a finite number >= 0, got {getattr(self, name)}")
+        if self.warmup_steps < 0:
+            problems.append(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
+        if problems:
+            raise ValueError("; ".join(problems))
 
 
 def packed_embedder(model: torch.nn.Module, tokenizer, max_length: int, pooling: str, device: torch.device):
@@ -100,11 +122,16 @@ def train_contrastive(
 
     settings = settings or ContrastiveSettings()
     out = Path(out)
+    check_output_folder(out, "--out")
     if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
+        raise FileExistsError(f"--out {out} exists; pass --restart to replace it, or choose another --out")
     datasets = load_datasets(data)  # before any model work, so that bad data fails fast
-    context = init_distributed(settings.device)
+    check_batch_fits(datasets, settings.batch_size)
+    if not (Path(model_dir) / "config.json").is_file():
+        raise FileNotFoundError(f"--model {model_dir} holds no model (no config.json; `neobert export` writes one)")
+    context = init_distributed(settings.device, option="--device")
     try:
+        check_batch_fits(datasets, settings.batch_size * context.world_size)
         torch.manual_seed(settings.seed + context.rank)
         model_dir = Path(model_dir)
         verify_model_folder(model_dir)

@@ -15,6 +15,7 @@ from mteb.models import ModelMeta
 from mteb.models.abs_encoder import AbsEncoder
 
 from neobert.embed import encode, load_embedder
+from neobert.run_settings import digest_of, model_digest
 
 # Query-side instructions for asymmetric task types; documents and symmetric tasks are left as they are.
 PROMPTS_BY_TASK_TYPE = {
@@ -24,12 +25,20 @@ PROMPTS_BY_TASK_TYPE = {
 }
 
 
-def neobert_model_meta(path: str | Path, embedder) -> ModelMeta:
+def local_revision(path: str | Path, pooling: str | None, prompts: dict[str, str]) -> str:
+    """What mteb's result cache keys a local model by, beside its name: a digest of the weights and of what
+    changes the vectors (pooling, prompts). A fixed "local" let a retrained model, or another one in a
+    folder of the same name, read back the scores cached for the first."""
+    digest = digest_of({"model": model_digest(path), "pooling": pooling, "prompts": prompts})
+    return f"local-{digest[:16]}"
+
+
+def neobert_model_meta(path: str | Path, embedder, revision: str = "local") -> ModelMeta:
     model = embedder.model
     return ModelMeta(
         loader=None,
         name=f"neobert/{Path(path).name}",
-        revision="local",
+        revision=revision,
         release_date=None,
         languages=["eng-Latn"],
         n_parameters=sum(p.numel() for p in model.parameters()) if model is not None else None,
@@ -73,7 +82,8 @@ class NeoBERTEncoder(AbsEncoder):
             **self.embedder.prompts,
             **(prompts or {}),
         }
-        self.mteb_model_meta = neobert_model_meta(model_name, self.embedder)
+        revision = local_revision(model_name, pooling, self.model_prompts)
+        self.mteb_model_meta = neobert_model_meta(model_name, self.embedder, revision)
 
     def prompt_for(self, task_metadata, prompt_type) -> str:
         name = self.get_prompt_name(task_metadata, prompt_type)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from neobert.finetune.data import Encoded, FinetuneDataError, LabelSpace
+from neobert.text_files import TextEncodingError, check_utf8
 
 IGNORE_INDEX = -100
 
@@ -41,7 +42,11 @@ def read_conll(path: str | os.PathLike) -> TaggedSentences:
             sentence_words.clear()
             sentence_tags.clear()
 
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        text = check_utf8(path, path.read_bytes())
+    except TextEncodingError as error:
+        raise FinetuneDataError(str(error)) from None
+    for number, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
         if not line or line.startswith("-DOCSTART-"):
             close_sentence()

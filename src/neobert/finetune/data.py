@@ -6,6 +6,7 @@ validation label that training never saw is a `FinetuneDataError` naming the fil
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from neobert.text_files import TextEncodingError, check_utf8
 
 PROBLEMS = ("auto", "single", "multi", "regression")
 TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t", ".jsonl": None, ".json": None, ".parquet": None}
@@ -80,7 +83,9 @@ def read_rows(source: str | os.PathLike, split: str = "train") -> list[dict[str,
         _check_text(path)
     try:
         if suffix in (".csv", ".tsv"):
-            frame = pd.read_csv(path, sep=TABLE_SUFFIXES[suffix], dtype=str, keep_default_na=False)
+            frame = pd.read_csv(
+                path, sep=TABLE_SUFFIXES[suffix], dtype=str, keep_default_na=False, encoding="utf-8-sig"
+            )
         elif suffix == ".parquet":
             frame = pd.read_parquet(path)
         else:
@@ -88,23 +93,35 @@ def read_rows(source: str | os.PathLike, split: str = "train") -> list[dict[str,
     except pd.errors.ParserError as error:
         raise FinetuneDataError(f"{path}: not a readable {suffix[1:].upper()} file ({error})") from None
     except ValueError as error:  # pandas' JSON errors, and Arrow's for a damaged Parquet file
-        raise FinetuneDataError(f"{path}: not a readable {suffix[1:].upper()} file ({error})") from None
+        where = _first_bad_json_line(path) if suffix == ".jsonl" else ""
+        raise FinetuneDataError(f"{path}{where}: not a readable {suffix[1:].upper()} file ({error})") from None
     return frame.to_dict(orient="records")
 
 
+def _first_bad_json_line(path: Path) -> str:
+    """`:N` for the first line of a JSON Lines file that is not a JSON object (pandas does not say which)."""
+    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            return f":{number}"
+        if not isinstance(record, dict):
+            return f":{number}"
+    return ""
+
+
 def _check_text(path: Path) -> None:
-    """An empty file or bytes that are not UTF-8, named with the line, before pandas reports them without."""
+    """An empty file, or bytes that are not UTF-8 (a UTF-16 file, say), named with the line, before pandas
+    reports them without."""
     data = path.read_bytes()
     if not data.strip():
         raise FinetuneDataError(f"{path}: the file is empty (expected a header row, then one example a line)")
     try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = data.count(b"\n", 0, error.start) + 1
-        column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
-        raise FinetuneDataError(
-            f"{path}: line {line}, column {column}: byte 0x{data[error.start]:02x} is not UTF-8; save the file as UTF-8"
-        ) from None
+        check_utf8(path, data)
+    except TextEncodingError as error:
+        raise FinetuneDataError(str(error)) from None
 
 
 def examples_from_rows(rows: list[dict[str, Any]], columns: Columns, source: str, labelled: bool = True) -> Examples:
@@ -153,8 +170,12 @@ def _is_number(value: Any) -> bool:
     return True
 
 
+def _is_finite_number(value: Any) -> bool:
+    return _is_number(value) and math.isfinite(float(value))
+
+
 def _is_integral(value: Any) -> bool:
-    return _is_number(value) and float(value) == int(float(value)) and "." not in str(value)
+    return _is_finite_number(value) and float(value) == int(float(value)) and "." not in str(value)
 
 
 def _sort_key(name: str) -> tuple:
@@ -181,7 +202,7 @@ class LabelSpace:
 
     def name_of(self, value: Any) -> str:
         # 1, 1.0 and "1" are one class: integral numbers are written without a decimal part.
-        if _is_number(value) and float(value) == int(float(value)):
+        if _is_finite_number(value) and float(value) == int(float(value)):
             return str(int(float(value)))
         return str(value).strip()
 
@@ -189,6 +210,10 @@ class LabelSpace:
         if self.problem == "regression":
             if not _is_number(value):
                 raise FinetuneDataError(f"{source}: row {row}: label {value!r} is not a number (regression)")
+            if not math.isfinite(float(value)):
+                raise FinetuneDataError(
+                    f"{source}: row {row}: label {value!r} is not finite; a regression target must be a real number"
+                )
             return float(value)
         index = {name: i for i, name in enumerate(self.names)}
         parts = self.split_cell(value) if self.problem == "multi" else [self.name_of(value)]

@@ -13,10 +13,11 @@ from typing import Any
 
 from neobert.eval.metrics import GLUE_METRICS, glue_score
 from neobert.files import write_json_atomically
-from neobert.finetune.glue_data import GlueTask, read_task
+from neobert.finetune.glue_data import GlueTask, check_data_source, read_task
 from neobert.finetune.model import load_task_model, model_folder, tokenizer_for
 from neobert.finetune.run import effective_max_length, sequence_task
-from neobert.finetune.trainer import FinetuneSettings, finetune
+from neobert.finetune.trainer import FinetuneSettings, finetune, run_fingerprint
+from neobert.run_settings import check_same_run, model_digest
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,8 @@ def _task_data(task: GlueTask, data_source, tokenizer, max_length: int):
 def run_task(
     task: GlueTask, start_from: Path, data_source, grid: Grid, base: FinetuneSettings, out: Path
 ) -> dict[str, Any]:
-    """Every grid point (finished ones are read back, an interrupted one resumes); the best kept."""
+    """Every grid point (finished ones of the same settings are read back, an interrupted one resumes, one of
+    other settings or data is refused: RunMismatch); the best kept."""
     tokenizer = tokenizer_for(start_from)
     data = _task_data(task, data_source, tokenizer, effective_max_length(start_from, base.max_length))
     _, selection = GLUE_METRICS[task.name]
@@ -63,11 +65,19 @@ def run_task(
     for lr, batch_size, weight_decay in grid.points():
         folder = out / run_name(lr, batch_size, weight_decay)
         results_file = folder / "results.json"
+        settings = replace(base, lr=lr, batch_size=batch_size, weight_decay=weight_decay, metric=selection)
+        origin = {"model": model_digest(start_from)}
         if results_file.is_file():
+            check_same_run(folder, run_fingerprint(data, settings, origin))
             results = json.loads(results_file.read_text())
         else:
-            settings = replace(base, lr=lr, batch_size=batch_size, weight_decay=weight_decay, metric=selection)
-            finetune(lambda: load_task_model(start_from, data.space, base.classifier_dropout), data, settings, folder)
+            finetune(
+                lambda: load_task_model(start_from, data.space, base.classifier_dropout),
+                data,
+                settings,
+                folder,
+                origin=origin,
+            )
             shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # resume state; the run is finished
             results = json.loads(results_file.read_text())
         scores = dict(results["best_metrics"])
@@ -111,14 +121,21 @@ def run_glue(
     out: str | os.PathLike,
     mnli_model: str | os.PathLike | None = None,
     log=print,
+    restart: bool = False,
 ) -> dict[str, Any]:
+    """Every task's grid in `out/<task>`; `restart` deletes the earlier runs of the tasks asked for, once
+    every task's data has been checked."""
     out = Path(out)
+    check_data_source(data_source)
     pretrained = model_folder(model)
     ordered = sorted(tasks, key=lambda t: t.name != "mnli")  # MNLI first: four tasks start from its best model
     summaries: dict[str, Any] = {}
     mnli_best = model_folder(mnli_model) if mnli_model else None
     for task in ordered:
         read_task(data_source, task)  # every task's files checked before the first run starts
+    if restart:
+        for task in ordered:
+            shutil.rmtree(out / task.name, ignore_errors=True)
     for task in ordered:
         start = pretrained
         if task.name in TRANSFER_FROM_MNLI:

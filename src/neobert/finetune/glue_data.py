@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from neobert.finetune.data import Examples, FinetuneDataError, LabelSpace
+from neobert.text_files import TextEncodingError, check_utf8
 
 
 @dataclass(frozen=True)
@@ -83,8 +85,11 @@ def resolve_tasks(names: str | None) -> list[GlueTask]:
 def _read_tsv(path: Path, task: GlueTask) -> Examples:
     if not path.is_file():
         raise FinetuneDataError(f"{path}: missing (the original GLUE layout has {task.folder}/{path.name})")
-    with open(path, encoding="utf-8-sig", newline="") as handle:
-        rows = list(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
+    try:
+        text = check_utf8(path, path.read_bytes())
+    except TextEncodingError as error:
+        raise FinetuneDataError(str(error)) from None
+    rows = list(csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE))
     if task.header:
         header = [name.strip() for name in rows[0]]
         wanted = [c for c in (task.text, task.pair, task.label) if c is not None]
@@ -127,6 +132,18 @@ def _from_datasets(source: str, task: GlueTask, split: str) -> Examples:
 def is_glue_folder(data: str | os.PathLike) -> bool:
     path = Path(data)
     return path.is_dir() and any((path / task.folder).is_dir() for task in TASKS.values())
+
+
+def check_data_source(data: str | os.PathLike) -> None:
+    """A --data that names no folder here and is not a hub name (`hf:NAME`, or the `org/name` form) is a
+    mistyped folder: refused at once, instead of minutes of hub lookups and a traceback."""
+    from neobert.tokenizer import looks_like_a_path
+
+    text = str(data)
+    if text.startswith("hf:") or Path(text).exists():
+        return
+    if looks_like_a_path(text) or len(Path(text).parts) != 2:
+        raise FinetuneDataError(f"--data {text}: no such folder (a hub dataset is named hf:NAME, e.g. hf:nyu-mll/glue)")
 
 
 def read_task(data: str | os.PathLike, task: GlueTask) -> tuple[Examples, dict[str, Examples]]:

@@ -6,8 +6,18 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from transformers import AutoConfig
+
 from neobert.finetune.conll import align_labels, read_conll, tag_space
-from neobert.finetune.data import Columns, Examples, LabelSpace, encode, infer_label_space, read_examples
+from neobert.finetune.data import (
+    Columns,
+    Examples,
+    FinetuneDataError,
+    LabelSpace,
+    encode,
+    infer_label_space,
+    read_examples,
+)
 from neobert.finetune.model import load_task_model, max_positions, model_folder, tokenizer_for
 from neobert.finetune.trainer import FinetuneResult, FinetuneSettings, TaskData, finetune
 
@@ -86,13 +96,28 @@ def prepare(request: FinetuneRequest) -> tuple[Path, TaskData]:
     tokenizer = tokenizer_for(folder)
     max_length = effective_max_length(folder, request.settings.max_length)
     if request.task == "token-classification":
-        return folder, token_task(request.train, request.validation, tokenizer, max_length)
-    train = read_examples(request.train, request.columns, request.train_split)
-    validation = read_examples(request.validation, request.columns, request.validation_split)
-    data = sequence_task(
-        train, {"validation": validation}, tokenizer, max_length, request.problem, request.label_separator
-    )
+        data = token_task(request.train, request.validation, tokenizer, max_length)
+    else:
+        train = read_examples(request.train, request.columns, request.train_split)
+        validation = read_examples(request.validation, request.columns, request.validation_split)
+        data = sequence_task(
+            train, {"validation": validation}, tokenizer, max_length, request.problem, request.label_separator
+        )
+    check_vocabulary(folder, data)
     return folder, data
+
+
+def check_vocabulary(folder: Path, data: TaskData) -> None:
+    """Token ids the model has no embedding for (a tokenizer bigger than the model's vocabulary) are found
+    here, naming both, rather than by the first training step."""
+    vocab_size = getattr(AutoConfig.from_pretrained(folder), "vocab_size", None)
+    splits = [data.train, *data.validation.values()]
+    highest = max((max(row) for split in splits for row in split.input_ids if row), default=-1)
+    if vocab_size is not None and highest >= vocab_size:
+        raise FinetuneDataError(
+            f"{folder / 'config.json'}: vocab_size is {vocab_size}, but the tokenizer gives token id {highest}; "
+            "use the tokenizer the model was trained with"
+        )
 
 
 def run_finetune(request: FinetuneRequest) -> FinetuneResult:

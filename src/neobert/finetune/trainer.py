@@ -10,6 +10,8 @@ Layout of the output folder:
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
 import math
 import os
@@ -27,6 +29,7 @@ from neobert.eval import metrics as task_metrics
 from neobert.files import write_bytes_atomically, write_json_atomically
 from neobert.finetune.data import Encoded, LabelSpace, collate, epoch_order, eval_batches, real_tokens
 from neobert.run_lock import hold_folder
+from neobert.run_settings import SETTINGS_FILE, check_same_run, record_run
 from neobert.train.checkpoint import (
     RankState,
     apply_retention,
@@ -65,6 +68,29 @@ class FinetuneSettings:
     packed: bool = True  # NeoBERT models take each batch as one packed row (other models are padded)
     progress: bool = True
     keep_checkpoints: bool = True
+
+    def __post_init__(self) -> None:
+        """Settings that cannot train (a batch of 0, patience 0, a NaN learning rate) refused before any work,
+        named by their command-line flags."""
+        problems = []
+        for name in ("batch_size", "eval_batch_size", "patience"):
+            if getattr(self, name) < 1:
+                problems.append(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("max_steps", "eval_every"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                problems.append(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.max_length < 3:
+            problems.append(f"--max-length must leave room for [CLS], a token and [SEP] (3), got {self.max_length}")
+        if self.max_steps is None and not (math.isfinite(self.epochs) and self.epochs > 0):
+            problems.append(f"--epochs must be a positive number, got {self.epochs}")
+        for name in ("lr", "weight_decay"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                problems.append(f"--{name.replace('_', '-')} must be a finite number >= 0, got {getattr(self, name)}")
+        for name in ("warmup_fraction", "classifier_dropout"):
+            if not 0 <= getattr(self, name) < 1:
+                problems.append(f"{name} must lie in [0, 1), got {getattr(self, name)}")
+        if problems:
+            raise ValueError("; ".join(problems))
 
 
 @dataclass
@@ -200,13 +226,39 @@ def finetune(
     out: str | os.PathLike,
     extra_results: dict[str, Any] | None = None,
     restart: bool = False,
+    origin: dict[str, Any] | None = None,
 ) -> FinetuneResult:
-    """Train, select on the validation metric, keep the best model; resumes when `out` holds a checkpoint
-    (`restart` clears it first). One process at a time writes `out` (FolderInUse otherwise)."""
+    """Train, select on the validation metric, keep the best model; resumes when `out` holds a checkpoint of
+    the same run (same settings, data and `origin`, e.g. the starting model's digest; RunMismatch otherwise),
+    and `restart` clears an earlier run first. One process at a time writes `out` (FolderInUse otherwise)."""
     with hold_folder(out, "--out"):
         if restart:
             clear_run(out)
-        return _finetune(model_factory, data, settings, Path(out), extra_results)
+        return _finetune(
+            model_factory, data, settings, Path(out), extra_results, run_fingerprint(data, settings, origin)
+        )
+
+
+def _split_digest(split: Encoded) -> str:
+    digest = hashlib.sha256()
+    lengths = np.fromiter((len(row) for row in split.input_ids), dtype=np.int64, count=len(split))
+    digest.update(lengths.tobytes())
+    digest.update(np.fromiter(itertools.chain.from_iterable(split.input_ids), dtype=np.int64).tobytes())
+    digest.update(json.dumps(split.targets).encode("utf-8"))
+    return digest.hexdigest()
+
+
+# Settings that change what is computed; progress bars, checkpoint keeping and the evaluation batch do not.
+UNRECORDED = ("progress", "keep_checkpoints", "eval_batch_size")
+
+
+def run_fingerprint(data: TaskData, settings: FinetuneSettings, origin: dict[str, Any] | None = None) -> dict:
+    """What makes two runs the same run: the settings, the label space, the encoded data, where it started."""
+    recorded = {key: value for key, value in asdict(settings).items() if key not in UNRECORDED}
+    splits = {"train": _split_digest(data.train)} | {
+        f"validation {n}": _split_digest(s) for n, s in data.validation.items()
+    }
+    return {"settings": recorded, "label_space": data.space.as_dict(), "data": splits, **(origin or {})}
 
 
 def _finetune(
@@ -215,7 +267,14 @@ def _finetune(
     settings: FinetuneSettings,
     out: Path,
     extra_results: dict[str, Any] | None,
+    fingerprint: dict[str, Any],
 ) -> FinetuneResult:
+    previous = find_latest_good(out / "checkpoints")
+    if previous is None:
+        clear_run(out)  # results left by an earlier, finished run must not pass for this run's
+        record_run(out, fingerprint)
+    else:
+        check_same_run(out, fingerprint)  # before any model is built
     metric_name = settings.metric or DEFAULT_METRIC[data.space.problem]
     if len(data.validation) > 1 and "_" not in metric_name:
         metric_name = f"{next(iter(data.validation))}_{metric_name}"
@@ -229,10 +288,7 @@ def _finetune(
     )
     scheduler = build_scheduler(optimizer, schedule)
     loop = {"step": 0, "best": -math.inf, "best_step": 0, "best_metrics": {}, "stale": 0, "history": [], "tokens": 0}
-    previous = find_latest_good(out / "checkpoints")
-    if previous is None:
-        clear_run(out)  # a best model left by an earlier, finished run must not pass for this run's
-    else:
+    if previous is not None:
         saved = read_checkpoint(previous)
         model.load_state_dict(saved.model_state, strict=False)
         optimizer.load_state_dict(saved.trainer_state["optimizer"])
@@ -316,6 +372,10 @@ def _save_best(root: Path, step: int, model: torch.nn.Module) -> None:
 
 
 def clear_run(out: str | os.PathLike) -> None:
-    """Forget a previous run in `out` so the next one starts from scratch."""
+    """Forget a previous run in `out` (its state, best model, results and settings) so the next one starts
+    from scratch."""
+    out = Path(out)
     for name in ("checkpoints", "best"):
-        shutil.rmtree(Path(out) / name, ignore_errors=True)
+        shutil.rmtree(out / name, ignore_errors=True)
+    for path in [out / "results.json", out / SETTINGS_FILE, *out.glob("predictions-*.jsonl")]:
+        path.unlink(missing_ok=True)

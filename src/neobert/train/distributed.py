@@ -39,15 +39,16 @@ class DistributedContext:
         return self.rank == 0
 
 
-def resolve_device(choice: str, local_rank: int = 0) -> torch.device:
+def resolve_device(choice: str, local_rank: int = 0, option: str = "system.device") -> torch.device:
     if choice == "auto":
         choice = "cuda" if torch.cuda.is_available() else "cpu"
     if choice == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("system.device is cuda but no CUDA device is available")
+            # A user's choice that this machine cannot honour: a ValueError, refused before any work (exit 2).
+            raise ValueError(f"{option}=cuda, but no CUDA device is available here; use cpu or auto")
         return torch.device("cuda", local_rank % torch.cuda.device_count())
     if choice != "cpu":
-        raise ValueError(f"device must be auto, cpu or cuda, got {choice!r}")
+        raise ValueError(f"{option} must be auto, cpu or cuda, got {choice!r}")
     return torch.device("cpu")
 
 
@@ -61,14 +62,16 @@ def _env_int(name: str, default: int) -> int:
         raise ValueError(f"environment variable {name}={raw!r} is not an integer") from None
 
 
-def init_distributed(device: str = "auto", backend: str = "auto", timeout_minutes: float = 30) -> DistributedContext:
+def init_distributed(
+    device: str = "auto", backend: str = "auto", timeout_minutes: float = 30, option: str = "system.device"
+) -> DistributedContext:
     """The process's place in the job, with the default process group started when there is more than one
     process (gloo on CPU, NCCL on CUDA unless `backend` says otherwise)."""
     rank, world_size = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1)
     local_rank = _env_int("LOCAL_RANK", rank)
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"RANK={rank} and WORLD_SIZE={world_size} do not describe a process of the job")
-    torch_device = resolve_device(device, local_rank)
+    torch_device = resolve_device(device, local_rank, option)
     if torch_device.type == "cuda":
         torch.cuda.set_device(torch_device)
     if world_size == 1:

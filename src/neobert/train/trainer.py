@@ -8,6 +8,7 @@ the whole global batch whatever the world size or accumulation. The loop that dr
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -190,9 +191,12 @@ class Trainer:
         # any rank's loader state records (rank 0's is read); the RNG states stay this run's own.
         same_world = saved_world_size(folder) == self.context.world_size
         saved = read_checkpoint(folder, rank=self.context.rank if same_world else 0, verify="marker")
-        dist_utils.load_full_state_dicts(
-            self.wrapped, self.optimizer, saved.model_state, saved.trainer_state["optimizer"]
-        )
+        try:
+            dist_utils.load_full_state_dicts(
+                self.wrapped, self.optimizer, saved.model_state, saved.trainer_state["optimizer"]
+            )
+        except (RuntimeError, KeyError, ValueError) as error:
+            raise CheckpointError(self._misfit(folder, error)) from None
         self.scheduler.load_state_dict(saved.trainer_state["scheduler"])
         restore_rank_state(saved.rank_state, self.loader, rng=same_world)
         if not same_world:
@@ -212,6 +216,27 @@ class Trainer:
         self.phases = list(saved.trainer_state.get("phases", []))
         self.changed_on_resume += config_changes(saved.config or {}, self.config.resolved())
         self._apply_current_recipe(saved.config or {})
+
+    def _misfit(self, folder: Path, error: BaseException) -> str:
+        """One line for a checkpoint whose weights do not fit this configuration's model: the architecture
+        fields that differ, read from the checkpoint's config.json (torch's own message lists every tensor)."""
+        try:
+            saved = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            saved = {}
+        current = self.model_config.to_dict()
+        ignored = {"transformers_version", "architectures", "auto_map", "dtype", "torch_dtype", "_name_or_path"}
+        changes = [
+            f"{key}: {saved[key]!r} -> {current[key]!r}"
+            for key in sorted(set(saved) & set(current) - ignored)
+            if saved[key] != current[key]
+        ]
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        differs = "; ".join(changes[:8]) if changes else first
+        return (
+            f"{folder} holds a model of another shape than this configuration builds ({differs}); resume with "
+            "the run's own model settings, or start a new run in another system.output_dir"
+        )
 
     def start_phase(self, start: PhaseStart) -> None:
         """Begin this run from another run's checkpoint (verified by `plan_phase`). Carrying the state, it goes
