@@ -10,7 +10,7 @@ from neobert.data.loader import LoaderConfig, build_loader
 from neobert.data.masking import MaskingConfig
 from neobert.data.workers import MultiWorkerLoader
 from neobert.tokenizer import load_tokenizer
-from neobert.train.config import PretrainConfig
+from neobert.train.config import DataSection, PretrainConfig
 from neobert.train.distributed import DistributedContext
 
 _MASK_STRATEGIES = {"all": "all_mask", "bert": "80_10_10"}
@@ -53,6 +53,9 @@ def loader_config(config: PretrainConfig, split: str, micro_batch: int, held_out
         length_mixture=() if held_out else tuple(data.length_mixture),
         masking=MaskingConfig(rate=rate, strategy=_MASK_STRATEGIES[mode], identity_rate=identity),
         seed=seed,
+        # Held-out samples follow the fixed rule whatever the training order's granularity.
+        block_documents=DataSection.block_documents if held_out else data.block_documents,
+        window_blocks=DataSection.window_blocks if held_out else data.window_blocks,
         epochs=1 if held_out else None,
     )
 
