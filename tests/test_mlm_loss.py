@@ -137,3 +137,18 @@ def test_pretraining_through_the_fused_loss_ends_where_the_logits_path_does(tmp_
     for got, want in zip(records["fused"], records["dense"], strict=True):
         assert got["train/loss"] == pytest.approx(want["train/loss"], rel=1e-5)
         assert got["train/accuracy"] == want["train/accuracy"]
+
+
+def test_a_decoder_that_is_not_a_plain_linear_keeps_its_own_forward():
+    class Scaled(torch.nn.Linear):  # stands for an adapter-wrapped decoder, whose output is more than x W^T + b
+        def forward(self, x):
+            return 2.0 * super().forward(x)
+
+    model = NeoBERTForMaskedLM(small_config()).train()
+    scaled = Scaled(model.config.hidden_size, model.config.vocab_size)
+    scaled.load_state_dict(model.decoder.state_dict())
+    model.decoder = scaled
+    ids, labels = masked_batch()
+    output = model(input_ids=ids, labels=labels)
+    assert output.logits is not None and output.predictions is None
+    torch.testing.assert_close(output.loss, F.cross_entropy(output.logits, labels[labels != -100]))

@@ -102,7 +102,9 @@ class NeoBERTForMaskedLM(NeoBERTPreTrainedModel):
             if self.training:
                 selected = labels != IGNORE_INDEX
                 hidden, labels = hidden[selected], labels[selected]
-            if self.training and self.loss_chunk_rows and torch.is_grad_enabled():
+            # Only a plain linear decoder is fused: one wrapped by an adapter (LoRA) computes more than its weight.
+            fusable = type(self.decoder) is nn.Linear and self.loss_chunk_rows
+            if self.training and fusable and torch.is_grad_enabled():
                 decoder = self.decoder
                 loss, predictions = fused_decoder_cross_entropy(
                     hidden, decoder.weight, decoder.bias, labels, self.loss_chunk_rows
