@@ -33,8 +33,12 @@ def test_training_runs_the_decoder_only_on_masked_positions():
     calls = []
     model.decoder.register_forward_hook(lambda module, inputs, output: calls.append(inputs[0].shape))
     model.train()
+    fused = model(input_ids=ids, labels=labels)  # the decoder fused with the loss: no logits at all
+    assert calls == [] and fused.logits is None and fused.predictions.shape == (3,)
+    model.loss_chunk_rows = 0  # the logits path, which evaluation (without gradients) takes too
     sparse = model(input_ids=ids, labels=labels)
     assert calls == [(3, model.config.hidden_size)] and sparse.logits.shape == (3, model.config.vocab_size)
+    torch.testing.assert_close(fused.loss, sparse.loss, atol=1e-6, rtol=1e-6)
     model.eval()
     with torch.no_grad():
         dense = model(input_ids=ids, labels=labels)

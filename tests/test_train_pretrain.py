@@ -173,7 +173,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
         calls["n"] += 1
         return output * float("nan") if calls["n"] >= 4 else output
 
-    model.decoder.register_forward_hook(poison_from_the_fourth_step)
+    # The final norm's output feeds the loss (the training decoder is fused with it and has no forward of its own).
+    model.model.layer_norm.register_forward_hook(poison_from_the_fourth_step)
     with pytest.raises(TrainingDiverged, match="NaN or infinite by step 4.*last good checkpoint is step 2"):
         pretrain(config, make_loader, model=model)
     good = find_latest_good(tmp_path / "checkpoints")

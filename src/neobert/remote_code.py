@@ -21,7 +21,14 @@ CONFIG_FILE = "configuration_neobert.py"
 MODEL_FILE = "modeling_neobert.py"
 # Module paths relative to the package, in the order their definitions are needed.
 CONFIG_SOURCES = ("config.py",)
-MODEL_SOURCES = ("model/layers.py", "model/inputs.py", "model/attention.py", "model/encoder.py", "model/heads.py")
+MODEL_SOURCES = (
+    "model/layers.py",
+    "model/inputs.py",
+    "model/attention.py",
+    "model/encoder.py",
+    "model/mlm_loss.py",
+    "model/heads.py",
+)
 PACKAGE = "neobert"
 
 AUTO_MAP = {

@@ -79,24 +79,32 @@ def sdpa_packed(q, k, v, layout: AttentionLayout) -> torch.Tensor:
     """No work on cross-document pairs, and few calls. Runs of consecutive equal-length documents (what
     length-sorted batches are made of) are viewed as batches in place, one call each, when there are few
     such runs; otherwise documents are grouped by length (see `_length_groups`) and each group runs as one
-    padded batch with a key mask (none when its lengths agree)."""
-    out = torch.empty_like(q)
+    padded batch with a key mask (none when its lengths agree).
+
+    The pieces are joined with one `cat` (and, for groups, one gather in and one gather out), never written
+    into the row piece by piece: each such write, or each group's own gather from the whole row, costs a
+    row-sized zeroed gradient and a row-sized sum in the backward, which for a batch of many short
+    documents took more time than the attention itself."""
     heads, dim = q.shape[2:]
     runs = _equal_length_runs(layout)
+    pieces = []
     if len(runs) <= MAX_RUN_CALLS:
         start = 0
         for n, count in runs:
             piece = slice(start, start + n * count)
             qs, ks, vs = (t[0, piece].reshape(count, n, heads, dim).transpose(1, 2) for t in (q, k, v))
-            out[0, piece] = F.scaled_dot_product_attention(qs, ks, vs).transpose(1, 2).reshape(n * count, heads, dim)
+            pieces.append(F.scaled_dot_product_attention(qs, ks, vs).transpose(1, 2).reshape(n * count, heads, dim))
             start += n * count
-        return out
-    for index, keep, flat in _length_groups(layout):
-        qs, ks, vs = (t[0][index].transpose(1, 2) for t in (q, k, v))
+        return torch.cat(pieces).unsqueeze(0)
+    gather, groups, take = _length_groups(layout)
+    slots = [t[0].index_select(0, gather) for t in (q, k, v)]
+    for offset, count, longest, keep in groups:
+        span = slice(offset, offset + count * longest)
+        qs, ks, vs = (t[span].view(count, longest, heads, dim).transpose(1, 2) for t in slots)
         mask = None if keep is None else keep[:, None, None, :]
-        grouped = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask).transpose(1, 2)
-        out[0, flat] = grouped.reshape(-1, heads, dim) if keep is None else grouped[keep]
-    return out
+        grouped = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask)
+        pieces.append(grouped.transpose(1, 2).reshape(count * longest, heads, dim))
+    return torch.cat(pieces).index_select(0, take).unsqueeze(0)
 
 
 # Up to this many runs of equal-length documents, calls on in-place views beat gathering into groups.
@@ -120,12 +128,15 @@ def _equal_length_runs(layout: AttentionLayout) -> list[tuple[int, int]]:
 GROUP_SLACK = 1.25
 
 
-def _length_groups(layout: AttentionLayout) -> list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]:
-    """Per group of similar-length documents: the (documents, longest) token index into the packed row
-    (padding slots repeat token 0), the key mask (None without padding) and the real tokens' index.
-    One call per document costs ~100 us of overhead on a CPU, which dominates small models and short
-    documents; one padded call per group keeps the overhead and the wasted work both small. Cached on the
-    layout, so every layer reuses it."""
+def _length_groups(
+    layout: AttentionLayout,
+) -> tuple[torch.Tensor, list[tuple[int, int, int, torch.Tensor | None]], torch.Tensor]:
+    """Documents of similar length grouped into padded batches: `gather`, the packed-row token behind every
+    slot of every group laid end to end (padding slots repeat token 0); per group its first slot, number of
+    documents, longest length and key mask (None without padding); and `take`, the slot holding each token
+    of the row. One call per document costs ~100 us of overhead on a CPU, which dominates small models and
+    short documents; one padded call per group keeps the overhead and the wasted work both small. Cached on
+    the layout, so every layer reuses it."""
     if "length_groups" in layout.cache:
         return layout.cache["length_groups"]
     lengths, device = layout.seqlens, layout.cu_seqlens.device
@@ -140,7 +151,9 @@ def _length_groups(layout: AttentionLayout) -> list[tuple[torch.Tensor, torch.Te
         else:
             groups.append([doc])
             work = square
-    plan = []
+    gather, plan = [], []
+    take = torch.empty(starts[-1], dtype=torch.long)
+    offset = 0
     for group in groups:
         longest = lengths[group[-1]]  # sorted by length
         index = torch.zeros(len(group), longest, dtype=torch.long)
@@ -148,11 +161,12 @@ def _length_groups(layout: AttentionLayout) -> list[tuple[torch.Tensor, torch.Te
         for row, doc in enumerate(group):
             index[row, : lengths[doc]] = torch.arange(starts[doc], starts[doc] + lengths[doc])
             keep[row, : lengths[doc]] = True
-        padded = not bool(keep.all())
-        flat = index[keep] if padded else index.flatten()
-        plan.append((index.to(device), keep.to(device) if padded else None, flat.to(device)))
-    layout.cache["length_groups"] = plan
-    return plan
+        take[index[keep]] = offset + torch.nonzero(keep.flatten()).flatten()
+        gather.append(index.flatten())
+        plan.append((offset, len(group), longest, None if bool(keep.all()) else keep.to(device)))
+        offset += index.numel()
+    layout.cache["length_groups"] = (torch.cat(gather).to(device), plan, take.to(device))
+    return layout.cache["length_groups"]
 
 
 @functools.cache

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -10,6 +12,7 @@ from transformers.modeling_outputs import MaskedLMOutput, SequenceClassifierOutp
 from neobert.config import NeoBERTConfig
 from neobert.model.encoder import NeoBERTModel, NeoBERTPreTrainedModel
 from neobert.model.inputs import cu_seqlens_from_positions
+from neobert.model.mlm_loss import DEFAULT_CHUNK_ROWS, fused_decoder_cross_entropy
 
 IGNORE_INDEX = -100
 
@@ -19,25 +22,37 @@ def _check_labels(labels: torch.Tensor, shape: tuple[int, ...], what: str) -> No
         raise ValueError(f"{what} labels have shape {tuple(labels.shape)}, expected {tuple(shape)}")
 
 
-def _as_output(return_dict: bool | None, config: NeoBERTConfig, output_class, loss, logits, encoded):
-    """The transformers output object, or the usual tuple (loss first when there is one)."""
-    if return_dict if return_dict is not None else config.return_dict:
-        return output_class(
-            loss=loss, logits=logits, hidden_states=encoded.hidden_states, attentions=encoded.attentions
-        )
-    rest = tuple(t for t in (encoded.hidden_states, encoded.attentions) if t is not None)
-    return ((loss,) if loss is not None else ()) + (logits,) + rest
+def _as_output(return_dict: bool | None, config: NeoBERTConfig, output_class, loss, logits, encoded, **extra):
+    """The transformers output object, or its tuple: the fields that are set, in order (loss first when
+    there is one)."""
+    output = output_class(
+        loss=loss, logits=logits, hidden_states=encoded.hidden_states, attentions=encoded.attentions, **extra
+    )
+    return output if (return_dict if return_dict is not None else config.return_dict) else output.to_tuple()
+
+
+@dataclass
+class NeoBERTMaskedLMOutput(MaskedLMOutput):
+    """transformers' masked-LM output, plus `predictions`: the top-1 token of each scored row, set (and
+    `logits` left None) when the training loss was computed without building the logits."""
+
+    predictions: torch.LongTensor | None = None
 
 
 class NeoBERTForMaskedLM(NeoBERTPreTrainedModel):
     """The released `NeoBERTLMHead`: an untied linear decoder with bias on the final hidden states
     (`tie_word_embeddings=True` shares its weight with the token embedding; the bias stays its own).
 
-    With `labels` in training mode, the decoder runs only where the label is not -100 and `logits` holds
-    just those rows (n_masked, vocab); in eval mode the logits are dense (batch, length, vocab).
+    With `labels` in training mode, the decoder runs only where the label is not -100. When gradients are
+    being recorded, the decoder and the loss are fused (`mlm_loss.py`): the logits are never built, `logits`
+    is None and `predictions` holds each scored row's top-1 token, in the order of the scored positions.
+    Otherwise (no gradients, or `loss_chunk_rows = 0`) `logits` holds just those rows (n_scored, vocab). In
+    eval mode the logits are dense (batch, length, vocab).
     """
 
     _tied_weights_keys = {"decoder.weight": "model.encoder.weight"}
+    # Scored rows per chunk of the fused training loss; 0 builds the logits of every scored row instead.
+    loss_chunk_rows: int = DEFAULT_CHUNK_ROWS
 
     def __init__(self, config: NeoBERTConfig):
         super().__init__(config)
@@ -78,7 +93,7 @@ class NeoBERTForMaskedLM(NeoBERTPreTrainedModel):
             return_dict=True,
         )
         hidden = encoded.last_hidden_state
-        loss = None
+        loss = predictions = None
         if labels is not None:
             if labels.dim() == 1 and labels.numel() == hidden.shape[0] * hidden.shape[1]:
                 labels = labels.view(hidden.shape[:2])  # packed input given as one flat row
@@ -87,16 +102,27 @@ class NeoBERTForMaskedLM(NeoBERTPreTrainedModel):
             if self.training:
                 selected = labels != IGNORE_INDEX
                 hidden, labels = hidden[selected], labels[selected]
-            logits = self.decoder(hidden)
-            flat_logits = logits.reshape(-1, logits.shape[-1]).float()
-            flat_labels = labels.reshape(-1)
-            # Sum over the masked positions divided by their count: a batch without any masked
-            # position gives a zero loss rather than NaN.
-            total = F.cross_entropy(flat_logits, flat_labels, ignore_index=IGNORE_INDEX, reduction="sum")
-            loss = total / (flat_labels != IGNORE_INDEX).sum().clamp(min=1)
+            # Only a plain linear decoder is fused: one wrapped by an adapter (LoRA) computes more than its weight.
+            fusable = type(self.decoder) is nn.Linear and self.loss_chunk_rows
+            if self.training and fusable and torch.is_grad_enabled():
+                decoder = self.decoder
+                loss, predictions = fused_decoder_cross_entropy(
+                    hidden, decoder.weight, decoder.bias, labels, self.loss_chunk_rows
+                )
+                logits = None
+            else:
+                logits = self.decoder(hidden)
+                flat_logits = logits.reshape(-1, logits.shape[-1]).float()
+                flat_labels = labels.reshape(-1)
+                # Sum over the masked positions divided by their count: a batch without any masked
+                # position gives a zero loss rather than NaN.
+                total = F.cross_entropy(flat_logits, flat_labels, ignore_index=IGNORE_INDEX, reduction="sum")
+                loss = total / (flat_labels != IGNORE_INDEX).sum().clamp(min=1)
         else:
             logits = self.decoder(hidden)
-        return _as_output(return_dict, self.config, MaskedLMOutput, loss, logits, encoded)
+        return _as_output(
+            return_dict, self.config, NeoBERTMaskedLMOutput, loss, logits, encoded, predictions=predictions
+        )
 
 
 def sequence_classification_loss(config: NeoBERTConfig, logits: torch.Tensor, labels: torch.Tensor):

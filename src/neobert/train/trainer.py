@@ -340,7 +340,9 @@ class Trainer:
                     output = self.model(**inputs)
                 (output.loss * (stat["masked"] * scale)).backward()
             loss_x_masked += output.loss.detach().float() * stat["masked"]
-            correct += (output.logits.detach().argmax(dim=-1) == targets).sum()
+            # The fused loss hands back each scored row's top-1 token; the logits path, the logits themselves.
+            top1 = output.predictions if output.predictions is not None else output.logits.detach().argmax(dim=-1)
+            correct += (top1 == targets).sum()
         clip = self.config.train.clip_grad_norm
         grad_norm = torch.nn.utils.clip_grad_norm_(self.wrapped.parameters(), clip if clip else math.inf)
         if hasattr(grad_norm, "full_tensor"):  # FSDP2 returns a DTensor
