@@ -7,6 +7,7 @@ and save; `trainer.Trainer` does the steps.
 
 from __future__ import annotations
 
+import gc
 import signal
 import threading
 import time
@@ -106,6 +107,7 @@ def pretrain(
     (starting afresh when there is none); a path resumes from that checkpoint. `stop_at_step` checkpoints
     and returns at that step without changing the schedule (a job that must end before the run does)."""
     context = dist_utils.init_distributed(config.system.device, config.system.backend)
+    trainer = None
     try:
         check_phase_folder(config)
         with dist_utils.hold_output_folder(config.system.output_dir, context, "system.output_dir"):
@@ -125,6 +127,12 @@ def pretrain(
             trainer = Trainer(config, make_loader, make_eval_batches, context, model)
             return _run(trainer, resume, stop_at_step, start)
     finally:
+        # DDP's reducer goes while the process group is still registered. Freed after it, the reducer drops
+        # the group's last reference with the GIL held, which joins gloo's threads; one of them may be waiting
+        # for the GIL to free a finished collective's tensors, and neither moves (seen under load: a finished
+        # torchrun worker that never exited).
+        trainer = None
+        gc.collect()
         dist_utils.teardown(context)
 
 
