@@ -98,11 +98,15 @@ def write_corpus(root: Path, documents: int, seed: int = 0, shard_tokens: int = 
     return total
 
 
-def measure(corpus: Path, ranks: int) -> dict[str, float]:
-    """In this (fresh) process: start-up to the first batch, batches/s, and peak RSS."""
+def measure(corpus: Path, ranks: int, blocks: str | None = None) -> dict[str, float]:
+    """In this (fresh) process: start-up to the first batch, batches/s, and peak RSS. `blocks`: "B,W" for
+    the loader's block_documents and window_blocks (default: LoaderConfig's)."""
     from neobert.data.loader import LoaderConfig, build_loader
 
-    config = LoaderConfig(str(corpus), scheme="pack", layout="packed", batch_size=BATCH, verify="size", seed=1)
+    order = {}
+    if blocks:
+        order = dict(zip(("block_documents", "window_blocks"), map(int, blocks.split(",")), strict=True))
+    config = LoaderConfig(str(corpus), scheme="pack", layout="packed", batch_size=BATCH, verify="size", seed=1, **order)
     start = time.perf_counter()
     loader = build_loader(config, rank=0, world_size=ranks)
     next(loader)
@@ -115,9 +119,10 @@ def measure(corpus: Path, ranks: int) -> dict[str, float]:
     return {"peak_rss_mb": peak_kb / 1024, "startup_s": startup, "batches_per_s": rate}
 
 
-def run_child(corpus: Path, ranks: int, src: Path) -> dict[str, float]:
+def run_child(corpus: Path, ranks: int, src: Path, blocks: str | None = None) -> dict[str, float]:
     environment = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, __file__, "--child", str(corpus), "--ranks", str(ranks)]
+    command += ["--blocks", blocks] if blocks else []
     done = subprocess.run(command, env=environment, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"the measuring process failed:\n{done.stderr}")
@@ -166,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=None, help="where the corpora go (deleted after)")
     parser.add_argument("--plot", type=Path, default=None, help="draw LABEL=REPORT.json ... (the positional ones)")
     parser.add_argument("reports", nargs="*", help="with --plot: LABEL=path of a --json report")
+    parser.add_argument("--blocks", default=None, help="B,W: block_documents and window_blocks (default: the loader's)")
     parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.plot is not None:
@@ -176,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(1)
-        print(json.dumps(measure(args.child, ranks[0])))
+        print(json.dumps(measure(args.child, ranks[0], args.blocks)))
         return 0
     sizes = [int(float(value)) for value in args.documents.split(",")]
     sys.path.insert(0, str(here))  # the corpus writer is this checkout's, whatever --src measures
@@ -190,8 +196,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{documents:.0e} documents, {tokens / 1e9:.2f} B tokens: written in {seconds:.0f} s")
             for count in ranks:
                 record = {"documents": documents, "tokens": tokens, "ranks": count}
-                cold = run_child(folder / "corpus", count, args.src)
-                warm = run_child(folder / "corpus", count, args.src)  # the same batches, now in the page cache
+                cold = run_child(folder / "corpus", count, args.src, args.blocks)
+                warm = run_child(
+                    folder / "corpus", count, args.src, args.blocks
+                )  # the same batches, now in the page cache
                 record.update(cold)
                 record["batches_per_s_cold"] = cold["batches_per_s"]
                 record["batches_per_s"] = warm["batches_per_s"]
