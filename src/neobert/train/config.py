@@ -93,10 +93,10 @@ class DataSection:
     eval_seed: int | None = None
     seed: int = 0
     # The order's granularity (data/order.py): runs of `block_documents` consecutive documents, taken
-    # `window_blocks` at a time into one shuffled window. Each window reads one small piece of offsets per
-    # block, so single-document blocks mix as a full permutation does at no memory cost.
-    block_documents: int = 1
-    window_blocks: int = 2048
+    # `window_blocks` at a time into one shuffled window, so a window of 2,048 documents comes from 256
+    # places in the corpus (docs/data.md: how that mixes, learns and reads against other choices).
+    block_documents: int = 8
+    window_blocks: int = 256
     # The tokenizer the corpus must have been prepared with (name or folder); None: bert-base-uncased.
     tokenizer: str | None = None
 
