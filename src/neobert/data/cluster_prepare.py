@@ -30,7 +30,13 @@ from typing import Any
 
 import numpy as np
 
-from neobert.data.prepare import PrepareConfig, PrepareSummary, prepare, sequence_forecast
+from neobert.data.prepare import (
+    PrepareConfig,
+    PrepareSummary,
+    prepare,
+    replace_other_preparation,
+    sequence_forecast,
+)
 from neobert.data.shards import (
     FORMAT,
     FORMAT_VERSION,
@@ -173,15 +179,8 @@ def write_plan(out: Path, plan: ClusterPlan, overwrite: bool = False) -> None:
         if previous == payload:
             return
         differing = sorted(key for key in payload.keys() | previous.keys() if previous.get(key) != payload.get(key))
-        if not overwrite:
-            raise DataError(
-                f"{out}: holds a corpus prepared from other inputs, settings or task count (differs in: "
-                f"{', '.join(differing)}); choose another --out, or pass --overwrite to replace it"
-            )
-        for name in (*SPLITS, TASKS, LOGS, "progress"):
-            shutil.rmtree(out / name, ignore_errors=True)
-        for name in (MANIFEST, PLAN):
-            (out / name).unlink(missing_ok=True)
+        what = "other inputs, settings or task count"
+        replace_other_preparation(out, differing, overwrite, what, (*SPLITS, TASKS, LOGS, "progress"))
     elif out.is_dir() and any(out.iterdir()):
         raise DataError(f"{out}: the folder is not empty and holds no prepared corpus; choose an empty --out")
     out.mkdir(parents=True, exist_ok=True)

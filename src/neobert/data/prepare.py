@@ -309,6 +309,22 @@ def _ordered_results(
         pool.join()
 
 
+def replace_other_preparation(
+    out: Path, differing: list[str], overwrite: bool, what: str, folders: tuple[str, ...]
+) -> None:
+    """`out` holds a preparation of another plan: refused, unless `overwrite`, which removes its `folders`,
+    manifest and plan (and nothing else of the user's)."""
+    if not overwrite:
+        raise DataError(
+            f"{out}: holds a corpus prepared from {what} (differs in: {', '.join(differing)}); choose another "
+            "--out, or pass --overwrite to replace it"
+        )
+    for name in folders:
+        shutil.rmtree(out / name, ignore_errors=True)
+    for name in (MANIFEST, PLAN):
+        (out / name).unlink(missing_ok=True)
+
+
 def _check_out_folder(out: Path, plan: dict[str, Any], overwrite: bool) -> bool:
     """Makes `out` ready for this plan; returns True when a finished corpus for the same plan is there."""
     import json
@@ -319,15 +335,7 @@ def _check_out_folder(out: Path, plan: dict[str, Any], overwrite: bool) -> bool:
         if previous == plan:
             return (out / MANIFEST).is_file()
         differing = sorted(key for key in plan if previous.get(key) != plan[key])
-        if not overwrite:
-            raise DataError(
-                f"{out}: holds a corpus prepared from other inputs or settings (differs in: "
-                f"{', '.join(differing)}); choose another --out, or pass --overwrite to replace it"
-            )
-        for name in (*SPLITS, PROGRESS):
-            shutil.rmtree(out / name, ignore_errors=True)
-        for name in (MANIFEST, PLAN):
-            (out / name).unlink(missing_ok=True)
+        replace_other_preparation(out, differing, overwrite, "other inputs or settings", (*SPLITS, PROGRESS))
     elif out.is_dir() and any(out.iterdir()):
         raise DataError(f"{out}: the folder is not empty and holds no prepared corpus; choose an empty --out")
     out.mkdir(parents=True, exist_ok=True)
