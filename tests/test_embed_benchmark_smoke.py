@@ -25,11 +25,11 @@ def test_quick_encode_benchmark_writes_every_figure(tmp_path):
     assert report["setup"]["texts"] == 24 and report["setup"]["preset"] == "tiny"
     assert 5 < report["setup"]["mean_tokens"] < 100  # tweets and headlines, with [CLS] and [SEP]
     assert list(report["rows"]) == ROUTES
-    cpus = report["setup"]["logical_cpus"]
     for name, row in report["rows"].items():
         assert row["texts_per_s"] == pytest.approx(24 / row["median_s"], rel=1e-12), name
-        # CPU time over wall time: at most every CPU busy, give or take the clocks' granularity on quick calls
-        assert 0 < row["cores"] <= cpus * 1.15, name
+        # CPU time over wall time. No upper bound: on calls of milliseconds the clocks' granularity alone
+        # put a quiet run at 2.30 on 2 CPUs; the figure is what the report marks unreliable, not a test.
+        assert row["cores"] > 0, name
         assert row["reliable"] == (row["cores"] >= MIN_CORES), name
     bound = report["float32_bound"]
     assert bound["peak_gflops"] > 0 and 0 < bound["non_embedding_params"] < 10_000_000
