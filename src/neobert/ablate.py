@@ -1,7 +1,9 @@
-"""The paper's ablation ladder (Table 2) at small scale: each row is the paper's preset for that step
-(`ablations/m0` ... `m6`) laid under `ablations/small`, trained on the demo corpus for the same number of
-token slots, with several seeds, and scored the same way: held-out masked-LM loss and accuracy under one
-fixed masking rule, and the offline suite's linear probe on frozen embeddings."""
+"""The paper's ablation ladder (Table 2) at small scale, and the modern recipe's changes against it: each
+row is the paper's preset for that step (`ablations/m0` ... `m5`) with its own changes, laid under
+`ablations/small`, trained on the demo corpus for the same number of token slots, with several seeds, and
+scored the same way: held-out masked-LM loss and accuracy under one fixed masking rule, and the offline
+suite's linear probe on frozen embeddings. Each row is compared with the row it changes: the difference,
+its seed spread, and whether the seeds separate."""
 
 from __future__ import annotations
 
@@ -26,59 +28,88 @@ class Row:
     preset: str  # under configs/pretrain/ablations
     change: str
     compare_to: str | None  # the row this one changes
-    paper_delta: str  # the paper's GLUE change for this step (Table 2), or why there is none
+    paper_delta: str  # the paper's GLUE change for this step (Table 2), or where the change comes from
     overrides: tuple[str, ...] = ()
+    # Config keys the row sets that an older build may not know: the ladder names them before anything trains.
+    needs: tuple[str, ...] = ()
+    # Batch-size warm-up: the global batch starts at a quarter and grows over this share of the run's tokens;
+    # the run then trains on the base row's tokens (budget.tokens), not its steps.
+    batch_warmup_share: float = 0.0
 
 
-DEEP = "model.overrides={hidden_size: 256, num_hidden_layers: 9, num_attention_heads: 4, intermediate_size: 1024, max_length: 512}"  # noqa: E501
+PACK = "data.sequence=pack"
+DEEP = "model.overrides={hidden_size: 96, num_hidden_layers: 7, num_attention_heads: 3, intermediate_size: 392, max_length: 512}"  # noqa: E501
+BATCH_WARMUP_KEYS = ("data.batch_warmup_tokens", "data.batch_warmup_start")
 
+# Every row packs documents end to end, each attending only to itself (a truncated 128-token row is 21% real
+# tokens on the demo corpus, and truncated rows never passed the unigram baseline), except the naive-packing
+# row. m5 is then the paper's M6 preset (M5 packed) and the base of every comparison after it.
 ROWS = (
     Row(
         "m0",
         "m0",
-        "BERT-like: learned positions, LayerNorm, GELU; Adam, linear decay; 15% 80/10/10; truncated",
+        "BERT-like: learned positions, LayerNorm, GELU; Adam, linear decay; 15% 80/10/10; packed",
         None,
         "79.2 GLUE (base)",
+        (PACK,),
     ),
-    Row("m1", "m1", "RoPE, SwiGLU, RMSNorm", "m0", "+2.4%"),
-    Row("m4", "m4", "Adam -> AdamW (decay 0.01), linear -> cosine", "m1", "-0.5% (M4)"),
-    Row("m5", "m5", "15% 80/10/10 -> 20% all-[MASK]", "m4", "-0.7%"),
+    Row("m1", "m1", "RoPE, SwiGLU, RMSNorm", "m0", "+2.4%", (PACK,)),
+    Row("m4", "m4", "Adam -> AdamW (decay 0.01), linear -> cosine", "m1", "-0.5% (M4)", (PACK,)),
+    Row("m5", "m5", "15% 80/10/10 -> 20% all-[MASK]", "m4", "-0.7%", (PACK,)),
     Row(
         "m6_naive",
         "m5",
-        "naive packing: documents end to end, attending to each other",
+        "naive packing: documents attend to each other (m5 keeps each to itself)",
         "m5",
-        "-2.9% (M6)",
+        "M6 packed naively: -2.9% (against truncated M5)",
         ("data.sequence=pack_naive",),
     ),
     Row(
-        "m6_pack",
-        "m6",
-        "packing without cross-document attention (instead of naive)",
-        "m6_naive",
-        "not in Table 2 (NeoBERT dropped naive packing)",
+        "m8_deep",
+        "m5",
+        "depth over width at equal non-embedding parameters: 4 x 128 -> 7 x 96",
+        "m5",
+        "+0.8% (M7 16x1056 -> M8 28x768)",
+        (PACK, DEEP),
     ),
     Row(
-        "m8_deep",
-        "m6",
-        "depth over width at equal non-embedding parameters: 4 x 384 -> 9 x 256",
-        "m6_pack",
-        "+0.8% (M7 16x1056 -> M8 28x768)",
-        (DEEP,),
+        "wsd",
+        "m5",
+        "cosine -> warmup-stable-decay (linear decay over the last 20% to the same floor)",
+        "m5",
+        "not in Table 2 (ModernBERT, Ettin)",
+        (PACK, "train.schedule=wsd", "train.wsd_decay_fraction=0.2", "train.decay_shape=linear"),
+    ),
+    Row(
+        "mask30",
+        "m5",
+        "20% -> 30% masking (all [MASK])",
+        "m5",
+        "not in Table 2 (ModernBERT; Wettig et al. 2023)",
+        (PACK, "data.mlm_probability=0.3"),
+    ),
+    Row(
+        "batch_warmup",
+        "m5",
+        "batch-size warm-up: a quarter of the batch, growing to all of it over the first 12.5% of the tokens",
+        "m5",
+        "not in Table 2 (ModernBERT, mmBERT)",
+        (PACK,),
+        needs=BATCH_WARMUP_KEYS,
+        batch_warmup_share=0.125,
     ),
 )
-# Not in the default ladder (its 90 minutes): the architecture step again on packed rows, where every run sees
-# about 5 times the real tokens of a truncated one at equal slots.
+# Not in the default ladder (its three hours): a mask rate that falls from 30% to 20% half-way.
 EXTRA_ROWS = (
     Row(
-        "m0_pack",
-        "m0",
-        "m0 with packing without cross-document attention",
-        None,
-        "not in Table 2",
-        ("data.sequence=pack",),
+        "mask_schedule",
+        "m5",
+        "mask rate 30% for the first half of the run, then 20%",
+        "m5",
+        "not in Table 2 (mmBERT: 25% -> 15% -> 5%)",
+        (PACK, "data.mlm_schedule=[[0.0, 0.3], [0.5, 0.2]]"),
+        needs=("data.mlm_schedule",),
     ),
-    Row("m1_pack", "m1", "RoPE, SwiGLU, RMSNorm, packed", "m0_pack", "+2.4% (M1, truncated)", ("data.sequence=pack",)),
 )
 ROW_NAMES = tuple(row.name for row in ROWS)
 ALL_ROW_NAMES = ROW_NAMES + tuple(row.name for row in EXTRA_ROWS)
@@ -117,6 +148,29 @@ def select_rows(names: list[str] | None) -> list[Row]:
     return [row for row in ROWS + EXTRA_ROWS if row.name in names]
 
 
+def unknown_keys(row: Row) -> list[str]:
+    """The keys among `row.needs` that this build's config does not have."""
+    from dataclasses import fields
+
+    from neobert.train import config as train_config
+
+    sections = {"data": train_config.DataSection, "train": train_config.TrainSection}
+    known = {section: {field.name for field in fields(cls)} for section, cls in sections.items()}
+    return [key for key in row.needs if key.partition(".")[2] not in known.get(key.partition(".")[0], ())]
+
+
+def check_rows_known(rows: list[Row]) -> None:
+    """A named error for a row whose keys this build does not know, before anything trains."""
+    for row in rows:
+        missing = unknown_keys(row)
+        if missing:
+            others = ",".join(r.name for r in rows if not unknown_keys(r))
+            raise ValueError(
+                f"ablation row {row.name} needs {', '.join(missing)}, which this build of neobert does not know "
+                f"yet; leave the row out with --rows {others}"
+            )
+
+
 def row_config(row: Row, settings: LadderSettings, seed: int):
     from neobert.train.config import load_config, preset_path
 
@@ -135,10 +189,28 @@ def row_config(row: Row, settings: LadderSettings, seed: int):
     ]
     paths = [str(preset_path(f"ablations/{row.preset}")), str(preset_path("ablations/small"))]
     config = load_config(paths, overrides)
+    if row.batch_warmup_share:
+        config = load_config(paths, overrides + batch_warmup_overrides(config, row.batch_warmup_share))
     from neobert.train.optim import schedule_from
 
     schedule_from(config.train, config.budget.total_steps(config.tokens_per_step))  # a budget too small fails here
     return config
+
+
+def batch_warmup_overrides(config, share: float) -> list[str]:
+    """A batch-size warm-up from a quarter of the global batch over `share` of the run's token slots (whole
+    full batches, at least one), and the run set by those tokens, so that it sees as many as the row it is
+    compared with."""
+    tokens = config.budget.total_steps(config.tokens_per_step) * config.tokens_per_step
+    full_batch_tokens = config.tokens_per_step
+    warmup = max(1, round(share * tokens / full_batch_tokens)) * full_batch_tokens
+    start = max(1, config.data.batch_size // 4)
+    return [
+        f"data.batch_warmup_start={start}",
+        f"data.batch_warmup_tokens={warmup}",
+        "budget.steps=null",
+        f"budget.tokens={tokens}",
+    ]
 
 
 class LadderInterrupted(RuntimeError):
@@ -214,6 +286,7 @@ def run_ladder(
     """Every row and seed, skipping those already in the results file (an interrupted ladder resumes), when
     the folder's ladder was started with the same settings (RunMismatch otherwise); `restart` deletes an
     earlier ladder first. One process at a time runs a ladder in `settings.out` (FolderInUse otherwise)."""
+    check_rows_known(rows)
     for row in rows:  # every configuration checked before anything trains
         row_config(row, settings, 0)
     with hold_folder(settings.out, "--out"):
@@ -248,6 +321,7 @@ def _run_rows(rows: list[Row], settings: LadderSettings, log: Callable[[str], No
     done = json.loads(results_path.read_text())["runs"] if results_path.is_file() else []
     have = {(r["row"], r["seed"]) for r in done}
     runs = list(done)
+    commit = code_commit()
     for row in rows:
         for seed in range(settings.seeds):
             if (row.name, seed) in have:
@@ -255,15 +329,45 @@ def _run_rows(rows: list[Row], settings: LadderSettings, log: Callable[[str], No
             log(f"ablate: {row.name} seed {seed} ({row.change})")
             started = time.perf_counter()
             record = run_one(row, settings, seed, log)
-            runs.append({**record, "seconds": round(time.perf_counter() - started, 1)})
+            runs.append({**record, "seconds": round(time.perf_counter() - started, 1), "commit": commit})
             write_json_atomically(results_path, {"settings": asdict(settings), "runs": runs}, indent=1)
     summary = summarise(rows, runs)
     seconds = sum(r.get("seconds", 0.0) for r in runs)
-    report = {"settings": asdict(settings), "runs": runs, "summary": summary, "seconds": round(seconds, 1)}
+    # A ladder resumed in another session may span commits: each run records its own, and the report all.
+    commits = sorted({r["commit"] for r in runs if r.get("commit")})
+    report = {
+        "settings": asdict(settings),
+        "commits": commits,
+        "runs": runs,
+        "summary": summary,
+        "seconds": round(seconds, 1),
+    }
     write_json_atomically(results_path, report, indent=1)
     (Path(settings.out) / "ablations.md").write_text(format_table(rows, summary) + "\n", encoding="utf-8")
     plot_ladder(rows, summary, Path(settings.out) / "ablations.png")
     return report
+
+
+def code_commit() -> str | None:
+    """The commit of the checkout this package is imported from, "+dirty" when it has uncommitted changes;
+    None outside a git checkout."""
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=30)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", "."],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
 
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
@@ -272,27 +376,54 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+# What each comparison reads from a run, and whether a larger value is better.
+COMPARED = (("accuracy", "eval_accuracy", True), ("loss", "eval_loss", False), ("probe", "probe_mean", True))
+
+
+def _run_value(run: dict, key: str) -> float | None:
+    if key == "probe_mean":
+        return run["probe"]["mean"] if "probe" in run else None
+    return run.get(key)
+
+
+def compare(mine: list[float], base: list[float]) -> dict[str, Any]:
+    """A row against the row it changes: the difference of the means, its seed spread (the standard
+    deviation of the difference of one seed of each, sqrt(s_a^2 + s_b^2)), and whether the seeds separate:
+    "above" when every seed of the row is above every seed of its base, "below" when every one is below."""
+    (mean, std), (base_mean, base_std) = _mean_std(mine), _mean_std(base)
+    if min(mine) > max(base):
+        separate = "above"
+    elif max(mine) < min(base):
+        separate = "below"
+    else:
+        separate = "no"
+    return {"delta": mean - base_mean, "spread": math.hypot(std, base_std), "separate": separate}
+
+
 def summarise(rows: list[Row], runs: list[dict]) -> dict[str, dict]:
-    summary = {}
+    summary, values = {}, {}
     for row in rows:
         mine = [r for r in runs if r["row"] == row.name]
         good = [r for r in mine if r.get("status") != "diverged" and r.get("eval_loss") is not None]
-        probes = [r["probe"]["mean"] for r in good if "probe" in r]
+        values[row.name] = {
+            key: [v for v in (_run_value(r, key) for r in good) if v is not None] for _, key, _ in COMPARED
+        }
         summary[row.name] = {
             "seeds": len(mine),
             "diverged": len(mine) - len(good),
-            "eval_loss": _mean_std([r["eval_loss"] for r in good]),
-            "eval_accuracy": _mean_std([r["eval_accuracy"] for r in good]),
-            "probe_mean": _mean_std(probes),
+            **{key: _mean_std(values[row.name][key]) for _, key, _ in COMPARED},
         }
     for row in rows:
-        base = summary.get(row.compare_to) if row.compare_to else None
-        mine = summary[row.name]
-        if base and base["eval_accuracy"][0] is not None and mine["eval_accuracy"][0] is not None:
-            mine["delta_accuracy"] = mine["eval_accuracy"][0] - base["eval_accuracy"][0]
-            mine["delta_loss"] = mine["eval_loss"][0] - base["eval_loss"][0]
-            if mine["probe_mean"][0] is not None and base["probe_mean"][0] is not None:
-                mine["delta_probe"] = mine["probe_mean"][0] - base["probe_mean"][0]
+        if row.compare_to not in values:
+            continue
+        mine, comparisons = summary[row.name], {}
+        for label, key, _ in COMPARED:
+            if values[row.name][key] and values[row.compare_to][key]:
+                comparisons[label] = compare(values[row.name][key], values[row.compare_to][key])
+                mine[f"delta_{label}"] = comparisons[label]["delta"]
+        if comparisons:
+            mine["compared_to"] = row.compare_to
+            mine["compare"] = comparisons
     return summary
 
 
@@ -301,21 +432,28 @@ def _cell(pair: tuple[float | None, float | None], digits: int = 3) -> str:
     return "" if mean is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
+def _delta_cell(summary: dict, label: str, digits: int) -> str:
+    found = summary.get("compare", {}).get(label)
+    if found is None:
+        return ""
+    mark = {"above": ", seeds separate (all above)", "below": ", seeds separate (all below)", "no": ""}
+    return f"{found['delta']:+.{digits}f} ± {found['spread']:.{digits}f}{mark[found['separate']]}"
+
+
 def format_table(rows: list[Row], summary: dict[str, dict]) -> str:
     head = (
-        "| row | change (from the row named) | held-out loss | held-out accuracy | Δ accuracy | probe mean | "
-        "Δ probe | paper (GLUE) |\n|---|---|---|---|---|---|---|---|"
+        "| row | change (from the row named) | held-out loss | held-out accuracy | Δ accuracy ± spread | "
+        "Δ loss ± spread | probe mean | Δ probe ± spread | paper (GLUE) |\n|---|---|---|---|---|---|---|---|---|"
     )
     lines = [head]
     for row in rows:
         s = summary[row.name]
-        delta = f"{s['delta_accuracy']:+.4f}" if "delta_accuracy" in s else ""
-        delta_probe = f"{s['delta_probe']:+.3f}" if "delta_probe" in s else ""
         change = row.change + (f" (from {row.compare_to})" if row.compare_to else "")
         diverged = f" ({s['diverged']} diverged)" if s["diverged"] else ""
         lines.append(
             f"| {row.name}{diverged} | {change} | {_cell(s['eval_loss'])} | {_cell(s['eval_accuracy'], 4)} | "
-            f"{delta} | {_cell(s['probe_mean'])} | {delta_probe} | {row.paper_delta} |"
+            f"{_delta_cell(s, 'accuracy', 4)} | {_delta_cell(s, 'loss', 3)} | {_cell(s['probe_mean'])} | "
+            f"{_delta_cell(s, 'probe', 3)} | {row.paper_delta} |"
         )
     return "\n".join(lines)
 

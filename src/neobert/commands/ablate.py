@@ -1,5 +1,6 @@
-"""`neobert ablate`: the paper's ablation ladder (Table 2) at small scale on the demo corpus, several seeds a
-row, with a table (mean ± std) and a PNG."""
+"""`neobert ablate`: the paper's ablation ladder (Table 2) and the modern recipe's rows at small scale on the
+demo corpus, several seeds a row, with a table (mean ± std, each row's difference from the row it changes)
+and a PNG."""
 
 from __future__ import annotations
 
