@@ -4,11 +4,13 @@ OpenAI `/embeddings` requests over real HTTP with the vectors `neobert.encode` g
 Infinity always L2-normalises what it returns; `encode` normalises by default too, so the vectors compare
 as they are. Skipped when the serving environment is absent (`make serve-env` builds it)."""
 
+import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from embed_helpers import exported_model
 from neobert.embed import encode, load_embedder
@@ -88,3 +90,19 @@ def test_a_bad_request_is_refused_with_a_4xx_and_the_server_keeps_serving(server
     assert 400 <= status < 500, answer
     assert server.alive()
     np.testing.assert_allclose(embed(server, TEXTS[0])[0], encode(embedder, TEXTS[0], show_progress=False), atol=1e-5)
+
+
+def test_the_load_run_stops_by_itself_and_reports_both_sides(python, tmp_path):
+    import serve_load
+
+    out = tmp_path / "serve_load.json"
+    threads = torch.get_num_threads()
+    try:
+        assert serve_load.main(["--quick", "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    report = json.loads(out.read_text())
+    served, in_process = report["rows"]["Infinity /embeddings (2 clients)"], report["rows"][serve_load.IN_PROCESS]
+    assert served["requests"] == in_process["requests"] == 20 and served["failures"] == 0
+    assert served["p50_ms"] <= served["p99_ms"] and in_process["p50_ms"] <= in_process["p99_ms"]
+    assert report["warmup_max_abs_difference"] < 1e-5
