@@ -136,6 +136,7 @@ class PretrainingLoader:
         ids = self.corpus.special_ids
         self.never_mask = sorted({ids["pad"], ids["unk"], ids["cls"], ids["sep"], ids["mask"]})
         self.stats = {"batches": 0, "sequences": 0, "tokens": 0, "slots": 0, "masked": 0}
+        self.masking = config.masking  # its rate follows a mask-rate schedule (set_mlm_probability)
         # Position in the global order (epoch, window, sample in the window), samples taken from it, and
         # chunks of `batch_size` samples gone by (this rank's and the others').
         self._epoch = self._window = self._offset = self._taken = self._chunks = 0
@@ -248,9 +249,7 @@ class PretrainingLoader:
             for k, (start, end) in enumerate(zip(bounds[:-1], bounds[1:], strict=True))
         ]
         draws = tuple(None if part[0] is None else np.concatenate(part) for part in zip(*parts, strict=True))
-        input_ids, labels = mask_with_draws(
-            torch.from_numpy(flat), self.config.masking, self.never_mask, ids["mask"], draws
-        )
+        input_ids, labels = mask_with_draws(torch.from_numpy(flat), self.masking, self.never_mask, ids["mask"], draws)
         if self.config.layout == "packed":
             batch = layout_packed(input_ids, cu)
             batch["labels"] = labels.unsqueeze(0)
@@ -276,6 +275,10 @@ class PretrainingLoader:
         self.stats["slots"] += slots
         self.stats["masked"] += int((labels != IGNORE_INDEX).sum())
         return batch
+
+    def set_mlm_probability(self, rate: float) -> None:
+        """Mask the next batches at `rate`; a sample's draws do not depend on it, so the masks stay nested."""
+        self.masking = replace(self.config.masking, rate=rate)
 
     @property
     def packing_efficiency(self) -> float:
@@ -424,6 +427,10 @@ class MixtureLoader:
         samples, first = component.take_samples(self.config.batch_size)
         self._chunks += 1
         return component.build(samples, first)
+
+    def set_mlm_probability(self, rate: float) -> None:
+        for component in self.components:
+            component.set_mlm_probability(rate)
 
     def skip(self, count: int) -> None:
         for _ in range(count):

@@ -171,6 +171,8 @@ def _run(trainer: Trainer, resume: bool | str, stop_at_step: int | None, start: 
     progress = ConsoleProgress(trainer.schedule.total_steps, trainer.step, system.progress_bar, not context.is_main)
     loop = _Loop(trainer, logger, progress, stop_at_step)
     progress.message(f"precision: {trainer.precision.name}, {trainer.precision.reason}")
+    if trainer.ramp.active:
+        progress.message(trainer.ramp.describe())
     for skipped in trainer.skipped_on_resume:
         progress.message(f"resume: {skipped}")
     if resume is True and resumed_from is None:
@@ -376,6 +378,9 @@ class _Loop:
             "train/flops_per_s": sums["flops"] / seconds,
             "time/elapsed_s": self.elapsed(),
             "train/schedule_fraction": trainer.schedule.fraction_reached(trainer.step),
+            # The last step's global batch and mask rate (a batch warm-up or mask-rate schedule changes them).
+            "train/batch_sequences": trainer.batch_sequences,
+            "train/mlm_probability": trainer.mlm_probability,
         }
         utilisation = sums["flops"] / seconds / trainer.peak if trainer.peak else None
         if utilisation is not None:
