@@ -91,6 +91,7 @@ class NeoBERTForMaskedLM(NeoBERTPreTrainedModel):
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
             return_dict=True,
+            **kwargs,
         )
         hidden = encoded.last_hidden_state
         loss = predictions = None
@@ -188,6 +189,7 @@ class NeoBERTForSequenceClassification(NeoBERTPreTrainedModel):
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
             return_dict=True,
+            **kwargs,
         )
         hidden = encoded.last_hidden_state
         if cu_seqlens is None and position_ids is not None and attention_mask is None:
@@ -245,6 +247,7 @@ class NeoBERTForTokenClassification(NeoBERTPreTrainedModel):
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
             return_dict=True,
+            **kwargs,
         )
         logits = self.classifier(self.dropout(encoded.last_hidden_state))
         loss = None
