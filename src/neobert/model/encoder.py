@@ -110,8 +110,8 @@ class NeoBERTPreTrainedModel(PreTrainedModel):
         # the embedding uniform too (its padding row included), norms at one; task heads normal(0, r_cls).
         config = self.config
         # transformers calls this with `self` the innermost PreTrainedModel owning `module`, so a task
-        # head's `dense` / `classifier` are recognised as attributes of `self`.
-        is_task_head = any(module is getattr(self, name, None) for name in ("dense", "classifier"))
+        # head's `pre_classifier` / `classifier` are recognised as attributes of `self`.
+        is_task_head = any(module is getattr(self, name, None) for name in ("pre_classifier", "classifier"))
         if isinstance(module, nn.Linear):
             if is_task_head:
                 init.normal_(module.weight, 0.0, config.classifier_init_range)
