@@ -2,6 +2,7 @@
 through PEFT, with `neobert.lora.lora_config` or a plain `peft.LoraConfig` (train, save the adapter, reload
 it, same outputs)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -185,3 +186,37 @@ def test_one_lora_step_saves_and_reloads_to_the_same_outputs(backbone, tokenizer
         assert not torch.allclose(fresh(**inputs).logits, expected, atol=1e-3)
         reloaded = peft.PeftModel.from_pretrained(fresh, tmp_path / "adapter").eval()
         torch.testing.assert_close(reloaded(**inputs).logits, expected, atol=1e-6, rtol=0)
+
+
+def test_an_adapter_saved_when_the_head_layer_was_called_dense_still_loads(backbone, tmp_path):
+    """Adapters from `lora_config("SEQ_CLS")` before the rename store the layer as `dense`."""
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(0)
+    adapted = peft.get_peft_model(
+        NeoBERTForSequenceClassification.from_pretrained(backbone, num_labels=2), lora_config("SEQ_CLS")
+    )
+    with torch.no_grad():
+        for name, parameter in adapted.named_parameters():
+            if ".modules_to_save." in name or "lora_B" in name:
+                parameter.add_(0.1)  # away from the fresh model, so a layer not loaded shows
+    ids = torch.randint(1000, 30000, (2, 6))
+    adapted.eval()
+    with torch.no_grad():
+        expected = adapted(input_ids=ids).logits
+    folder = tmp_path / "adapter"
+    adapted.save_pretrained(folder)
+    weights = load_file(folder / "adapter_model.safetensors")
+    save_file(
+        {key.replace(".pre_classifier.", ".dense."): value for key, value in weights.items()},
+        folder / "adapter_model.safetensors",
+    )
+    settings = json.loads((folder / "adapter_config.json").read_text())
+    settings["modules_to_save"] = ["dense", "classifier"]
+    (folder / "adapter_config.json").write_text(json.dumps(settings))
+
+    torch.manual_seed(1)
+    fresh = NeoBERTForSequenceClassification.from_pretrained(backbone, num_labels=2)
+    reloaded = peft.PeftModel.from_pretrained(fresh, folder).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(input_ids=ids).logits, expected, atol=1e-6, rtol=0)

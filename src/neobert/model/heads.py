@@ -176,6 +176,8 @@ class NeoBERTForSequenceClassification(NeoBERTPreTrainedModel):
     """
 
     _keys_to_ignore_on_load_unexpected = [r"^decoder\."]
+    # Read by PEFT when it loads an adapter: one saved before the rename names the layer `dense`.
+    _checkpoint_conversion_mapping = {rf"^{RELEASED_HEAD_NAME}\.": f"{HEAD_NAME}."}
 
     def __init__(self, config: NeoBERTConfig):
         super().__init__(config)
