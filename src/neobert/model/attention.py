@@ -60,15 +60,18 @@ def registered_with_transformers(name: str) -> Callable:
 
 
 def _transformers_mask(config, q: torch.Tensor, layout: AttentionLayout) -> tuple[object, dict]:
-    """The mask transformers makes for `config._attn_implementation` and this layout, once per forward.
-    Packed documents are described to it as positions restarting at 0, which is how it recognises them."""
+    """The mask transformers makes for `config._attn_implementation` and this layout, once per forward; for
+    packed documents, with the rule that a query sees only its own document's keys."""
     if "transformers_mask" not in layout.cache:
         shape_source = q[:, :, 0]  # (batch, length, head_dim): transformers reads batch, length, dtype, device
         if layout.packed:
-            cu = layout.cu_seqlens
-            restarts = torch.arange(layout.length, device=cu.device) - cu[:-1].long()[layout.document_ids()]
-            mask = create_bidirectional_mask(config, shape_source, None, position_ids=restarts[None])
-            longest = layout.max_seqlen
+            docs = layout.document_ids()
+
+            def same_document(batch, head, q_index, kv_index):
+                return docs[q_index] == docs[kv_index]
+
+            mask = create_bidirectional_mask(config, shape_source, None, and_mask_function=same_document)
+            cu, longest = layout.cu_seqlens, layout.max_seqlen
             boundaries = dict(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=longest, max_length_k=longest)
         else:
             mask, boundaries = create_bidirectional_mask(config, shape_source, layout.key_mask), {}

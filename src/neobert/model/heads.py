@@ -155,6 +155,7 @@ def sequence_classification_loss(config: NeoBERTConfig, logits: torch.Tensor, la
 # name: transformers renames it on load and back on save, and a raw `load_state_dict` is renamed by a hook.
 RELEASED_HEAD_NAME = "dense"
 HEAD_NAME = "pre_classifier"
+# By class name (transformers 5.9 and later look conversions up so): the other classes have no such layer.
 register_checkpoint_conversion_mapping(
     "NeoBERTForSequenceClassification",
     [WeightRenaming(rf"^{RELEASED_HEAD_NAME}\.", f"{HEAD_NAME}.")],
