@@ -19,12 +19,12 @@ import yaml
 
 from neobert.config import PRESETS, NeoBERTConfig
 from neobert.data.loader import LengthBucket
+from neobert.model.attention import BACKENDS as ATTENTION_BACKENDS
 from neobert.train.ramp import BatchRamp, check_mlm_schedule, ramp_from
 from neobert.train.ramp import BatchSplitError as BatchSplitError  # at home in ramp.py; importers of config keep it
 from neobert.train.ramp import batch_split as batch_split
 from neobert.train.typed import build_dataclass, coerce, field_types, to_plain
 
-ATTENTION_BACKENDS = ("sdpa", "eager", "flex_attention", "flash_attention_2")
 LOG_SINKS = ("jsonl", "tensorboard", "wandb")
 _BUDGET_DRIVERS = ("steps", "tokens", "hours")
 
