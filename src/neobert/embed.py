@@ -75,7 +75,7 @@ def load_embedder(path: str | Path, backend: str = "torch") -> Embedder:
     """A model folder (as `neobert export` writes it, or any NeoBERT checkpoint folder) ready for `encode`."""
     from transformers import AutoConfig, AutoModel
 
-    import neobert  # noqa: F401  (registers the "neobert" model type with the Auto classes)
+    import neobert.model  # noqa: F401  (registers "neobert" with the Auto classes)
     from neobert.tokenizer import load_tokenizer
 
     path = Path(path)

@@ -59,7 +59,7 @@ def export_onnx(model_dir: str | Path, out: str | Path | None = None, int8: bool
     backend="onnx")` works from it alone. Returns the path of model.onnx."""
     from transformers import AutoModel
 
-    import neobert  # noqa: F401  (registers the model type)
+    import neobert.model  # noqa: F401  (registers "neobert" with the Auto classes)
 
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():

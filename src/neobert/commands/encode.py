@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--prompt", default=None, help='text put before every input, e.g. "query: "')
     parser.add_argument("--prompt-name", default=None, help="a prompt stored with the model, e.g. query")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=64, help="texts a forward pass")
     parser.add_argument("--max-length", type=int, default=None, help="tokens per text (default: the model's)")
     parser.add_argument("--output-dim", type=int, default=None, help="keep the first N dimensions")
     parser.add_argument("--precision", default="float32", help="float32, int8 or binary")

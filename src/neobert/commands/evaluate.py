@@ -21,8 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="score at most this many positions a sequence, spread evenly (default: every position, as the paper)",
     )
     parser.add_argument("--mlm-data", default=None, help="a `neobert prepare` folder: MLM loss/accuracy on it")
-    parser.add_argument("--mlm-split", default="heldout")
-    parser.add_argument("--mlm-batches", type=int, default=50)
+    parser.add_argument("--mlm-split", default="heldout", help="split of --mlm-data to score")
+    parser.add_argument("--mlm-batches", type=int, default=50, help="batches of --mlm-data to score")
     parser.add_argument(
         "--suite",
         default=None,

@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="mean, cls or max (default: the folder's sentence-transformers pooling, else mean)",
     )
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=64, help="texts a forward pass")
     parser.add_argument("--no-prompts", action="store_true", help="no default instructions by task type")
 
 

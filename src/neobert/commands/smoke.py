@@ -6,8 +6,6 @@ import argparse
 import tempfile
 import time
 
-import torch
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="tiny", help="model preset (default: tiny)")
@@ -15,6 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
     from transformers import AutoModelForMaskedLM
 
     from neobert import NeoBERTConfig, NeoBERTForMaskedLM, load_tokenizer

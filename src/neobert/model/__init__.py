@@ -12,3 +12,8 @@ __all__ = [
     "NeoBERTForSequenceClassification",
     "NeoBERTForTokenClassification",
 ]
+
+# Whoever imports the model classes can load "neobert" folders through the Auto classes.
+from neobert.model.hf import register as _register  # noqa: E402
+
+_register()

@@ -1,0 +1,132 @@
+"""The command line answers `--help`, `--version` and usage errors without importing torch or transformers,
+documents every option, and states each default."""
+
+import argparse
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from neobert.cli import COMMANDS, HelpFormatter, build_parser, main
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+HEAVY = ("torch", "transformers", "numpy", "neobert.model")
+
+
+def imported_after(code: str) -> dict:
+    """Runs `code` in a fresh interpreter and returns its exit and which heavy modules it imported."""
+    program = textwrap.dedent(
+        f"""
+        import json, sys
+        code = 0
+        try:
+{textwrap.indent(textwrap.dedent(code), " " * 12)}
+        except SystemExit as stop:
+            code = stop.code
+        print(json.dumps({{"code": code, "heavy": [m for m in {HEAVY!r} if m in sys.modules]}}))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": SRC, "PATH": "/usr/bin:/bin"},
+        timeout=120,
+    )
+    import json
+
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--help"], ["--version"], ["smoke", "--help"], ["encode", "--help"], ["nonsense"], ["encode"], []],
+    ids=repr,
+)
+def test_help_version_and_usage_errors_import_nothing_heavy(argv):
+    result = imported_after(f"import neobert.cli; neobert.cli.main({argv!r})")
+    assert result["heavy"] == []
+    assert result["code"] == (0 if argv and argv[-1] in ("--help", "--version") else 2)
+
+
+def test_every_command_help_imports_nothing_heavy():
+    argvs = [[name, "--help"] for name in COMMANDS]
+    result = imported_after(
+        f"""
+        import neobert.cli
+        for argv in {argvs!r}:
+            try:
+                neobert.cli.main(argv)
+            except SystemExit:
+                pass
+        """
+    )
+    assert result["heavy"] == []
+
+
+def test_importing_the_package_imports_nothing_heavy_and_keeps_every_public_name():
+    result = imported_after("import neobert")
+    assert result["heavy"] == []
+    import neobert
+
+    for name in neobert.__all__:
+        assert getattr(neobert, name) is not None
+    assert neobert.NeoBERT is neobert.NeoBERTModel and neobert.NeoBERTLMHead is neobert.NeoBERTForMaskedLM
+    with pytest.raises(AttributeError):
+        neobert.no_such_name  # noqa: B018
+
+
+def test_import_neobert_then_transformers_registers_the_model_type():
+    program = """
+        import neobert
+        from transformers import AutoConfig, AutoModel
+        config = AutoConfig.for_model("neobert", hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                      intermediate_size=64, vocab_size=100)
+        assert type(AutoModel.from_config(config)).__name__ == "NeoBERTModel"
+    """
+    result = imported_after(program)
+    assert result["code"] == 0
+
+
+def test_version_is_the_installed_package_version(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0
+    assert capsys.readouterr().out.strip() == f"neobert {version('neobert')}"
+
+
+def subparsers() -> dict[str, argparse.ArgumentParser]:
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(sub.choices)
+
+
+def test_every_option_of_every_command_has_help_and_shows_its_default():
+    missing, no_default = [], []
+    for name, parser in subparsers().items():
+        assert parser.formatter_class is HelpFormatter
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            label = f"{name} {'/'.join(action.option_strings) or action.dest}"
+            if not (action.help or "").strip():
+                missing.append(label)
+                continue
+            shown = formatter._get_help_string(action) % {"default": action.default}
+            flag = action.nargs == 0
+            if not flag and action.default not in (None, [], argparse.SUPPRESS) and "default" not in shown.lower():
+                no_default.append(label)
+    assert missing == []
+    assert no_default == []
+
+
+def test_help_shows_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["encode", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "(default: 64)" in out and "(default: torch)" in out
