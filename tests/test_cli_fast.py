@@ -130,3 +130,52 @@ def test_help_shows_defaults(capsys):
         main(["encode", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "(default: 64)" in out and "(default: torch)" in out
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory):
+    from embed_helpers import exported_model
+
+    return exported_model(tmp_path_factory.mktemp("model"))
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["smoke", "--preset", "typo"], "neobert smoke: --preset: unknown NeoBERT preset 'typo'"),
+        (["smoke", "--text", "no mask here"], "neobert smoke: --text must contain [MASK]"),
+        (["evaluate", "--model", "{model}", "--pseudo-perplexity", "{text}", "--lengths", "a,b"], "--lengths takes"),
+        (["evaluate", "--model", "{model}", "--pseudo-perplexity", "{text}", "--lengths", "0"], "at least 3 tokens"),
+        (["evaluate", "--model", "{model}", "--mlm-data", "{text}", "--mlm-batches", "0"], "--mlm-batches must"),
+        (["mteb", "--model", "{model}", "--tasks", "X", "--pooling", "typo"], "--pooling must be mean, cls or max"),
+        (["mteb", "--model", "{model}", "--tasks", "X", "--batch-size", "0"], "--batch-size must be at least 1"),
+        (["prepare", "{text}", "--out", "{out}", "--max-length", "-5"], "neobert prepare: max_length must leave"),
+        (["prepare", "{text}", "--out", "{out}", "--heldout-fraction", "7"], "heldout_fraction must lie in"),
+        (
+            [
+                "finetune",
+                "--model",
+                "{model}",
+                "--train",
+                "{csv}",
+                "--validation",
+                "{csv}",
+                "--out",
+                "{out}",
+                "--metric",
+                "typo",
+            ],
+            "--metric 'typo' is not a metric of this task; choose one of accuracy",
+        ),
+    ],
+    ids=lambda value: " ".join(value) if isinstance(value, list) else None,
+)
+def test_a_bad_value_is_one_line_and_exit_2(argv, message, model_folder, tmp_path, capsys):
+    text, csv = tmp_path / "texts.txt", tmp_path / "data.csv"
+    text.write_text("hello world\nanother line\n")
+    csv.write_text("text,label\na b,0\nc d,1\n")
+    names = {"model": model_folder, "text": text, "csv": csv, "out": tmp_path / "out"}
+    assert main([item.format(**names) for item in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "checkpoints").exists()

@@ -85,6 +85,22 @@ def torch_device():
     return torch.device("cpu")
 
 
+def check_numbers(args: argparse.Namespace) -> str | None:
+    """The first count or length that cannot work, as a message naming its option; None when all can."""
+    try:
+        lengths = [int(v) for v in args.lengths.split(",")]
+    except ValueError:
+        return f"--lengths takes comma-separated token counts, got {args.lengths!r}"
+    if min(lengths) < 3:
+        return f"--lengths must be at least 3 tokens ([CLS], a token, [SEP]), got {args.lengths!r}"
+    for option in ("sequences", "batch_size", "mlm_batches", "budget_steps", "max_train", "max_test"):
+        if getattr(args, option) < 1:
+            return f"--{option.replace('_', '-')} must be at least 1, got {getattr(args, option)}"
+    if args.max_positions is not None and args.max_positions < 1:
+        return f"--max-positions must be at least 1, got {args.max_positions}"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     from neobert.files import write_json_atomically
     from neobert.finetune.model import ModelFolderError, model_folder
@@ -99,6 +115,10 @@ def run(args: argparse.Namespace) -> int:
             "neobert evaluate: choose --pseudo-perplexity FILE, --mlm-data FOLDER or --suite offline|retrieval-offline",
             file=sys.stderr,
         )
+        return 2
+    problem = check_numbers(args)
+    if problem:
+        print(f"neobert evaluate: {problem}", file=sys.stderr)
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
             restart=args.restart,
             origin={"model": model_digest(folder)},
         )
-    except (FolderInUse, RunMismatch) as error:
+    except (FolderInUse, RunMismatch, ValueError) as error:
         print(f"neobert finetune: {error}", file=sys.stderr)
         return 2
     print(f"best {result.best_metric:.4f} at step {result.best_step} of {result.steps}: {result.best_metrics}")

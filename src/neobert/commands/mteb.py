@@ -22,6 +22,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.pooling not in (None, "mean", "cls", "max"):
+        print(f"neobert mteb: --pooling must be mean, cls or max, got {args.pooling!r}", file=sys.stderr)
+        return 2
+    if args.batch_size < 1:
+        print(f"neobert mteb: --batch-size must be at least 1, got {args.batch_size}", file=sys.stderr)
+        return 2
     import mteb
 
     from neobert.eval.mteb_encoder import NeoBERTEncoder
