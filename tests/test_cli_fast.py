@@ -179,3 +179,28 @@ def test_a_bad_value_is_one_line_and_exit_2(argv, message, model_folder, tmp_pat
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err and "Traceback" not in err
     assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+def test_score_table_aligns_names_and_numbers():
+    from neobert.eval.score_table import score_table
+
+    table = score_table(("model", "recall@1"), [("a", 0.5), ("longer name", 0.25)])
+    assert table.splitlines() == [
+        "model        recall@1",
+        "-----------  --------",
+        "a              0.5000",
+        "longer name    0.2500",
+    ]
+
+
+def test_evaluate_retrieval_suite_prints_its_scores_as_a_table(model_folder, tmp_path, capsys, monkeypatch):
+    import neobert.eval.retrieval_offline as retrieval
+
+    monkeypatch.setattr(
+        retrieval, "headline_article_pairs", lambda records=None, max_articles=None: (["a b", "c d"], ["a b", "c d"])
+    )
+    args = ["evaluate", "--model", str(model_folder), "--suite", "retrieval-offline", "--no-baseline"]
+    assert main([*args, "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    header = next(i for i, line in enumerate(out) if line.split()[:2] == ["model", "recall@1"])
+    assert out[header + 2].split()[0] == str(model_folder) and len(out[header + 2].split()) == 4

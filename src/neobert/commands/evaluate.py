@@ -85,6 +85,15 @@ def torch_device():
     return torch.device("cpu")
 
 
+def retrieval_table(suite: dict) -> str:
+    from neobert.eval.score_table import score_table
+
+    keys = ("recall_at_1", "mrr_at_10", "ndcg_at_10")
+    rows = [(name, *(scores[key] for key in keys)) for name, scores in suite["results"].items()]
+    title = f"{suite['task']}: {suite['num_queries']} queries, {suite['num_documents']} documents"
+    return title + "\n" + score_table(("model", "recall@1", "MRR@10", "nDCG@10"), rows)
+
+
 def check_numbers(args: argparse.Namespace) -> str | None:
     """The first count or length that cannot work, as a message naming its option; None when all can."""
     try:
@@ -143,5 +152,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"neobert evaluate: {error}", file=sys.stderr)
         return 2
     write_json_atomically(out / "evaluate.json", report)
+    if "retrieval_offline" in report:  # the other evaluations print their tables as they finish
+        print(retrieval_table(report["retrieval_offline"]))
     print(f"wrote {out / 'evaluate.json'}")
     return 0

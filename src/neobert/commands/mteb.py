@@ -47,9 +47,10 @@ def run(args: argparse.Namespace) -> int:
     except Exception as error:  # dataset downloads fail offline; say so instead of a deep traceback
         print(f"neobert mteb: evaluation failed: {type(error).__name__}: {error}", file=sys.stderr)
         return 1
+    from neobert.eval.score_table import score_table
+
     summary = {result.task_name: result.get_score() for result in results.task_results}
-    for name, score in summary.items():
-        print(f"{name}: {score:.4f}")
+    print(score_table(("task", "main score"), sorted(summary.items())))
     if args.out:
         target = Path(args.out) / "summary.json"
         target.parent.mkdir(parents=True, exist_ok=True)
