@@ -78,9 +78,15 @@ def test_importing_the_package_imports_nothing_heavy_and_keeps_every_public_name
         neobert.no_such_name  # noqa: B018
 
 
-def test_import_neobert_then_transformers_registers_the_model_type():
-    program = """
-        import neobert
+@pytest.mark.parametrize(
+    "first",
+    ["import neobert", "import neobert.config", "import neobert.export", "import neobert.model.encoder"],
+)
+def test_whichever_import_comes_first_registers_the_model_type(first):
+    # `neobert export` once met a folder's remote code instead of the registered classes: transformers was
+    # first imported by neobert.export itself.
+    program = f"""
+        {first}
         from transformers import AutoConfig, AutoModel
         config = AutoConfig.for_model("neobert", hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                                       intermediate_size=64, vocab_size=100)

@@ -65,6 +65,8 @@ if TYPE_CHECKING:
 def register_auto_classes() -> None:
     """Registers "neobert" with transformers' Auto classes (idempotent; imports torch and the model)."""
     importlib.import_module("neobert.model.hf").register()
+    for finder in [f for f in sys.meta_path if isinstance(f, _RegisterAfterTransformers)]:
+        sys.meta_path.remove(finder)  # its work is done
 
 
 def __getattr__(name: str) -> Any:
@@ -81,38 +83,66 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *_LAZY})
 
 
-def _importing_inside_neobert() -> bool:
-    """Whether a module of this package is half-way through its own import (the very check CPython's import
-    makes): registering then would import that module again, half-built."""
+# The modules registration imports. While one of them is half-way through its own import, registering
+# would import it again, half-built (a submodule of neobert.model is only imported half-way while the
+# package is, or after the package registered at its end).
+_REGISTRATION_MODULES = ("neobert.config", "neobert.remote_code", "neobert.model")
+
+
+def _registration_would_reenter() -> bool:
+    """CPython's own test of a module in progress, on the modules registration imports."""
     return any(
-        getattr(getattr(module, "__spec__", None), "_initializing", False)
-        for name, module in list(sys.modules.items())
-        if name.startswith("neobert.")
+        getattr(getattr(sys.modules.get(name), "__spec__", None), "_initializing", False)
+        for name in _REGISTRATION_MODULES
     )
 
 
 class _RegisterAfterTransformers:
-    """A meta path finder that waits for `import transformers`, lets it finish, then registers; it leaves
-    sys.meta_path at once.
-    When a module of neobert brought transformers in, `neobert.model` registers as it finishes loading."""
+    """A meta path finder that waits for `import transformers`, lets it finish and registers. When that
+    import came from one of the modules registration needs (neobert.config, say), registering waits for the
+    next import of a new module after it (transformers' Auto classes are such imports), then happens."""
+
+    def __init__(self) -> None:
+        self.pending = False
+        self.registering = False
 
     def find_spec(self, name, path=None, target=None):
+        if self.pending:
+            self.register_when_safe()
+            return None
         if name != "transformers":
             return None
-        if self in sys.meta_path:
-            sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(name)
+        spec = self.spec_without_me(name)
         if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
             return spec
         load = spec.loader.exec_module
 
         def load_then_register(module):
             load(module)
-            if not _importing_inside_neobert():
-                register_auto_classes()
+            self.register_when_safe()
 
         spec.loader.exec_module = load_then_register
         return spec
+
+    def spec_without_me(self, name):
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+        try:
+            return importlib.util.find_spec(name)
+        finally:
+            sys.meta_path.insert(0, self)
+
+    def register_when_safe(self) -> None:
+        if self.registering:
+            return
+        if _registration_would_reenter():
+            self.pending = True
+            return
+        self.pending, self.registering = False, True
+        try:
+            register_auto_classes()
+        finally:
+            self.registering = False
 
 
 if "transformers" in sys.modules:

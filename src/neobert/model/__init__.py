@@ -14,6 +14,6 @@ __all__ = [
 ]
 
 # Whoever imports the model classes can load "neobert" folders through the Auto classes.
-from neobert.model.hf import register as _register  # noqa: E402
+from neobert import register_auto_classes as _register  # noqa: E402
 
 _register()
