@@ -52,7 +52,7 @@ def export_model(
     staging = out.parent / f".{out.name}.{secrets.token_hex(4)}"
     staging.mkdir()
     try:
-        _write_sentence_transformers(staging, model.config.hidden_size, model.config.max_length, pooling, prompts)
+        write_sentence_transformers_files(staging, model.config.hidden_size, model.config.max_length, pooling, prompts)
         if not with_code:
             # The source's auto_map (the released snapshot's `model.NeoBERT`, say) names files not copied here.
             model.config.__dict__.pop("auto_map", None)
@@ -73,7 +73,7 @@ def _tokenizer_in(folder: Path) -> str | None:
     return str(folder) if (folder / "tokenizer_config.json").is_file() else None
 
 
-def _write_sentence_transformers(
+def write_sentence_transformers_files(
     folder: Path, hidden_size: int, max_length: int, pooling: str, prompts: dict[str, str] | None = None
 ) -> None:
     """modules.json, sentence_bert_config.json and the pooling module, via sentence-transformers itself."""

@@ -119,6 +119,9 @@ def run(args: argparse.Namespace) -> int:
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except ValueError as error:  # a setting out of range (--max-length, --heldout-fraction, ...)
+        print(f"neobert prepare: {error}", file=sys.stderr)
+        return 2
     print(summary.describe())
     if args.demo:
         print(_demo_table(summary.manifest["sources"][0].get("datasets", {})))

@@ -114,7 +114,7 @@ def train_contrastive(
     training texts (see `training_groups`), so the model learns with the text it will be given."""
     from transformers import AutoModelForMaskedLM
 
-    import neobert  # noqa: F401  (registers the model type)
+    import neobert.model  # noqa: F401  (registers "neobert" with the Auto classes)
     from neobert.export import export_model
     from neobert.tokenizer import load_tokenizer
     from neobert.train.distributed import init_distributed, no_sync, teardown
