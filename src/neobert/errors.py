@@ -11,14 +11,16 @@ EXIT_DISK_FULL = 4
 
 
 # I/O faults a user can act on (free space, permissions); other OSErrors stay tracebacks (they are bugs).
-WRITE_FAULTS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
+# EFBIG (a file-size limit: `ulimit -f`, or the file system's largest file) is a full disk to the user.
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+WRITE_FAULTS = (*DISK_FULL, errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 def io_failure(command: str, error: OSError, what: str | None = None) -> tuple[str, int]:
     """The one line and exit code for an I/O fault: 4 when the disk or quota is full, as `neobert pretrain`
     documents, else 2 (a path that cannot be read or written). `what` names the output being written, e.g.
     "--out runs/x"; the file the fault happened on is named when the error knows it."""
-    full = error.errno in (errno.ENOSPC, errno.EDQUOT)
+    full = error.errno in DISK_FULL
     reason = error.strerror or str(error)
     where = f"{error.filename}: " if error.filename else ""
     doing = f"cannot write {what}: " if what else ""
