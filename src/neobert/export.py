@@ -12,13 +12,14 @@ from transformers import AutoModelForMaskedLM
 
 from neobert.config import NeoBERTConfig
 from neobert.files import follow_umask
-from neobert.run_lock import check_output_folder
+from neobert.run_lock import check_output_folder, hold_beside, holding
 from neobert.tokenizer import load_tokenizer
 from neobert.train.checkpoint import verify_model_folder
 
 POOLING_MODES = ("mean", "cls", "max")
 
 
+@holding(hold_beside, lambda arguments: arguments["out"])  # one writer at a time
 def export_model(
     source: str | Path,
     out: str | Path,

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from neobert.run_lock import hold_beside, holding
 from neobert.train.checkpoint import verify_model_folder
 
 ONNX_FILE = "model.onnx"
@@ -51,6 +52,7 @@ def _explicit_rms_norm(self, x: torch.Tensor) -> torch.Tensor:
     return normed * self.weight if self.weight is not None else normed
 
 
+@holding(hold_beside, lambda arguments: arguments["out"] or arguments["model_dir"])  # one writer at a time
 def export_onnx(model_dir: str | Path, out: str | Path | None = None, int8: bool = False) -> Path:
     """Write `model.onnx` into `out` (default: next to the model, in `model_dir`), any length accepted (as
     the PyTorch model, rotary positions have no limit), and with `int8` also
