@@ -4,6 +4,7 @@ kind. Kept free of heavy imports, so that the command line can catch them withou
 from __future__ import annotations
 
 import errno
+import os
 
 EXIT_BAD_INPUT = 2
 EXIT_CHECKPOINT = 3
@@ -25,6 +26,21 @@ def io_failure(command: str, error: OSError, what: str | None = None) -> tuple[s
     where = f"{error.filename}: " if error.filename else ""
     doing = f"cannot write {what}: " if what else ""
     return f"neobert {command}: {doing}{where}{reason}", EXIT_DISK_FULL if full else EXIT_BAD_INPUT
+
+
+def os_error_within(error: BaseException, filename: str | None = None) -> OSError | None:
+    """The OSError that a library written in Rust reports only in its message, e.g. safetensors'
+    "I/O error: No space left on device (os error 28)", so that it gets the one line and exit code of an
+    OSError; None when the message names none."""
+    import re
+
+    if isinstance(error, OSError):
+        return error
+    found = re.search(r"\(os error (\d+)\)", str(error))
+    if found is None:
+        return None
+    code = int(found.group(1))
+    return OSError(code, os.strerror(code), filename)
 
 
 class CheckpointError(RuntimeError):
