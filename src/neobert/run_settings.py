@@ -143,6 +143,6 @@ def check_resumed_settings(folder: str | os.PathLike, changes: list[str]) -> Non
         shown = "; ".join(fixed[:6]) + (f"; and {len(fixed) - 6} more" if len(fixed) > 6 else "")
         raise RunMismatch(
             f"{folder} was saved by a run with other settings ({shown}); --resume continues a run with its own "
-            "data, model and seeds (train.*, budget.* and system.* may change): resume with them, or start "
-            "afresh in another system.output_dir"
+            f"data, model and seeds (train.*, budget.* and system.* may change): resume with them, pass "
+            f"{RESTART_FLAG} to start afresh in it (this deletes the earlier run), or choose another system.output_dir"
         )
