@@ -11,14 +11,16 @@ from pathlib import Path
 from transformers import AutoModelForMaskedLM
 
 from neobert.config import NeoBERTConfig
+from neobert.errors import os_error_within
 from neobert.files import follow_umask
-from neobert.run_lock import check_output_folder
+from neobert.run_lock import check_output_folder, hold_beside, holding
 from neobert.tokenizer import load_tokenizer
 from neobert.train.checkpoint import verify_model_folder
 
 POOLING_MODES = ("mean", "cls", "max")
 
 
+@holding(hold_beside, lambda arguments: arguments["out"])  # one writer at a time
 def export_model(
     source: str | Path,
     out: str | Path,
@@ -63,8 +65,11 @@ def export_model(
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
+        fault = os_error_within(error, str(out))  # safetensors reports a full disk in its message only
+        if fault is not None and fault is not error:
+            raise fault from error
         raise
     return out
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from neobert.files import publish, write_bytes_atomically
+from neobert.run_lock import hold_beside, holding
 from neobert.train.checkpoint import MANIFEST, verify_model_folder
 
 ONNX_FILE = "onnx/model.onnx"
@@ -76,6 +77,7 @@ def _explicit_rms_norm(self, x: torch.Tensor) -> torch.Tensor:
     return normed * self.weight if self.weight is not None else normed
 
 
+@holding(hold_beside, lambda arguments: arguments["out"] or arguments["model_dir"])  # one writer at a time
 def export_onnx(model_dir: str | Path, out: str | Path | None = None, int8: bool = False) -> Path:
     """Write `onnx/model.onnx` into `out` (default: the model folder itself), any length accepted (as the
     PyTorch model, rotary positions have no limit), and with `int8` also `onnx/model_qint8.onnx` (see

@@ -17,6 +17,7 @@ from neobert.finetune.glue_data import GlueTask, check_data_source, read_task
 from neobert.finetune.model import load_task_model, model_folder, tokenizer_for
 from neobert.finetune.run import effective_max_length, sequence_task
 from neobert.finetune.trainer import FinetuneSettings, finetune, run_fingerprint
+from neobert.run_lock import hold_folder, holding
 from neobert.run_settings import check_same_run, model_digest
 
 
@@ -114,6 +115,7 @@ def format_table(scores: dict[str, float], model_name: str) -> str:
     return "\n".join([header, rule, row]) + note + "\n"
 
 
+@holding(hold_folder, lambda arguments: arguments["out"])  # one process at a time writes `out`
 def run_glue(
     model: str | os.PathLike,
     data_source: str | os.PathLike,

@@ -102,10 +102,14 @@ def pretrain(
     resume: bool | str = False,
     stop_at_step: int | None = None,
     model: NeoBERTForMaskedLM | None = None,
+    restart: bool = False,
 ) -> PretrainResult:
     """Train until the budget is spent. `resume=True` continues from the run's latest good checkpoint
     (starting afresh when there is none); a path resumes from that checkpoint. `stop_at_step` checkpoints
-    and returns at that step without changing the schedule (a job that must end before the run does)."""
+    and returns at that step without changing the schedule (a job that must end before the run does).
+    `restart` deletes the run that `system.output_dir` holds first (`clear_run`)."""
+    if restart and resume is not False:
+        raise ValueError("--restart starts afresh and --resume continues: give one of them")
     context = dist_utils.init_distributed(config.system.device, config.system.backend)
     trainer = None
     try:
@@ -114,11 +118,15 @@ def pretrain(
             # A phase's source is verified before any model is built; a phase resumed from its own checkpoint
             # no longer needs it (the source run's retention may have deleted it since).
             own_root = Path(config.system.output_dir) / "checkpoints"
+            if restart:
+                if context.is_main:
+                    clear_run(Path(config.system.output_dir))
+                dist_utils.barrier(context)
             has_own = find_latest_good(own_root, "marker") is not None
             if resume is False and has_own:
                 raise CheckpointError(
-                    f"{own_root} already holds checkpoints of another run: resume it or choose another "
-                    "system.output_dir"
+                    f"{own_root} already holds checkpoints of another run: resume it, pass --restart to start "
+                    "afresh in it (this deletes that run), or choose another system.output_dir"
                 )
             resuming_own = resume is not False and (resume is not True or has_own)
             start = None if resuming_own else plan_phase(config, context)
@@ -148,6 +156,21 @@ def _model_with_weights_of(config: PretrainConfig, folder: Path) -> NeoBERTForMa
             f"phase.from_checkpoint: the weights of {folder} do not fit this run's model: {first_line}"
         ) from None
     return model
+
+
+# What a pre-training run writes in its folder (the lock stays: it is held while the folder is cleared).
+RUN_FILES = ("config.yaml", "metrics.jsonl", "metrics.superseded.jsonl", "loss_curve.png", PHASE_FILE)
+RUN_FOLDERS = ("checkpoints", "tensorboard", "wandb")
+
+
+def clear_run(folder: Path) -> None:
+    """Forget the run in `folder` (checkpoints, metrics, configuration, phase record), and nothing else."""
+    import shutil
+
+    for name in RUN_FOLDERS:
+        shutil.rmtree(folder / name, ignore_errors=True)
+    for name in RUN_FILES:
+        (folder / name).unlink(missing_ok=True)
 
 
 def _run(trainer: Trainer, resume: bool | str, stop_at_step: int | None, start: PhaseStart | None) -> PretrainResult:

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import torch
 
 from neobert.model.heads import NeoBERTForMaskedLM
+from neobert.run_settings import check_resumed_settings
 from neobert.train import distributed as dist_utils
 from neobert.train.checkpoint import (
     LATEST,
@@ -191,12 +192,12 @@ class Trainer:
         folder = self._verified_resume_folder(source)
         if folder is None:
             return None
-        self.restore(folder)
+        self.restore(folder, resuming=True)
         return folder
 
-    def restore(self, folder: Path) -> None:
+    def restore(self, folder: Path, resuming: bool = False) -> None:
         """Everything from a checkpoint folder already verified: weights, optimiser, schedule, data position,
-        RNG states, step."""
+        RNG states, step. `resuming` this run (not starting a phase): only with its own data, model and seeds."""
         # The same processes: each takes back its own data position and RNG states. Another number of them
         # (elastic resume): the model and optimiser states are whole in the checkpoint and are laid out for
         # this world here, and every rank continues the global sample order from the step boundary, which
@@ -209,6 +210,8 @@ class Trainer:
             )
         except (RuntimeError, KeyError, ValueError) as error:
             raise CheckpointError(self._misfit(folder, error)) from None
+        if resuming:
+            check_resumed_settings(folder, config_changes(saved.config or {}, self.config.resolved()))
         self.scheduler.load_state_dict(saved.trainer_state["scheduler"])
         restore_rank_state(saved.rank_state, self.loader, rng=same_world)
         if not same_world:
