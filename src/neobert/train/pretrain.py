@@ -135,6 +135,8 @@ def pretrain(
             trainer = Trainer(config, make_loader, make_eval_batches, context, model)
             return _run(trainer, resume, stop_at_step, start)
     finally:
+        if trainer is not None and hasattr(trainer.loader, "close"):
+            trainer.loader.close()  # data worker processes stop here, on success or error, not at interpreter exit
         # DDP's reducer goes while the process group is still registered. Freed after it, the reducer drops
         # the group's last reference with the GIL held, which joins gloo's threads; one of them may be waiting
         # for the GIL to free a finished collective's tensors, and neither moves (seen under load: a finished
