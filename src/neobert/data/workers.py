@@ -14,8 +14,10 @@ restarts the workers from there.
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import signal
+import threading
 import traceback
 from collections.abc import Iterator
 from typing import Any
@@ -77,6 +79,20 @@ def _keep_on_interrupt(worker: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+@contextlib.contextmanager
+def _interrupts_ignored_while_forking() -> Iterator[None]:
+    """A forked worker inherits the parent's signal dispositions, so starting the workers while SIGINT is
+    ignored leaves no moment, before `worker_init_fn` runs, in which a Ctrl-C kills a starting worker."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _as_is(item: dict[str, Any]) -> dict[str, Any]:
     return item  # numpy arrays stay numpy arrays: the main process's `finish` takes them
 
@@ -113,7 +129,8 @@ class MultiWorkerLoader:
             # state is part of a checkpoint; the batches use no seed of theirs.
             generator=torch.Generator().manual_seed(0),
         )
-        return iter(data)
+        with _interrupts_ignored_while_forking():
+            return iter(data)
 
     def __iter__(self) -> MultiWorkerLoader:
         return self
