@@ -155,7 +155,7 @@ def model_folder(tmp_path_factory):
         (["evaluate", "--model", "{model}", "--mlm-data", "{text}", "--mlm-batches", "0"], "--mlm-batches must"),
         (["mteb", "--model", "{model}", "--tasks", "X", "--pooling", "typo"], "--pooling must be mean, cls or max"),
         (["mteb", "--model", "{model}", "--tasks", "X", "--batch-size", "0"], "--batch-size must be at least 1"),
-        (["prepare", "{text}", "--out", "{out}", "--max-length", "-5"], "neobert prepare: max_length must leave"),
+        (["prepare", "{text}", "--out", "{out}", "--max-length", "-5"], "neobert prepare: --max-length must leave"),
         (["prepare", "{text}", "--out", "{out}", "--heldout-fraction", "7"], "heldout_fraction must lie in"),
         (
             [
