@@ -156,7 +156,7 @@ def model_folder(tmp_path_factory):
         (["mteb", "--model", "{model}", "--tasks", "X", "--pooling", "typo"], "--pooling must be mean, cls or max"),
         (["mteb", "--model", "{model}", "--tasks", "X", "--batch-size", "0"], "--batch-size must be at least 1"),
         (["prepare", "{text}", "--out", "{out}", "--max-length", "-5"], "neobert prepare: --max-length must leave"),
-        (["prepare", "{text}", "--out", "{out}", "--heldout-fraction", "7"], "heldout_fraction must lie in"),
+        (["prepare", "{text}", "--out", "{out}", "--heldout-fraction", "7"], "--heldout-fraction must lie in"),
         (
             [
                 "finetune",
