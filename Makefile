@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-slow lint bench install
+.PHONY: demo test test-slow lint bench install serve-env test-serve
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,3 +38,19 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/model_forward.py
 	$(BIN)/python benchmarks/train_step.py
 	$(BIN)/python benchmarks/prepare_throughput.py
+
+# Infinity, an existing embedding server, in its own environment (its pins do not fit .venv; see
+# constraints-serve.txt): what tests/test_serve_infinity.py and benchmarks/serve_load.py start.
+SERVE_VENV := .venv-serve
+
+$(SERVE_VENV)/.installed: constraints-serve.txt
+	$(PYTHON) -m venv $(SERVE_VENV)
+	$(SERVE_VENV)/bin/pip install -q --upgrade pip
+	$(SERVE_VENV)/bin/pip install -q torch==2.13.0
+	$(SERVE_VENV)/bin/pip install -q -c constraints-serve.txt "infinity-emb[server]==0.0.78" sentence-transformers transformers
+	touch $@
+
+serve-env: $(SERVE_VENV)/.installed
+
+test-serve: $(VENV)/.installed $(SERVE_VENV)/.installed
+	$(BIN)/python -m pytest -m slow tests/test_serve_infinity.py

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 EMULATED = {"Haswell (AVX2, no VNNI), emulated": "Haswell"}
-GRAPHS = {"int8 7-bit (shipped)": "model_int8.onnx", "int8 full range": "model_int8_full.onnx"}
+GRAPHS = {"int8 7-bit (shipped)": "onnx/model_qint8.onnx", "int8 full range": "onnx/model_qint8_full.onnx"}
 
 
 def child(folder: Path, texts: list[str]) -> dict:
@@ -37,11 +37,11 @@ def child(folder: Path, texts: list[str]) -> dict:
 
     def vectors(name: str) -> np.ndarray:
         session = onnxruntime.InferenceSession(str(folder / name), providers=["CPUExecutionProvider"])
-        (hidden,) = session.run(None, {"input_ids": ids, "attention_mask": mask})
+        (hidden,) = session.run(["last_hidden_state"], {"input_ids": ids, "attention_mask": mask})
         pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
         return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
 
-    exact = vectors("model.onnx")
+    exact = vectors("onnx/model.onnx")
     rows = {}
     for label, name in GRAPHS.items():
         cosine = (vectors(name) * exact).sum(1)
@@ -59,7 +59,7 @@ def build(root: Path, preset: str) -> Path:
     folder = neobert_folder(root, preset)
     export_onnx(folder, int8=True)
     quantize_dynamic(
-        str(folder / "model.onnx"),
+        str(folder / "onnx" / "model.onnx"),
         str(folder / GRAPHS["int8 full range"]),
         weight_type=QuantType.QInt8,
         per_channel=True,

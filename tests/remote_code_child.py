@@ -43,6 +43,33 @@ with torch.no_grad():
     encoder = SentenceTransformer(spec["fill_mask_folder"], trust_remote_code=True, device="cpu")
     results["sentence_vectors"] = encoder.encode(spec["texts"], normalize_embeddings=True, convert_to_tensor=True)
 
+# A function registered with transformers under a new name (with transformers' sdpa mask) runs the folder's
+# code: it records each layer's call and hands the work to transformers' own sdpa.
+probe_calls = []
+
+
+def probe(module, query, key, value, attention_mask, **kwargs):
+    probe_calls.append(dict(layer=module.layer_idx, causal=module.is_causal, engine_state=kwargs.get("engine_state")))
+    return transformers.modeling_utils.ALL_ATTENTION_FUNCTIONS["sdpa"](
+        module, query, key, value, attention_mask, **kwargs
+    )
+
+
+transformers.AttentionInterface.register("probe", probe)
+transformers.masking_utils.AttentionMaskInterface.register("probe", transformers.masking_utils.sdpa_mask)
+probed = transformers.AutoModel.from_pretrained(
+    spec["folders"]["encoder"][0], trust_remote_code=True, attn_implementation="probe"
+).eval()
+with torch.no_grad():
+    probe_output = probed(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], engine_state=7)
+results["probe"] = dict(
+    calls=probe_calls,
+    output=probe_output.last_hidden_state,
+    implementation=probed.config._attn_implementation,
+    supports_attention_backend=type(probed).is_backend_compatible(),
+    module=type(probed).__module__,
+)
+
 for name, folder in spec["bad_folders"].items():
     try:
         transformers.AutoModel.from_pretrained(folder, trust_remote_code=True)

@@ -20,6 +20,12 @@ def layouts():
     return {"packed": packed, "padded": padded}
 
 
+def backend(name, q, k, v, layout):
+    """The registered backend called as transformers calls attention: (batch, heads, length, head_dim) in."""
+    function = attention_module.ATTENTION_FUNCTIONS[name]
+    return function(None, *(t.transpose(1, 2) for t in (q, k, v)), None, layout=layout)
+
+
 @pytest.mark.parametrize("kind", ["packed", "padded"])
 def test_bf16_sdpa_on_cpu_is_the_float32_computation_rounded(kind, monkeypatch):
     layout = layouts()[kind]
@@ -30,10 +36,10 @@ def test_bf16_sdpa_on_cpu_is_the_float32_computation_rounded(kind, monkeypatch):
     real = F.scaled_dot_product_attention
     monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **kw: seen.append(a[0].dtype) or real(*a, **kw))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out, _ = attention_module.attention(q, k, v, layout, "sdpa")
+        out, _ = backend("sdpa", q, k, v, layout)
     assert out.dtype == torch.bfloat16 and set(seen) == {torch.float32}
     q32, k32, v32 = (t.detach().float().requires_grad_() for t in (q, k, v))
-    reference = attention_module.eager_attention(q32, k32, v32, layout)[0]
+    reference = backend("eager", q32, k32, v32, layout)[0]
     torch.testing.assert_close(out.float(), reference, rtol=0, atol=1e-2)  # bf16 rounding of the output only
     out.float().sum().backward()
     reference.sum().backward()
@@ -45,5 +51,5 @@ def test_float32_inputs_keep_the_plain_path(monkeypatch):
     layout = layouts()["padded"]
     q, k, v = (torch.randn(2, 10, 2, 8) for _ in range(3))
     monkeypatch.setattr(attention_module, "_sdpa_in_float32", lambda *a: pytest.fail("upcast path taken"))
-    out, _ = attention_module.attention(q, k, v, layout, "sdpa")
-    torch.testing.assert_close(out, attention_module.eager_attention(q, k, v, layout)[0], rtol=1e-5, atol=1e-5)
+    out, _ = backend("sdpa", q, k, v, layout)
+    torch.testing.assert_close(out, backend("eager", q, k, v, layout)[0], rtol=1e-5, atol=1e-5)

@@ -236,7 +236,7 @@ def test_the_join_refuses_other_preparations_and_unfinished_tasks_and_deletes_no
     shutil.copytree(first / "tasks" / "task_00000", mixed / "tasks" / "task_00000")
     shutil.copytree(other / "tasks" / "task_00001", mixed / "tasks" / "task_00001")
     before = files_of(mixed)
-    assert main(["prepare", "--join", "--out", str(mixed)]) == 1
+    assert main(["prepare", "--join", "--out", str(mixed)]) == 2
     error = capsys.readouterr().err
     assert "task_00001: task 1 belongs to another preparation (differs in: settings)" in error
     assert files_of(mixed) == before and not (mixed / "manifest.json").exists()
@@ -313,7 +313,7 @@ def test_command_line(inputs, single, tmp_path, capsys):
     assert f"prepared {out}" in capsys.readouterr().out
     for split in ("train", "heldout"):
         assert documents(out, split) == documents(single, split)
-    assert main(["prepare", str(inputs), "--out", str(tmp_path / "o"), "--tasks", "9", "--no-progress"]) == 1
+    assert main(["prepare", str(inputs), "--out", str(tmp_path / "o"), "--tasks", "9", "--no-progress"]) == 2
     assert "9 tasks for 5 input file(s)" in capsys.readouterr().err
     assert main(["prepare", "--demo", "--out", str(tmp_path / "d"), "--tasks", "2"]) == 2
     assert main(["prepare", str(inputs), "--out", str(tmp_path / "s"), "--tasks", "2", "--executor", "slurm"]) == 2

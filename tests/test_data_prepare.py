@@ -13,7 +13,7 @@ from data_helpers import content_ids, files_of, prepare_files, sample_texts, tok
 from neobert.data.prepare import PrepareConfig, prepare
 from neobert.data.sequences import TokenCorpus
 from neobert.data.shards import DataError, load_manifest
-from neobert.data.sources import ReaderOptions, resolve_sources
+from neobert.data.sources import ReaderOptions, Source, resolve_sources
 from neobert.data.tokenization import DocumentEncoder, TokenizerSpec
 
 
@@ -104,6 +104,9 @@ class FailingSource:
             if number == self.limit:
                 raise KeyboardInterrupt("interrupted")
             yield text
+
+    def pieces(self, limit: int):
+        return Source.pieces(self, limit)  # the cutting of any source, over these documents
 
 
 def test_resume_skips_finished_blocks_and_gives_the_same_corpus(tmp_path):
@@ -199,6 +202,6 @@ def test_command_line(tmp_path, capsys):
     assert code == 0 and "train: " in printed and "token slots filled at 64: packing" in printed
     assert load_manifest(out)["settings"]["text_field"] == "body"
     (tmp_path / "empty.txt").write_bytes(b"")
-    assert main(["prepare", str(tmp_path / "empty.txt"), "--out", str(tmp_path / "o2"), "--no-progress"]) == 1
+    assert main(["prepare", str(tmp_path / "empty.txt"), "--out", str(tmp_path / "o2"), "--no-progress"]) == 2
     assert "empty.txt: the file is empty" in capsys.readouterr().err
     assert main(["prepare", "--out", str(tmp_path / "o3")]) == 2

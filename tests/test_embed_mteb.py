@@ -142,7 +142,9 @@ def test_mteb_command_runs_a_task_and_writes_its_summary(folder, tmp_path, monke
     expected = expected_scores(folder)["ndcg_at_10"]
     assert summary["model"] == str(folder)
     assert summary["main_scores"]["NeoBERTLocalRetrieval"] == pytest.approx(expected, abs=1e-5)
-    assert f"NeoBERTLocalRetrieval: {expected:.4f}" in capsys.readouterr().out
+    table = capsys.readouterr().out.splitlines()  # the scores as a table: task, main score
+    assert table[-3].split() == ["task", "main", "score"] and set(table[-2]) <= {"-", " "}
+    assert table[-1].split() == ["NeoBERTLocalRetrieval", f"{expected:.4f}"]
 
 
 def test_the_wrapper_pools_as_the_folder_says(tmp_path):

@@ -28,7 +28,7 @@ def test_onnx_matches_pytorch_and_backs_encode(tmp_path):
         mask[-1, length // 2 :] = 0
         with torch.no_grad():
             expected = model(input_ids=ids, attention_mask=mask).last_hidden_state.numpy()
-        (got,) = session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})
+        (got,) = session.run(["last_hidden_state"], {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})
         keep = mask.bool().numpy()
         assert np.abs(got - expected)[keep].max() < 1e-4
     texts = ["hello world", "", "a longer text about something rather different " * 4]
@@ -71,7 +71,7 @@ def test_export_with_onnx_writes_both_graphs_next_to_the_model(tmp_path):
     texts = ["hello world", "", "a longer text about something rather different " * 4]
     reference = encode(folder, texts, show_progress=False)
     np.testing.assert_allclose(encode(out, texts, backend="onnx", show_progress=False), reference, atol=1e-4)
-    assert (out / "model_int8.onnx").is_file() and (out / "modules.json").is_file()
+    assert (out / "onnx" / "model_qint8.onnx").is_file() and (out / "modules.json").is_file()
     np.testing.assert_allclose(encode(out, texts, show_progress=False), reference, atol=1e-6)
 
 
@@ -82,14 +82,14 @@ def test_int8_onnx_is_quantised_close_to_float32_and_backs_encode(tmp_path):
     assert main(["export", str(folder), "--out", str(tmp_path / "x"), "--int8"]) == 2  # --int8 needs --onnx
     out = tmp_path / "onnx"
     assert main(["export-onnx", str(folder), "--out", str(out), "--int8"]) == 0
-    graph = onnx.load(str(out / "model_int8.onnx")).graph
+    graph = onnx.load(str(out / "onnx" / "model_qint8.onnx")).graph
     integer_ops = [node.op_type for node in graph.node if node.op_type in ("MatMulInteger", "DynamicQuantizeMatMul")]
     float_matmuls = [node for node in graph.node if node.op_type == "MatMul"]
     assert len(integer_ops) >= 4 * AutoModel.from_pretrained(folder).config.num_hidden_layers
     assert len(float_matmuls) < len(integer_ops)  # only the attention products stay in float
     int8_weights = [w for w in graph.initializer if w.data_type == onnx.TensorProto.INT8 and len(w.dims) == 2]
     assert len(int8_weights) == len(integer_ops)
-    assert_per_output_channel(graph, onnx.load(str(out / "model.onnx")).graph)
+    assert_per_output_channel(graph, onnx.load(str(out / "onnx" / "model.onnx")).graph)
     texts = ["hello world", "", "a longer text about something rather different " * 4, "short one"]
     exact = encode(folder, texts, show_progress=False)
     int8 = encode(out, texts, backend="onnx-int8", show_progress=False)

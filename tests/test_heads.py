@@ -135,3 +135,23 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         grads.append(model.model.transformer_encoder[0].qkv.weight.grad.clone())
     torch.testing.assert_close(grads[0], grads[1])
     assert grads[0].abs().sum() > 0
+
+
+def test_the_sequence_heads_hidden_layer_keeps_its_released_name_on_disk(tmp_path):
+    """In the model it is `pre_classifier` (so PEFT saves it with an adapter); files and raw state dicts
+    with the release's `dense` load into it, and saved files use `dense`."""
+    from safetensors.torch import load_file
+
+    torch.manual_seed(0)
+    model = NeoBERTForSequenceClassification(small_config(num_labels=3)).eval()
+    assert model.dense is model.pre_classifier
+    model.save_pretrained(tmp_path / "saved")
+    on_disk = load_file(tmp_path / "saved" / "model.safetensors")
+    assert {"dense.weight", "dense.bias"} <= set(on_disk) and not any("pre_classifier" in key for key in on_disk)
+    reloaded = NeoBERTForSequenceClassification.from_pretrained(tmp_path / "saved").eval()
+    torch.testing.assert_close(reloaded.pre_classifier.weight, model.pre_classifier.weight, rtol=0, atol=0)
+    raw = NeoBERTForSequenceClassification(small_config(num_labels=3))
+    raw.load_state_dict(on_disk, strict=True)  # the raw route the training checkpoints take
+    ids = random_ids(2, 7)
+    with torch.no_grad():
+        torch.testing.assert_close(raw.eval()(input_ids=ids).logits, model(input_ids=ids).logits, rtol=0, atol=0)

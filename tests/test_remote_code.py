@@ -124,6 +124,19 @@ def test_every_head_computes_what_the_library_computes(child, folders, batch, na
     torch.testing.assert_close(child["outputs"][name], ours, atol=1e-6, rtol=0)
 
 
+def test_a_function_registered_with_transformers_runs_the_remote_code(child, folders, batch):
+    """The folder's code calls attention through transformers' interface, as in the library."""
+    probe = child["probe"]
+    assert probe["module"].startswith("transformers_modules.") and probe["implementation"] == "probe"
+    assert probe["supports_attention_backend"] is True
+    layers = small_config().num_hidden_layers
+    assert probe["calls"] == [dict(layer=i, causal=False, engine_state=7) for i in range(layers)]
+    model = AutoModel.from_pretrained(folders["encoder"][0], attn_implementation="sdpa").eval()
+    with torch.no_grad():
+        ours = model(**batch).last_hidden_state
+    torch.testing.assert_close(probe["output"], ours, atol=1e-5, rtol=1e-5)
+
+
 def test_fill_mask_pipeline_runs_on_the_remote_code(child, folders, tokenizer):
     model = AutoModelForMaskedLM.from_pretrained(folders["masked_lm"][0]).eval()
     ids = tokenizer(TEXTS[0], return_tensors="pt")

@@ -13,7 +13,13 @@ from neobert.files import sha256_file
 from neobert.train.checkpoint import CheckpointError, read_checkpoint
 from neobert.train.metrics import read_jsonl
 from neobert.train.pretrain import pretrain
-from test_train_pretrain import losses, make_loader, tiny_config, weights
+from test_train_pretrain import (
+    fake_clock,  # noqa: F401 - a fixture
+    losses,
+    make_loader,
+    tiny_config,
+    weights,
+)
 from test_train_schedule import SlowingLoader
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -178,14 +184,14 @@ def test_a_branch_from_a_damaged_checkpoint_or_other_weights_is_refused(runs, tm
     assert not (tmp_path / "wide").exists()
 
 
-def test_a_decay_branch_on_a_wall_clock_decays_from_its_branch_point_to_the_end(tmp_path):
+def test_a_decay_branch_on_a_wall_clock_decays_from_its_branch_point_to_the_end(tmp_path, fake_clock):  # noqa: F811
     """The decay runs from the progress at the branch point to the end of the whole run's budget; a branch
     from a finished run has nothing left."""
     hours = ["budget.steps=null", "budget.hours=0.0005", "budget.calibration_steps=3", "train.schedule=wsd"]
     hours.append("system.precision=fp32")
 
     def slow_loader(config, micro_batch, context):
-        return SlowingLoader(config, micro_batch, after=0, delay=0.02)
+        return SlowingLoader(config, micro_batch, clock=fake_clock, after=0, delay=0.02)
 
     source = pretrain(tiny_config(tmp_path / "source", *hours), slow_loader, stop_at_step=10)
     assert set(learning_rates(tmp_path / "source").values()) - {3e-3 * k / 2 for k in (1, 2)} == set()

@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForMaskedLM
 
+from neobert.train import pretrain as pretrain_module
 from neobert.train.checkpoint import CheckpointError, find_latest_good, read_checkpoint
 from neobert.train.config import PRESET_ROOT, PretrainConfig, load_config
 from neobert.train.metrics import read_jsonl
@@ -71,6 +72,24 @@ def make_eval_batches(config, micro_batch, context):
     held_out = SyntheticLoader(config, micro_batch, context.rank, context.world_size)
     held_out.seed += 999
     return iter(held_out)
+
+
+class FakeClock:
+    """The training loop's clock, moved by the test (a batch "takes" what the test says), so that a wall-clock
+    budget behaves the same on a busy machine as on an idle one."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def fake_clock(monkeypatch) -> FakeClock:
+    clock = FakeClock()
+    monkeypatch.setattr(pretrain_module, "time", clock)
+    return clock
 
 
 def tiny_config(out, *overrides) -> PretrainConfig:
@@ -182,17 +201,25 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert all(torch.isfinite(t).all() for t in read_checkpoint(good).model_state.values())
 
 
-def test_hours_budget_fixes_the_step_count_from_measured_speed(tmp_path):
+def test_hours_budget_fixes_the_step_count_from_measured_speed(tmp_path, fake_clock):
     config = tiny_config(
         tmp_path, "budget.hours=0.0006", "budget.calibration_steps=3", "train.warmup_steps=0", "train.log_every=1000"
     )
+
+    def make_loader(config, micro_batch, context):  # a step takes 0.1 s on the loop's clock
+        return SyntheticLoader(
+            config, micro_batch, on_batch=lambda served: setattr(fake_clock, "now", fake_clock.now + 0.1)
+        )
+
     result = pretrain(config, make_loader)
-    assert result.status == "completed"
+    assert result.status == "completed" and result.schedule_fraction == 1.0
     scheduler = read_checkpoint(result.checkpoint).trainer_state["scheduler"]
     total = scheduler["lr_lambdas"][0]["total_steps"]
-    assert total is not None and total > 4 and result.step <= total
-    # 0.0006 h is 2.16 s; the run ends at the estimated step count or when the time is up, whichever first.
-    assert 0 < read_checkpoint(result.checkpoint).trainer_state["elapsed_seconds"] < 2.16 + 5
+    # 0.0006 h is 2.16 s: 21 steps of 0.1 s. The run ends at the estimated step count or when the time is up,
+    # whichever comes first: here both, within a step.
+    assert total is not None and abs(total - 21) <= 1 and result.step <= total
+    elapsed = read_checkpoint(result.checkpoint).trainer_state["elapsed_seconds"]
+    assert elapsed == pytest.approx(0.1 * result.step, abs=1e-9) and 2.16 - 0.2 <= elapsed <= 2.16 + 0.1
 
 
 def test_a_fresh_run_refuses_a_folder_with_checkpoints(tmp_path):

@@ -2,7 +2,6 @@
 down mid-way still ends at the floor with its warmup honoured; step and token budgets are as before."""
 
 import math
-import time
 
 import pytest
 
@@ -11,7 +10,12 @@ from neobert.train.checkpoint import read_checkpoint
 from neobert.train.metrics import read_jsonl
 from neobert.train.optim import LRSchedule
 from neobert.train.pretrain import pretrain
-from test_train_pretrain import SyntheticLoader, tiny_config
+from test_train_pretrain import (
+    FakeClock,
+    SyntheticLoader,
+    fake_clock,  # noqa: F401 - a fixture
+    tiny_config,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -71,34 +75,36 @@ def test_wall_clock_refuses_a_non_positive_budget():
 
 
 class SlowingLoader(SyntheticLoader):
-    """Steps that become `factor` times slower after `after` batches, as when another job starts."""
+    """Batches that take 0.01 s on the loop's (fake) clock, then `delay` after `after` of them, as when
+    another job starts."""
 
-    def __init__(self, *args, after: int, delay: float, **kwargs):
-        super().__init__(*args, on_batch=self._maybe_wait, **kwargs)
-        self.after, self.delay = after, delay
+    def __init__(self, *args, clock: FakeClock, after: int, delay: float, **kwargs):
+        super().__init__(*args, on_batch=self._take_time, **kwargs)
+        self.clock, self.after, self.delay = clock, after, delay
 
-    def _maybe_wait(self, served: int) -> None:
-        time.sleep(0.01 if served < self.after else self.delay)
+    def _take_time(self, served: int) -> None:
+        self.clock.now += 0.01 if served < self.after else self.delay
 
 
 def learning_rates(out) -> dict[int, float]:
     return {r["step"]: r["train/lr"] for r in read_jsonl(out / "metrics.jsonl") if "train/lr" in r}
 
 
-def test_a_run_slowed_mid_way_still_ends_at_the_floor(tmp_path):
-    # 6 s: about 20 fast steps calibrate an estimate of hundreds, then each step takes 0.25 s.
+def test_a_run_slowed_mid_way_still_ends_at_the_floor(tmp_path, fake_clock):  # noqa: F811
+    # 6 s: 20 fast steps calibrate an estimate of hundreds, then each step takes 0.25 s.
     config = tiny_config(tmp_path, "budget.hours=0.0016667", "budget.calibration_steps=5", "train.warmup_steps=5")
     loader = {}
 
     def make_loader(config, micro_batch, context):
-        loader["it"] = SlowingLoader(config, micro_batch, after=20, delay=0.25)
+        loader["it"] = SlowingLoader(config, micro_batch, clock=fake_clock, after=20, delay=0.25)
         return loader["it"]
 
-    started = time.perf_counter()
     result = pretrain(config, make_loader)
-    took = time.perf_counter() - started
     assert result.status == "completed" and result.schedule_fraction == 1.0
-    assert took < 6.0 + 5.0  # ended on the budget, not on the stale estimate
+    # Ended on the budget (within a slow step), not on the stale estimate; every step took its batch's time.
+    elapsed = read_checkpoint(result.checkpoint).trainer_state["elapsed_seconds"]
+    assert elapsed == pytest.approx(20 * 0.01 + (result.step - 20) * 0.25, abs=1e-9)
+    assert 6.0 - 0.25 <= elapsed <= 6.0 + 0.25 and loader["it"].served == result.step
     assert result.final_lr == pytest.approx(PEAK * FLOOR_FRACTION, rel=1e-9)
     rates = learning_rates(tmp_path)
     assert [rates[s] for s in range(1, 6)] == pytest.approx([PEAK * k / 5 for k in range(1, 6)], rel=1e-9)
@@ -109,24 +115,28 @@ def test_a_run_slowed_mid_way_still_ends_at_the_floor(tmp_path):
     assert result.step < first_estimate / 4
 
 
-def test_resume_keeps_the_clock(tmp_path):
+def test_resume_keeps_the_clock(tmp_path, fake_clock):  # noqa: F811
     config = tiny_config(tmp_path, "budget.hours=0.0011111", "budget.calibration_steps=3", "train.warmup_steps=2")
 
     def make_loader(config, micro_batch, context):
-        return SlowingLoader(config, micro_batch, after=0, delay=0.1)
+        return SlowingLoader(config, micro_batch, clock=fake_clock, after=0, delay=0.1)
 
     paused = pretrain(config, make_loader, stop_at_step=12)
     saved = read_checkpoint(paused.checkpoint).trainer_state
     progress_before = saved["scheduler"]["lr_lambdas"][0]["progress"]
-    assert 0 < progress_before < 1
-    assert saved["elapsed_seconds"] == pytest.approx(progress_before * 4.0, rel=0.05)
+    assert saved["elapsed_seconds"] == pytest.approx(12 * 0.1, abs=1e-9)
+    # progress = max(step / estimated steps, elapsed / budget): 12 of 39 estimated steps, ahead of 1.2 s of 4
+    estimate = saved["scheduler"]["lr_lambdas"][0]["total_steps"]
+    assert progress_before == pytest.approx(max(12 / estimate, 1.2 / 4.0), abs=1e-9) and estimate == 39
+    fake_clock.now += 3600.0  # an hour between the sessions does not count
     resumed = pretrain(config, make_loader, resume=True)
     assert resumed.status == "completed" and resumed.schedule_fraction == 1.0
     assert resumed.final_lr == pytest.approx(PEAK * FLOOR_FRACTION, rel=1e-9)
     rates = learning_rates(tmp_path)
     assert rates[13] <= rates[12]  # no jump back to the peak after the resume
     total = read_checkpoint(resumed.checkpoint).trainer_state["elapsed_seconds"]
-    assert total == pytest.approx(4.0, rel=0.15)  # the budget counts both sessions
+    assert total == pytest.approx(0.1 * resumed.step, abs=1e-9)  # the budget counts both sessions' steps
+    assert 4.0 - 0.1 <= total <= 4.0 + 0.1
 
 
 def test_step_and_token_budgets_end_on_their_count(tmp_path):

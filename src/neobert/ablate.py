@@ -193,7 +193,7 @@ def row_config(row: Row, settings: LadderSettings, seed: int):
         config = load_config(paths, overrides + batch_warmup_overrides(config, row.batch_warmup_share))
     from neobert.train.optim import schedule_from
 
-    schedule_from(config.train, config.budget.total_steps(config.tokens_per_step))  # a budget too small fails here
+    schedule_from(config.train, config.total_steps())  # a budget too small fails here
     return config
 
 

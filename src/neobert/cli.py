@@ -1,4 +1,6 @@
-"""`neobert <command>`: one small module per command, imported only when that command runs."""
+"""`neobert <command>`: one small module per command. Building the parser imports only the light part of
+each (its `add_arguments`), never torch or transformers, so `--help`, `--version` and usage errors answer at
+once; a command's heavy imports happen inside its `run`."""
 
 from __future__ import annotations
 
@@ -26,11 +28,42 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default after its help, unless the help already says it, the option is an on/off
+    flag, or there is no default (None: the help says what happens instead)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (
+            "default" in text.lower()
+            or action.default is None
+            or action.default is argparse.SUPPRESS
+            or action.nargs == 0  # on/off flags
+            or action.default == []
+        ):
+            return text
+        return super()._get_help_string(action)
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("neobert")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        from neobert import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="neobert", description="NeoBERT: model, pre-training, evaluation")
+    parser = argparse.ArgumentParser(
+        prog="neobert", description="NeoBERT: model, pre-training, evaluation", formatter_class=HelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
-        command = sub.add_parser(name, help=help_text, description=help_text)
+        command = sub.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter)
         command.set_defaults(_module=module_name)
         importlib.import_module(module_name).add_arguments(command)
     return parser

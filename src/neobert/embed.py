@@ -75,7 +75,7 @@ def load_embedder(path: str | Path, backend: str = "torch") -> Embedder:
     """A model folder (as `neobert export` writes it, or any NeoBERT checkpoint folder) ready for `encode`."""
     from transformers import AutoConfig, AutoModel
 
-    import neobert  # noqa: F401  (registers the "neobert" model type with the Auto classes)
+    import neobert.model  # noqa: F401  (registers "neobert" with the Auto classes)
     from neobert.tokenizer import load_tokenizer
 
     path = Path(path)
@@ -189,7 +189,8 @@ def embed_batch(embedder: Embedder, batch: list[list[int]], pooling: str, packed
     pad_id = embedder.tokenizer.pad_token_id or 0
     if embedder.onnx_session is not None:
         ids, mask = _pad(batch, pad_id)
-        (hidden,) = embedder.onnx_session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})
+        feed = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
+        (hidden,) = embedder.onnx_session.run(["last_hidden_state"], feed)  # pooled here: any pooling asked
         return pool_padded(torch.from_numpy(hidden), mask, pooling)
     model = embedder.model
     device = next(model.parameters()).device
@@ -256,7 +257,8 @@ def encode(
     texts with a warning. `output_dim` keeps the first dimensions (Matryoshka-style), renormalised when
     `normalize`. `precision`: float32, int8 or binary (see `quantize`). `packed=False` pads instead; the
     vectors agree to float rounding either way and whatever `batch_size`. `backend`: "torch", or "onnx" /
-    "onnx-int8" for a folder holding model.onnx / model_int8.onnx (`neobert export-onnx [--int8]`); the
+    "onnx-int8" for a folder holding onnx/model.onnx / onnx/model_qint8.onnx (`neobert export-onnx [--int8]`; an
+    older export's model.onnx / model_int8.onnx is read too); the
     ONNX backends pad their length-sorted batches.
     """
     if pooling is not None and pooling not in POOLINGS:

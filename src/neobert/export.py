@@ -11,14 +11,16 @@ from pathlib import Path
 from transformers import AutoModelForMaskedLM
 
 from neobert.config import NeoBERTConfig
+from neobert.errors import os_error_within
 from neobert.files import follow_umask
-from neobert.run_lock import check_output_folder
+from neobert.run_lock import check_output_folder, hold_beside, holding
 from neobert.tokenizer import load_tokenizer
 from neobert.train.checkpoint import verify_model_folder
 
 POOLING_MODES = ("mean", "cls", "max")
 
 
+@holding(hold_beside, lambda arguments: arguments["out"])  # one writer at a time
 def export_model(
     source: str | Path,
     out: str | Path,
@@ -52,7 +54,7 @@ def export_model(
     staging = out.parent / f".{out.name}.{secrets.token_hex(4)}"
     staging.mkdir()
     try:
-        _write_sentence_transformers(staging, model.config.hidden_size, model.config.max_length, pooling, prompts)
+        write_sentence_transformers_files(staging, model.config.hidden_size, model.config.max_length, pooling, prompts)
         if not with_code:
             # The source's auto_map (the released snapshot's `model.NeoBERT`, say) names files not copied here.
             model.config.__dict__.pop("auto_map", None)
@@ -63,8 +65,11 @@ def export_model(
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
+        fault = os_error_within(error, str(out))  # safetensors reports a full disk in its message only
+        if fault is not None and fault is not error:
+            raise fault from error
         raise
     return out
 
@@ -73,7 +78,7 @@ def _tokenizer_in(folder: Path) -> str | None:
     return str(folder) if (folder / "tokenizer_config.json").is_file() else None
 
 
-def _write_sentence_transformers(
+def write_sentence_transformers_files(
     folder: Path, hidden_size: int, max_length: int, pooling: str, prompts: dict[str, str] | None = None
 ) -> None:
     """modules.json, sentence_bert_config.json and the pooling module, via sentence-transformers itself."""

@@ -6,8 +6,11 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, TypeVar
+
+T = TypeVar("T")
 
 
 def _umask() -> int:
@@ -31,14 +34,29 @@ def follow_umask(folder: Path) -> None:
             os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
 
 
+def write_beside(path: Path, write: Callable[[IO[bytes]], T]) -> tuple[str, T]:
+    """Runs `write` on a new private temporary file next to `path`, synced to disk; returns its name and what
+    `write` returned. If anything fails the temporary is removed (a full disk keeps no half-written file
+    that fills it further), and an OSError without a file name (a write through a handle) names `path`."""
+    tmp = tempfile.NamedTemporaryFile(dir=path.parent, delete=False, prefix=f".{path.name}.", suffix=".tmp")  # noqa: SIM115 (closed below)
+    try:
+        with tmp:
+            result = write(tmp)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+    except BaseException as error:
+        Path(tmp.name).unlink(missing_ok=True)
+        if isinstance(error, OSError) and not error.filename:
+            error.filename = str(path)
+        raise
+    return tmp.name, result
+
+
 def write_bytes_atomically(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, prefix=f".{path.name}.", suffix=".tmp") as tmp:
-        tmp.write(data)
-        tmp.flush()
-        os.fsync(tmp.fileno())
-    publish(tmp.name, path)
+    name, _ = write_beside(path, lambda handle: handle.write(data))
+    publish(name, path)
 
 
 def write_json_atomically(path: Path, payload: Any, indent: int = 1) -> None:

@@ -1,9 +1,17 @@
-"""ONNX export of the NeoBERT encoder (padded input_ids + attention_mask -> last_hidden_state, dynamic batch
-and length), its int8 variant (onnxruntime dynamic quantisation: int8 weights, activations quantised per
-call), and an onnxruntime session for `neobert.embed.encode(..., backend="onnx" or "onnx-int8")`."""
+"""ONNX export of the NeoBERT encoder in the layout serving engines read, its int8 variant, and an
+onnxruntime session for `neobert.embed.encode(..., backend="onnx" or "onnx-int8")`.
+
+The layout is sentence-transformers' and Text Embeddings Inference's: `onnx/model.onnx` beside the model
+folder's config, tokenizer and sentence-transformers files (modules.json, sentence_bert_config.json,
+1_Pooling/config.json); graph inputs exactly `input_ids` and `attention_mask` (padded, dynamic batch and
+length), outputs `last_hidden_state` and `sentence_embedding` (the folder's pooling, not normalised). The
+int8 variant is `onnx/model_qint8.onnx` (sentence-transformers names its quantised files
+`model_q<weights>_<target>.onnx`; this one has no target: its 7-bit weights suit every x86 CPU). Folders
+written before this layout (`model.onnx` / `model_int8.onnx` at the top) are still read."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -11,11 +19,17 @@ from pathlib import Path
 
 import torch
 
-from neobert.train.checkpoint import verify_model_folder
+from neobert.files import publish, write_bytes_atomically
+from neobert.run_lock import hold_beside, holding
+from neobert.train.checkpoint import MANIFEST, verify_model_folder
 
-ONNX_FILE = "model.onnx"
-ONNX_INT8_FILE = "model_int8.onnx"
+ONNX_FILE = "onnx/model.onnx"
+ONNX_INT8_FILE = "onnx/model_qint8.onnx"
 ONNX_FILES = {"onnx": ONNX_FILE, "onnx-int8": ONNX_INT8_FILE}
+# Where exports before the serving layout put the graphs; still read.
+LEGACY_ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model_int8.onnx"}
+INPUT_NAMES = ("input_ids", "attention_mask")
+OUTPUT_NAMES = ("last_hidden_state", "sentence_embedding")
 OPSET = 17
 
 
@@ -24,9 +38,10 @@ class _ExportableEncoder(torch.nn.Module):
     no complex type, the model's own table is built lazily in Python, and a constant table would cap the
     length. The angles are formed as `RotaryTable` forms them (float32 position times inverse frequency)."""
 
-    def __init__(self, encoder):
+    def __init__(self, encoder, pooling: str):
         super().__init__()
         self.encoder = encoder
+        self.pooling = pooling
         rotary = encoder.rotary
         exponents = torch.arange(0, rotary.head_dim, 2, dtype=torch.float32) / rotary.head_dim
         self.register_buffer("inv_freq", 1.0 / (rotary.theta**exponents), persistent=False)
@@ -40,8 +55,19 @@ class _ExportableEncoder(torch.nn.Module):
         encoder._rotary = real_rotary
         encoder.check_inputs = False  # value checks read tensors back into Python, which a trace cannot keep
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return hidden, pool_in_graph(hidden, attention_mask, self.pooling)
+
+
+def pool_in_graph(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """sentence-transformers' Pooling (mean, cls or max over the unpadded tokens) in traceable operations."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    keep = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    if pooling == "mean":
+        return (hidden * keep).sum(1) / keep.sum(1).clamp(min=1.0)
+    return hidden.masked_fill(keep == 0, float("-inf")).amax(1)
 
 
 def _explicit_rms_norm(self, x: torch.Tensor) -> torch.Tensor:
@@ -51,28 +77,36 @@ def _explicit_rms_norm(self, x: torch.Tensor) -> torch.Tensor:
     return normed * self.weight if self.weight is not None else normed
 
 
+@holding(hold_beside, lambda arguments: arguments["out"] or arguments["model_dir"])  # one writer at a time
 def export_onnx(model_dir: str | Path, out: str | Path | None = None, int8: bool = False) -> Path:
-    """Write `model.onnx` into `out` (default: next to the model, in `model_dir`), any length accepted (as
-    the PyTorch model, rotary positions have no limit), and with `int8` also
-    `model_int8.onnx` (see `quantize_onnx`). When `out` is another folder, the model folder's other files
-    (tokenizer, sentence-transformers config) are copied there too, so that `encode(out, texts,
-    backend="onnx")` works from it alone. Returns the path of model.onnx."""
+    """Write `onnx/model.onnx` into `out` (default: the model folder itself), any length accepted (as the
+    PyTorch model, rotary positions have no limit), and with `int8` also `onnx/model_qint8.onnx` (see
+    `quantize_onnx`). When `out` is another folder, the model folder's other files are copied there too, so
+    that it serves alone (`encode(out, texts, backend="onnx")`, Text Embeddings Inference). Returns the path
+    of onnx/model.onnx."""
     from transformers import AutoModel
 
-    import neobert  # noqa: F401  (registers the model type)
+    import neobert.model  # noqa: F401  (registers "neobert" with the Auto classes)
+    from neobert.embed import POOLINGS, stored_pooling
 
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir} holds no model (no config.json)")
     verify_model_folder(model_dir)
+    pooling = stored_pooling(model_dir) or "mean"
+    if pooling not in POOLINGS:
+        raise ValueError(f"{model_dir}: pooling {pooling!r} has no ONNX form here; choose one of {POOLINGS}")
     out = Path(out) if out is not None else model_dir
     encoder = AutoModel.from_pretrained(model_dir, attn_implementation="sdpa").eval()
     if not encoder.config.rope:
         raise ValueError("ONNX export covers rotary-position models (every NeoBERT preset but bert-like-m0)")
-    wrapper = _ExportableEncoder(encoder).eval()
+    wrapper = _ExportableEncoder(encoder, pooling).eval()
     created = out != model_dir and not out.exists()
     try:
-        return _export_into(wrapper, model_dir, out, int8)
+        path = _export_into(wrapper, model_dir, out, int8)
+        if not (out / MANIFEST).exists():  # a training checkpoint's files are checksummed: left as they are
+            write_serving_files(out, encoder.config, pooling)
+        return path
     except BaseException:
         if created:
             shutil.rmtree(out, ignore_errors=True)  # a failed export leaves no folder that blocks the next one
@@ -86,7 +120,9 @@ def _export_into(wrapper: torch.nn.Module, model_dir: Path, out: Path, int8: boo
         shutil.copytree(model_dir, out, dirs_exist_ok=True)
     example = torch.tensor([[101, 2023, 2003, 102], [101, 2178, 102, 0]])
     mask = (example != 0).long()
-    with tempfile.NamedTemporaryFile(dir=out, prefix=".model.", suffix=".onnx", delete=False) as tmp:
+    target = out / ONNX_FILE
+    target.parent.mkdir(exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".model.", suffix=".onnx", delete=False) as tmp:
         pass
     try:
         from unittest import mock
@@ -99,27 +135,51 @@ def _export_into(wrapper: torch.nn.Module, model_dir: Path, out: Path, int8: boo
                 wrapper,
                 (example, mask),
                 tmp.name,
-                input_names=["input_ids", "attention_mask"],
-                output_names=["last_hidden_state"],
+                input_names=list(INPUT_NAMES),
+                output_names=list(OUTPUT_NAMES),
                 dynamic_axes={
                     "input_ids": {0: "batch", 1: "length"},
                     "attention_mask": {0: "batch", 1: "length"},
                     "last_hidden_state": {0: "batch", 1: "length"},
+                    "sentence_embedding": {0: "batch"},
                 },
                 opset_version=OPSET,
                 dynamo=False,
             )
-        os.replace(tmp.name, out / ONNX_FILE)
+        publish(tmp.name, target)  # the umask's permissions, not the temporary file's 0600
     finally:
         if os.path.exists(tmp.name):
             os.remove(tmp.name)
     if int8:
         quantize_onnx(out)
-    return out / ONNX_FILE
+    return target
+
+
+def write_serving_files(folder: Path, config, pooling: str) -> None:
+    """What Text Embeddings Inference needs beside the graph: the sentence-transformers files (written when
+    the folder has none), the pooling also as the older per-mode flags TEI parses (sentence-transformers
+    reads `pooling_mode` first), and `max_position_embeddings` in config.json (TEI refuses a config without
+    it; NeoBERT's rotary positions have no table, so it is the training length, as sentence_bert_config)."""
+    if not (folder / "modules.json").is_file():
+        from neobert.export import write_sentence_transformers_files
+
+        write_sentence_transformers_files(folder, config.hidden_size, config.max_length, pooling)
+    pooling_file = folder / "1_Pooling" / "config.json"
+    if pooling_file.is_file():
+        settings = json.loads(pooling_file.read_text())
+        flags = {"cls": "pooling_mode_cls_token", "mean": "pooling_mode_mean_tokens", "max": "pooling_mode_max_tokens"}
+        wanted = {flag: mode == pooling for mode, flag in flags.items()}
+        if any(settings.get(flag) != on for flag, on in wanted.items()):
+            write_bytes_atomically(pooling_file, (json.dumps({**settings, **wanted}, indent=4) + "\n").encode())
+    config_file = folder / "config.json"
+    settings = json.loads(config_file.read_text())
+    if "max_position_embeddings" not in settings:
+        settings["max_position_embeddings"] = int(settings.get("max_length", config.max_length))
+        write_bytes_atomically(config_file, (json.dumps(settings, indent=2, sort_keys=True) + "\n").encode())
 
 
 def quantize_onnx(folder: str | Path) -> Path:
-    """`model_int8.onnx` from the folder's `model.onnx`: every matrix product with int8 weights (one scale
+    """`onnx/model_qint8.onnx` from the folder's `onnx/model.onnx`: every matrix product with int8 weights (one scale
     per output channel) and activations quantised on the fly; the vectors move slightly (measure cosine
     against float32 on your data).
 
@@ -137,7 +197,7 @@ def quantize_onnx(folder: str | Path) -> Path:
     source = folder / ONNX_FILE
     if not source.is_file():
         raise FileNotFoundError(f"{source} does not exist; write it with `neobert export-onnx {folder}`")
-    with tempfile.NamedTemporaryFile(dir=folder, prefix=".model_int8.", suffix=".onnx", delete=False) as tmp:
+    with tempfile.NamedTemporaryFile(dir=source.parent, prefix=".model_qint8.", suffix=".onnx", delete=False) as tmp:
         pass
     root = logging.getLogger()
     level = root.level
@@ -152,7 +212,7 @@ def quantize_onnx(folder: str | Path) -> Path:
             reduce_range=True,
             op_types_to_quantize=["MatMul"],
         )
-        os.replace(tmp.name, folder / ONNX_INT8_FILE)
+        publish(tmp.name, folder / ONNX_INT8_FILE)
     finally:
         root.setLevel(level)
         if os.path.exists(tmp.name):
@@ -160,13 +220,20 @@ def quantize_onnx(folder: str | Path) -> Path:
     return folder / ONNX_INT8_FILE
 
 
-def onnx_session(folder: str | Path, threads: int | None = None, backend: str = "onnx"):
-    """An onnxruntime CPU session over the folder's model.onnx ("onnx") or model_int8.onnx ("onnx-int8")."""
-    import onnxruntime
-
+def onnx_path(folder: str | Path, backend: str = "onnx") -> Path:
+    """The folder's graph for `backend`: onnx/model.onnx ("onnx") or onnx/model_qint8.onnx ("onnx-int8"), else
+    the older export's model.onnx / model_int8.onnx; the new path (absent) when there is neither."""
     if backend not in ONNX_FILES:
         raise ValueError(f"unknown ONNX backend {backend!r}; choose one of {tuple(ONNX_FILES)}")
-    path = Path(folder) / ONNX_FILES[backend]
+    current, legacy = Path(folder) / ONNX_FILES[backend], Path(folder) / LEGACY_ONNX_FILES[backend]
+    return legacy if legacy.is_file() and not current.is_file() else current
+
+
+def onnx_session(folder: str | Path, threads: int | None = None, backend: str = "onnx"):
+    """An onnxruntime CPU session over the folder's graph for `backend` (see `onnx_path`)."""
+    import onnxruntime
+
+    path = onnx_path(folder, backend)
     if not path.is_file():
         flag = " --int8" if backend == "onnx-int8" else ""
         raise FileNotFoundError(f"{path} does not exist; write it with `neobert export-onnx {folder}{flag}`")

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
+import inspect
 import os
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 LOCK_FILE = ".neobert.lock"
 
@@ -30,6 +33,12 @@ def _holder_description(path: Path) -> str:
     except OSError:
         return "another process"
     return text or "another process"
+
+
+def _name_holder(descriptor: int) -> None:
+    command = " ".join(Path(sys.argv[0]).name.split() + sys.argv[1:])[:200]
+    os.ftruncate(descriptor, 0)
+    os.write(descriptor, f"pid {os.getpid()} on {socket.gethostname()} ({command})\n".encode())
 
 
 def check_output_folder(folder: str | os.PathLike, option: str = "the output folder") -> None:
@@ -62,9 +71,7 @@ def hold_folder(folder: str | os.PathLike, option: str = "the output folder") ->
             "or choose another folder"
         ) from None
     try:
-        command = " ".join(Path(sys.argv[0]).name.split() + sys.argv[1:])[:200]
-        os.ftruncate(descriptor, 0)
-        os.write(descriptor, f"pid {os.getpid()} on {socket.gethostname()} ({command})\n".encode())
+        _name_holder(descriptor)
         yield folder
     except BaseException:
         if created and [p.name for p in folder.iterdir()] == [LOCK_FILE]:
@@ -74,3 +81,78 @@ def hold_folder(folder: str | os.PathLike, option: str = "the output folder") ->
         raise
     finally:
         os.close(descriptor)  # releases the lock; the file stays otherwise (removing it would race a new holder)
+
+
+# Lock files beside an output that this process holds: `train_contrastive` holds its --out for the whole run,
+# and the export it ends with takes the same lock again.
+_HELD_BESIDE: set[Path] = set()
+
+
+def _lock_file(path: Path, what: str) -> int:
+    """A descriptor of `path` holding its lock; FolderInUse if another process holds it. A file its holder
+    removed while we opened it is opened again (the holder removes it while still holding the lock)."""
+    while True:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            raise FolderInUse(
+                f"{what} is in use by {_holder_description(path)}; wait for it to end, stop it, or choose another "
+                "folder"
+            ) from None
+        try:
+            if os.stat(path).st_ino == os.fstat(descriptor).st_ino:
+                return descriptor
+        except FileNotFoundError:
+            pass
+        os.close(descriptor)
+
+
+@contextlib.contextmanager
+def hold_beside(target: str | os.PathLike, option: str = "--out") -> Iterator[Path]:
+    """`hold_folder` for an output written elsewhere and renamed into place (an exported model folder), or
+    written into a folder that is not the command's own (`export-onnx` into a model folder): the lock file is
+    `.NAME.neobert.lock` beside `target`, removed when the holder ends (a kill -9 leaves it, unheld and
+    harmless). Taken again by the process that holds it, it is held already."""
+    target = Path(target)
+    check_output_folder(target, option)
+    path = (target.parent / f".{target.name}{LOCK_FILE}").absolute()
+    if path in _HELD_BESIDE or int(os.environ.get("RANK", "0")) != 0:  # under torchrun rank 0 holds it
+        yield target
+        return
+    made = [parent for parent in path.parents if not parent.exists()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        descriptor = _lock_file(path, f"{option} {target}")
+        _HELD_BESIDE.add(path)
+        try:
+            _name_holder(descriptor)
+            yield target
+        finally:
+            _HELD_BESIDE.discard(path)
+            path.unlink(missing_ok=True)  # still holding it: a newcomer that opened it finds another file, or none
+            os.close(descriptor)
+    finally:
+        for parent in made:  # folders made for the lock alone (the command failed before writing): removed
+            with contextlib.suppress(OSError):
+                parent.rmdir()
+
+
+def holding(lock: Callable, target_of: Callable[[dict[str, Any]], Any], option: str = "--out") -> Callable:
+    """A decorator: the function runs holding `lock(target_of(arguments), option)`, `lock` being `hold_folder`
+    or `hold_beside` and `arguments` the function's arguments by name, defaults included."""
+
+    def decorate(function: Callable) -> Callable:
+        signature = inspect.signature(function)
+
+        @functools.wraps(function)
+        def holding_its_output(*args, **kwargs):
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            with lock(target_of(bound.arguments), option):
+                return function(*args, **kwargs)
+
+        return holding_its_output
+
+    return decorate

@@ -98,3 +98,51 @@ def check_same_run(folder: str | os.PathLike, current: dict[str, Any], option: s
 
 def record_run(folder: str | os.PathLike, current: dict[str, Any]) -> None:
     write_json_atomically(Path(folder) / SETTINGS_FILE, _plain(current))
+
+
+# What `pretrain --resume` may change: the trainer applies these on purpose (a longer budget, another learning
+# rate or weight decay, another cadence of logs and checkpoints, more processes, another attention kernel).
+# The data, the masking, the model and the seeds make the run what it is: changed, it is another run.
+CHANGEABLE_ON_RESUME = (
+    "budget.",
+    "system.",
+    "phase.",
+    "data.eval_",
+    "model.attention:",
+    "model.activation_checkpointing:",
+    "model.init_from:",
+    "train.",
+)
+FIXED_ON_RESUME = ("train.seed:",)
+
+
+def _same_corpus(change: str) -> bool:
+    """`data.path: 'a' -> 'b'` where both name the same prepared corpus (one written another way)."""
+    import ast
+
+    if not change.startswith("data.path: "):
+        return False
+    try:
+        old, new = (ast.literal_eval(part) for part in change.removeprefix("data.path: ").split(" -> "))
+        before, after = folder_digest(old, ("manifest.json",)), folder_digest(new, ("manifest.json",))
+    except (ValueError, SyntaxError, TypeError, OSError):
+        return False
+    return before is not None and before == after
+
+
+def check_resumed_settings(folder: str | os.PathLike, changes: list[str]) -> None:
+    """RunMismatch (exit 2) naming the settings (`key: old -> new`) that differ from those the checkpoint
+    `folder` was saved with, unless each is one a resumed run may change (`CHANGEABLE_ON_RESUME`)."""
+    fixed = [
+        change
+        for change in changes
+        if (not change.startswith(CHANGEABLE_ON_RESUME) or change.startswith(FIXED_ON_RESUME))
+        and not _same_corpus(change)
+    ]
+    if fixed:
+        shown = "; ".join(fixed[:6]) + (f"; and {len(fixed) - 6} more" if len(fixed) > 6 else "")
+        raise RunMismatch(
+            f"{folder} was saved by a run with other settings ({shown}); --resume continues a run with its own "
+            f"data, model and seeds (train.*, budget.* and system.* may change): resume with them, pass "
+            f"{RESTART_FLAG} to start afresh in it (this deletes the earlier run), or choose another system.output_dir"
+        )

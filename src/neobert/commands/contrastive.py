@@ -20,16 +20,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "pairs from the demo corpus, none of them in the retrieval-offline suite); one dataset each",
     )
     parser.add_argument("--out", required=True, help="folder to write the embedder to")
-    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--steps", type=int, default=2000, help="optimiser steps")
     parser.add_argument("--batch-size", type=int, default=32, help="pairs per process and step")
-    parser.add_argument("--lr", type=float, default=2e-5)
-    parser.add_argument("--temperature", type=float, default=0.07)
+    parser.add_argument("--lr", type=float, default=2e-5, help="peak learning rate")
+    parser.add_argument("--temperature", type=float, default=0.07, help="InfoNCE temperature")
     parser.add_argument("--alpha", type=float, default=0.5, help="datasets sampled in proportion to size^alpha")
     parser.add_argument("--grad-cache", type=int, default=None, metavar="CHUNK", help="gradient cache chunk size")
-    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--max-length", type=int, default=512, help="tokens per text (longer ones are cut)")
     parser.add_argument("--pooling", default="mean", help="mean, cls or max")
-    parser.add_argument("--warmup-steps", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--warmup-steps", type=int, default=100, help="linear warm-up steps")
+    parser.add_argument("--seed", type=int, default=0, help="seed of sampling and initialisation")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     add_prompt_option(
         parser,

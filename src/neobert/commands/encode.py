@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--prompt", default=None, help='text put before every input, e.g. "query: "')
     parser.add_argument("--prompt-name", default=None, help="a prompt stored with the model, e.g. query")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=64, help="texts a forward pass")
     parser.add_argument("--max-length", type=int, default=None, help="tokens per text (default: the model's)")
     parser.add_argument("--output-dim", type=int, default=None, help="keep the first N dimensions")
     parser.add_argument("--precision", default="float32", help="float32, int8 or binary")
@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backend",
         default="torch",
-        help="torch, onnx or onnx-int8 (needs model.onnx / model_int8.onnx in --model, see export-onnx)",
+        help="torch, onnx or onnx-int8 (needs onnx/model.onnx / onnx/model_qint8.onnx in --model, see export-onnx)",
     )
 
 
@@ -71,6 +71,8 @@ def check_output(path: Path) -> None:
 def save_npy_atomically(path: Path, array) -> None:
     import numpy as np
 
+    from neobert.files import publish
+
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".npy", delete=False) as tmp:
         try:
@@ -80,7 +82,7 @@ def save_npy_atomically(path: Path, array) -> None:
         except BaseException:
             os.unlink(tmp.name)  # a disk that filled up keeps no half-written temporary
             raise
-    os.replace(tmp.name, path)
+    publish(tmp.name, path)  # the umask's permissions, not the temporary file's 0600
 
 
 def run(args: argparse.Namespace) -> int:

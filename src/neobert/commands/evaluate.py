@@ -21,8 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="score at most this many positions a sequence, spread evenly (default: every position, as the paper)",
     )
     parser.add_argument("--mlm-data", default=None, help="a `neobert prepare` folder: MLM loss/accuracy on it")
-    parser.add_argument("--mlm-split", default="heldout")
-    parser.add_argument("--mlm-batches", type=int, default=50)
+    parser.add_argument("--mlm-split", default="heldout", help="split of --mlm-data to score")
+    parser.add_argument("--mlm-batches", type=int, default=50, help="batches of --mlm-data to score")
     parser.add_argument(
         "--suite",
         default=None,
@@ -85,6 +85,31 @@ def torch_device():
     return torch.device("cpu")
 
 
+def retrieval_table(suite: dict) -> str:
+    from neobert.eval.score_table import score_table
+
+    keys = ("recall_at_1", "mrr_at_10", "ndcg_at_10")
+    rows = [(name, *(scores[key] for key in keys)) for name, scores in suite["results"].items()]
+    title = f"{suite['task']}: {suite['num_queries']} queries, {suite['num_documents']} documents"
+    return title + "\n" + score_table(("model", "recall@1", "MRR@10", "nDCG@10"), rows)
+
+
+def check_numbers(args: argparse.Namespace) -> str | None:
+    """The first count or length that cannot work, as a message naming its option; None when all can."""
+    try:
+        lengths = [int(v) for v in args.lengths.split(",")]
+    except ValueError:
+        return f"--lengths takes comma-separated token counts, got {args.lengths!r}"
+    if min(lengths) < 3:
+        return f"--lengths must be at least 3 tokens ([CLS], a token, [SEP]), got {args.lengths!r}"
+    for option in ("sequences", "batch_size", "mlm_batches", "budget_steps", "max_train", "max_test"):
+        if getattr(args, option) < 1:
+            return f"--{option.replace('_', '-')} must be at least 1, got {getattr(args, option)}"
+    if args.max_positions is not None and args.max_positions < 1:
+        return f"--max-positions must be at least 1, got {args.max_positions}"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     from neobert.files import write_json_atomically
     from neobert.finetune.model import ModelFolderError, model_folder
@@ -99,6 +124,10 @@ def run(args: argparse.Namespace) -> int:
             "neobert evaluate: choose --pseudo-perplexity FILE, --mlm-data FOLDER or --suite offline|retrieval-offline",
             file=sys.stderr,
         )
+        return 2
+    problem = check_numbers(args)
+    if problem:
+        print(f"neobert evaluate: {problem}", file=sys.stderr)
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -123,5 +152,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"neobert evaluate: {error}", file=sys.stderr)
         return 2
     write_json_atomically(out / "evaluate.json", report)
+    if "retrieval_offline" in report:  # the other evaluations print their tables as they finish
+        print(retrieval_table(report["retrieval_offline"]))
     print(f"wrote {out / 'evaluate.json'}")
     return 0

@@ -19,8 +19,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="leave out the model code (the folder then loads only where neobert is installed)",
     )
-    parser.add_argument("--onnx", action="store_true", help="also write the encoder as model.onnx (onnxruntime)")
-    parser.add_argument("--int8", action="store_true", help="with --onnx: also write model_int8.onnx (int8 weights)")
+    parser.add_argument(
+        "--onnx",
+        action="store_true",
+        help="also write the encoder as onnx/model.onnx (onnxruntime, Text Embeddings Inference)",
+    )
+    parser.add_argument(
+        "--int8", action="store_true", help="with --onnx: also write onnx/model_qint8.onnx (int8 weights)"
+    )
     add_prompt_option(
         parser, 'a prompt stored for sentence-transformers and `neobert encode`, e.g. --prompt "query=query: "'
     )

@@ -13,8 +13,8 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-every", type=int, default=None, help="default min(500, steps per epoch // 10)")
     parser.add_argument("--patience", type=int, default=15, help="evaluations without improvement before stopping")
     parser.add_argument("--max-length", type=int, default=512, help="tokens per example (longer ones are cut)")
-    parser.add_argument("--eval-batch-size", type=int, default=32)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eval-batch-size", type=int, default=32, help="examples a forward pass in evaluation")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the head, dropout and data order")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--no-pack", action="store_true", help="pad NeoBERT batches instead of packing them")
 
@@ -25,16 +25,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--validation", required=True, help="same formats; labels must occur in --train")
     parser.add_argument("--out", required=True, help="output folder (resumes a run of the same settings)")
     parser.add_argument("--task", default="sequence-classification", help="or token-classification (CoNLL files)")
-    parser.add_argument("--text-column", default="text")
+    parser.add_argument("--text-column", default="text", help="column (or field) holding the text")
     parser.add_argument("--text-pair-column", default=None, help="second text of a pair: [CLS] A [SEP] B [SEP]")
-    parser.add_argument("--label-column", default="label")
+    parser.add_argument("--label-column", default="label", help="column (or field) holding the label")
     parser.add_argument("--problem", default="auto", help="auto, single, multi or regression")
     parser.add_argument("--label-separator", default="|", help="separates labels of a multi-label cell")
     parser.add_argument("--train-split", default="train", help="split name for datasets inputs")
     parser.add_argument("--validation-split", default="validation", help="split name for datasets inputs")
-    parser.add_argument("--lr", type=float, default=2e-5)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--weight-decay", type=float, default=0.01)
+    parser.add_argument("--lr", type=float, default=2e-5, help="peak learning rate")
+    parser.add_argument("--batch-size", type=int, default=16, help="training examples a step")
+    parser.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay")
     parser.add_argument("--metric", default=None, help="selection metric (default: accuracy / pearson / f1)")
     parser.add_argument("--restart", action="store_true", help="delete the run in --out and start afresh")
     add_settings_arguments(parser)
@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
             restart=args.restart,
             origin={"model": model_digest(folder)},
         )
-    except (FolderInUse, RunMismatch) as error:
+    except (FolderInUse, RunMismatch, ValueError) as error:
         print(f"neobert finetune: {error}", file=sys.stderr)
         return 2
     print(f"best {result.best_metric:.4f} at step {result.best_step} of {result.steps}: {result.best_metrics}")

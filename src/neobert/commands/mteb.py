@@ -17,11 +17,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="mean, cls or max (default: the folder's sentence-transformers pooling, else mean)",
     )
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=64, help="texts a forward pass")
     parser.add_argument("--no-prompts", action="store_true", help="no default instructions by task type")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.pooling not in (None, "mean", "cls", "max"):
+        print(f"neobert mteb: --pooling must be mean, cls or max, got {args.pooling!r}", file=sys.stderr)
+        return 2
+    if args.batch_size < 1:
+        print(f"neobert mteb: --batch-size must be at least 1, got {args.batch_size}", file=sys.stderr)
+        return 2
     import mteb
 
     from neobert.eval.mteb_encoder import NeoBERTEncoder
@@ -41,9 +47,10 @@ def run(args: argparse.Namespace) -> int:
     except Exception as error:  # dataset downloads fail offline; say so instead of a deep traceback
         print(f"neobert mteb: evaluation failed: {type(error).__name__}: {error}", file=sys.stderr)
         return 1
+    from neobert.eval.score_table import score_table
+
     summary = {result.task_name: result.get_score() for result in results.task_results}
-    for name, score in summary.items():
-        print(f"{name}: {score:.4f}")
+    print(score_table(("task", "main score"), sorted(summary.items())))
     if args.out:
         target = Path(args.out) / "summary.json"
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -88,6 +88,10 @@ def run(args: argparse.Namespace) -> int:
     if args.tasks < 0 or (args.tasks and args.demo):
         print("--tasks takes a positive count of tasks over SOURCE files (not --demo)", file=sys.stderr)
         return 2
+    misfit = _check_numbers(args)
+    if misfit:
+        print(f"neobert prepare: {misfit}", file=sys.stderr)
+        return 2
     reader = ReaderOptions(text_field=args.text_field, text_unit=args.text_unit, hf_split=args.split)
     config = PrepareConfig(
         max_length=args.max_length,
@@ -117,12 +121,31 @@ def run(args: argparse.Namespace) -> int:
             return _run_tasks(args, sources, load_tokenizer(args.tokenizer), config)
         summary = prepare(sources, args.out, load_tokenizer(args.tokenizer), config)
     except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        print(f"neobert prepare: {error}", file=sys.stderr)
+        return 2
+    except ValueError as error:  # a setting out of range (--max-length, --heldout-fraction, ...)
+        print(f"neobert prepare: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # Ctrl-C: the workers are stopped; finished blocks are kept
+        print("neobert prepare: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
     print(summary.describe())
     if args.demo:
         print(_demo_table(summary.manifest["sources"][0].get("datasets", {})))
     return 0
+
+
+def _check_numbers(args: argparse.Namespace) -> str | None:
+    """What is wrong with a numeric option, checked before any input is read (None when nothing is)."""
+    if not 0 <= args.heldout_fraction < 1:
+        return f"--heldout-fraction must lie in [0, 1), got {args.heldout_fraction}"
+    if args.max_length < 3:
+        return f"--max-length must leave room for [CLS], a token and [SEP] (3), got {args.max_length}"
+    if args.shard_tokens < 1:
+        return f"--shard-tokens must be at least 1, got {args.shard_tokens}"
+    if args.workers < 0:
+        return f"--workers must be 0 (one per core) or more, got {args.workers}"
+    return None
 
 
 def _run_tasks(args: argparse.Namespace, sources: list, tokenizer, config) -> int:
@@ -159,8 +182,8 @@ def _join(args: argparse.Namespace) -> int:
     try:
         summary = join(args.out)
     except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        print(f"neobert prepare: {error}", file=sys.stderr)
+        return 2
     print(summary.describe())
     return 0
 

@@ -29,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--resume is an override, not a checkpoint)",
     )
     parser.add_argument("--stop-at-step", type=int, default=None, help="checkpoint and stop at this step")
+    parser.add_argument(
+        "--restart", action="store_true", help="delete the run in system.output_dir first and start afresh"
+    )
 
 
 def split_items(items: list[str]) -> tuple[list[str], list[str]]:
@@ -60,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         paths, overrides = split_items(args.items)
         config = load_config(paths, overrides)
-        result = pretrain(config, make_loader, make_eval_batches, resume=args.resume, stop_at_step=args.stop_at_step)
+        result = pretrain(config, make_loader, make_eval_batches, args.resume, args.stop_at_step, restart=args.restart)
     except (ValueError, FileNotFoundError) as error:
         return _fail(error, EXIT_BAD_INPUT)
     except DiskFullError as error:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
-
-import torch
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,17 +14,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
     from transformers import AutoModelForMaskedLM
 
     from neobert import NeoBERTConfig, NeoBERTForMaskedLM, load_tokenizer
 
     torch.manual_seed(0)
     tokenizer = load_tokenizer()
-    config = NeoBERTConfig.from_preset(args.preset)
+    try:
+        config = NeoBERTConfig.from_preset(args.preset)
+    except ValueError as error:
+        print(f"neobert smoke: --preset: {error}", file=sys.stderr)
+        return 2
     model = NeoBERTForMaskedLM(config).eval()
     batch = tokenizer([args.text], return_tensors="pt")
     if tokenizer.mask_token_id not in batch["input_ids"][0].tolist():
-        raise SystemExit(f"--text must contain {tokenizer.mask_token}")
+        print(f"neobert smoke: --text must contain {tokenizer.mask_token}", file=sys.stderr)
+        return 2
     start = time.perf_counter()
     with torch.inference_mode():
         logits = model(**batch).logits

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from neobert.data.cluster_prepare import LOGS, ClusterPlan, JoinTask, PrepareTask, join, unfinished_tasks
-from neobert.data.prepare import PrepareSummary, usable_cores
+from neobert.data.prepare import PrepareSummary, die_with_parent, usable_cores
 from neobert.data.shards import DataError
 
 EXECUTORS = ("local", "slurm")
@@ -55,7 +55,8 @@ class ForkedTask:
         pid = os.fork()
         if pid == 0:
             os.close(read)
-            _die_with_parent(parent)
+            # A task left running without its worker (the pool stops them when one fails) would race its rerun.
+            die_with_parent(parent)
             code = 0
             try:
                 self.task(data, rank, world_size)
@@ -78,19 +79,6 @@ class ForkedTask:
         if os.WEXITSTATUS(status) != 0:
             raise DataError(message or f"task {rank}: its process ended with exit code {os.WEXITSTATUS(status)}")
         return data
-
-
-def _die_with_parent(parent: int) -> None:
-    """Linux: this process is killed when its parent ends. The pool stops its workers when a task fails,
-    and a task left running without its worker would race the rerun of the same task."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux
-        return
-    if os.getppid() != parent:  # the parent ended before the request took effect
-        os._exit(1)
 
 
 def _quiet_datatrove_console() -> None:

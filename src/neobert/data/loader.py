@@ -136,6 +136,7 @@ class PretrainingLoader:
         ids = self.corpus.special_ids
         self.never_mask = sorted({ids["pad"], ids["unk"], ids["cls"], ids["sep"], ids["mask"]})
         self.stats = {"batches": 0, "sequences": 0, "tokens": 0, "slots": 0, "masked": 0}
+        self.masking = config.masking  # its rate follows a mask-rate schedule (set_mlm_probability)
         # Position in the global order (epoch, window, sample in the window), samples taken from it, and
         # chunks of `batch_size` samples gone by (this rank's and the others').
         self._epoch = self._window = self._offset = self._taken = self._chunks = 0
@@ -216,12 +217,16 @@ class PretrainingLoader:
         return self
 
     def __next__(self) -> dict[str, Any]:
+        return self.finish(self.next_unmasked())
+
+    def next_unmasked(self) -> dict[str, Any]:
+        """The next batch before masking (`unmasked`): `finish` masks it at the rate then in force."""
         self._my_turn()
         samples, first = self.take_samples(self.config.batch_size)
         if not self._complete(samples):
             raise StopIteration
         self._chunks += 1
-        return self.build(samples, first)
+        return self.unmasked(samples, first)
 
     def skip(self, count: int) -> None:
         """Moves past `count` of this rank's batches without building them (only document lengths are read)."""
@@ -232,8 +237,10 @@ class PretrainingLoader:
                 return
             self._chunks += 1
 
-    def build(self, samples: list[np.ndarray], first: int) -> dict[str, Any]:
-        """The masked batch of `samples`, the first of which is sample `first` of the global order."""
+    def unmasked(self, samples: list[np.ndarray], first: int) -> dict[str, Any]:
+        """The batch of `samples` (the first is sample `first` of the global order) before masking: what does
+        not depend on the mask rate, their tokens with [CLS] and [SEP] and their masking draws, as numpy
+        arrays that data workers send cheaply. `finish` masks and lays it out."""
         units = np.concatenate(samples)
         lengths = units[:, 2]
         content = self.corpus.gather(units[:, 0], units[:, 1], lengths)
@@ -248,20 +255,26 @@ class PretrainingLoader:
             for k, (start, end) in enumerate(zip(bounds[:-1], bounds[1:], strict=True))
         ]
         draws = tuple(None if part[0] is None else np.concatenate(part) for part in zip(*parts, strict=True))
-        input_ids, labels = mask_with_draws(
-            torch.from_numpy(flat), self.config.masking, self.never_mask, ids["mask"], draws
+        return {"ids": flat, "cu": cu, "bounds": bounds, "lengths": lengths, "samples": len(samples), "draws": draws}
+
+    def finish(self, unmasked: dict[str, Any]) -> dict[str, Any]:
+        """The batch of an `unmasked` one, masked at the current rate and laid out; counted in `stats`."""
+        flat, cu, bounds, lengths, samples, draws = (
+            unmasked[k] for k in ("ids", "cu", "bounds", "lengths", "samples", "draws")
         )
+        ids = self.corpus.special_ids
+        input_ids, labels = mask_with_draws(torch.from_numpy(flat), self.masking, self.never_mask, ids["mask"], draws)
         if self.config.layout == "packed":
             batch = layout_packed(input_ids, cu)
             batch["labels"] = labels.unsqueeze(0)
-            slots = len(samples) * self.max_length if self.config.scheme == "pack" else input_ids.numel()
+            slots = samples * self.max_length if self.config.scheme == "pack" else input_ids.numel()
         elif self.config.layout == "rows":  # a pack's sequences in one row, attending to each other
             batch = {}
             batch["input_ids"], batch["attention_mask"] = pad_rows(
                 input_ids, bounds, ids["pad"], self.config.pad_to_multiple_of
             )
             batch["labels"], _ = pad_rows(labels, bounds, IGNORE_INDEX, self.config.pad_to_multiple_of)
-            slots = len(samples) * self.max_length
+            slots = samples * self.max_length
         else:
             batch = {}
             batch["input_ids"], batch["attention_mask"] = pad_rows(
@@ -276,6 +289,10 @@ class PretrainingLoader:
         self.stats["slots"] += slots
         self.stats["masked"] += int((labels != IGNORE_INDEX).sum())
         return batch
+
+    def set_mlm_probability(self, rate: float) -> None:
+        """Mask the next batches at `rate`; a sample's draws do not depend on it, so the masks stay nested."""
+        self.masking = replace(self.config.masking, rate=rate)
 
     @property
     def packing_efficiency(self) -> float:
@@ -305,32 +322,32 @@ class PretrainingLoader:
     def _placement(self) -> dict[str, int]:
         return {"rank": self.rank, "world_size": self.world_size, "batch_size": self.config.batch_size}
 
-    def _position(self) -> dict[str, Any]:
+    def position(self) -> dict[str, Any]:
         return {
             "position": [self._epoch, self._window, self._offset],
             "taken": self._taken,
             "chunks": self._chunks,
         }
 
-    def _set_position(self, state: dict[str, Any]) -> None:
+    def set_position(self, state: dict[str, Any]) -> None:
         self._epoch, self._window, self._offset = (int(x) for x in state["position"])
         self._taken, self._chunks = int(state["taken"]), int(state["chunks"])
 
     def end_of_round(self) -> dict[str, Any]:
         """The position after the rest of the current round of `world_size` chunks (the other ranks' part of
         it): at a step boundary, the same on every rank."""
-        now = self._position()
+        now = self.position()
         while self._chunks % self.world_size:
             self.take_samples(self.config.batch_size)
             self._chunks += 1
-        boundary = self._position()
-        self._set_position(now)
+        boundary = self.position()
+        self.set_position(now)
         return boundary
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "version": STATE_VERSION,
-            **self._position(),
+            **self.position(),
             "boundary": self.end_of_round(),
             "placement": self._placement(),
             "identity": self._identity(),
@@ -355,7 +372,7 @@ class PretrainingLoader:
         the end of its round (a step boundary), when that is a whole number of this loader's rounds."""
         self.check_identity(state)
         if state["placement"] == self._placement():
-            self._set_position(state)
+            self.set_position(state)
             return
         self.continue_from_boundary(state["boundary"])
 
@@ -367,7 +384,7 @@ class PretrainingLoader:
                 f"{self.world_size} rank(s) x {self.config.batch_size} samples: resume with a micro-batch, "
                 "accumulation and world size whose global batch divides it"
             )
-        self._set_position({**boundary, "chunks": taken // self.config.batch_size})
+        self.set_position({**boundary, "chunks": taken // self.config.batch_size})
 
 
 class MixtureLoader:
@@ -418,12 +435,23 @@ class MixtureLoader:
             self._chunks += 1
 
     def __next__(self) -> dict[str, Any]:
+        return self.finish(self.next_unmasked())
+
+    def next_unmasked(self) -> dict[str, Any]:
         self._my_turn()
-        self.last_component = self._draw(self._chunks)
-        component = self.components[self.last_component]
+        number = self._draw(self._chunks)
+        component = self.components[number]
         samples, first = component.take_samples(self.config.batch_size)
         self._chunks += 1
-        return component.build(samples, first)
+        return {**component.unmasked(samples, first), "component": number}
+
+    def finish(self, unmasked: dict[str, Any]) -> dict[str, Any]:
+        self.last_component = unmasked["component"]
+        return self.components[self.last_component].finish(unmasked)
+
+    def set_mlm_probability(self, rate: float) -> None:
+        for component in self.components:
+            component.set_mlm_probability(rate)
 
     def skip(self, count: int) -> None:
         for _ in range(count):
@@ -434,12 +462,20 @@ class MixtureLoader:
     def _placement(self) -> dict[str, int]:
         return {"rank": self.rank, "world_size": self.world_size, "batch_size": self.config.batch_size}
 
+    def position(self) -> dict[str, Any]:
+        return {"chunks": self._chunks, "components": [component.position() for component in self.components]}
+
+    def set_position(self, state: dict[str, Any]) -> None:
+        self._chunks = int(state["chunks"])
+        for component, position in zip(self.components, state["components"], strict=True):
+            component.set_position(position)
+
     def state_dict(self) -> dict[str, Any]:
         now = self._chunks, [component.state_dict() for component in self.components]
         while self._chunks % self.world_size:  # to the end of the round, as in PretrainingLoader.end_of_round
             self.components[self._draw(self._chunks)].take_samples(self.config.batch_size)
             self._chunks += 1
-        boundary = {"chunks": self._chunks, "components": [c._position() for c in self.components]}
+        boundary = {"chunks": self._chunks, "components": [c.position() for c in self.components]}
         self._chunks = now[0]
         for component, saved in zip(self.components, now[1], strict=True):
             component.load_state_dict(saved)
@@ -463,9 +499,7 @@ class MixtureLoader:
                 f"with ({saved_batch} samples, here {self.config.batch_size}) and a world size that divides "
                 f"its {chunks} micro-batches gone by"
             )
-        for component, position in zip(self.components, state["boundary"]["components"], strict=True):
-            component._set_position(position)
-        self._chunks = chunks
+        self.set_position(state["boundary"])
 
 
 def build_loader(

@@ -13,6 +13,7 @@ import itertools
 import multiprocessing
 import os
 import shutil
+import signal
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -122,18 +123,6 @@ class PrepareSummary:
         return "\n".join(lines)
 
 
-def _cut(text: str, limit: int) -> list[str]:
-    """Splits a text longer than `limit` characters at whitespace into pieces of at most `limit`."""
-    pieces = []
-    while len(text) > limit:
-        cut = text.rfind(" ", limit // 2, limit)
-        cut = limit if cut <= 0 else cut
-        pieces.append(text[:cut])
-        text = text[cut:]
-    pieces.append(text)
-    return pieces
-
-
 class _DocumentStream:
     """The documents of all sources in order, over-long ones cut into pieces, grouped into batches."""
 
@@ -142,15 +131,13 @@ class _DocumentStream:
         self.documents_cut = 0
 
     def documents(self) -> Iterator[str]:
-        limit = self.config.max_document_chars
         for source in self.sources:
-            for text in source.documents():
-                source.counts.documents += 1
-                if len(text) > limit:
+            for piece, number in source.pieces(self.config.max_document_chars):
+                if number == 0:
+                    source.counts.documents += 1
+                elif number == 1:
                     self.documents_cut += 1
-                    yield from _cut(text, limit)
-                else:
-                    yield text
+                yield piece
 
     def batches(self, skip: int) -> Iterator[list[str]]:
         """Batches of about `batch_bytes` characters, after skipping the first `skip` documents."""
@@ -287,7 +274,9 @@ def _ordered_results(
     previous = os.environ.get("TOKENIZERS_PARALLELISM")
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     try:
-        pool = multiprocessing.get_context(method).Pool(workers, init_worker, (spec, config.heldout_fraction))
+        pool = multiprocessing.get_context(method).Pool(
+            workers, _start_worker, (os.getpid(), spec, config.heldout_fraction)
+        )
     finally:
         if previous is None:
             del os.environ["TOKENIZERS_PARALLELISM"]
@@ -307,6 +296,26 @@ def _ordered_results(
     finally:
         pool.terminate()
         pool.join()
+
+
+def die_with_parent(parent: int) -> None:
+    """Linux: this process is killed when its parent ends (elsewhere nothing happens)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux
+        return
+    if os.getppid() != parent:  # the parent ended before the request took effect
+        os._exit(1)
+
+
+def _start_worker(parent: int, spec: TokenizerSpec, heldout_fraction: float) -> None:
+    """A tokenising worker leaves Ctrl-C to its parent, which stops the pool, and ends with its parent: one
+    outliving a killed `prepare` printed a BrokenPipeError traceback when it sent its result."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent(parent)
+    init_worker(spec, heldout_fraction)
 
 
 def replace_other_preparation(

@@ -17,14 +17,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from neobert.files import publish, sha256_file
+from neobert.files import publish, sha256_file, write_beside
 
 FORMAT = "neobert-token-shards"
 FORMAT_VERSION = 1
@@ -41,16 +40,19 @@ class DataError(ValueError):
 def write_npy_atomically(path: Path, array: np.ndarray) -> str:
     """Writes `array` as .npy under a temporary name, renames it, and returns the file's sha256."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256()
-    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, prefix=f".{path.name}.", suffix=".tmp") as tmp:
-        np.lib.format.write_array(tmp, np.ascontiguousarray(array), allow_pickle=False)
-        tmp.flush()
-        os.fsync(tmp.fileno())
-        tmp.seek(0)
-        for piece in iter(lambda: tmp.read(1 << 22), b""):
+
+    def write_and_hash(handle) -> str:
+        np.lib.format.write_array(handle, np.ascontiguousarray(array), allow_pickle=False)
+        handle.flush()
+        handle.seek(0)
+        digest = hashlib.sha256()
+        for piece in iter(lambda: handle.read(1 << 22), b""):
             digest.update(piece)
-    publish(tmp.name, path)
-    return digest.hexdigest()
+        return digest.hexdigest()
+
+    name, digest = write_beside(path, write_and_hash)
+    publish(name, path)
+    return digest
 
 
 @dataclass

@@ -11,7 +11,10 @@ A source spec is one of
 - `hf:NAME[:CONFIG]`: a Hugging Face hub dataset (or a local loading script or data folder), streamed
   with `datasets.load_dataset(..., streaming=True)`.
 
-Readers yield one document (a string) at a time, so memory stays bounded whatever the corpus size.
+Readers yield one document (a string) at a time, so memory stays bounded whatever the corpus size; for
+`prepare`, `Source.pieces` yields documents already cut to a length, and plain text is read a bounded part of
+a line at a time, so a one-line file of any size takes no more memory than a piece (a JSON, CSV or Parquet
+record is still read whole).
 Lines that are not valid UTF-8 are skipped and counted; an empty file or a missing text field is an error
 that names the file.
 """
@@ -19,12 +22,14 @@ that names the file.
 from __future__ import annotations
 
 import bz2
+import codecs
 import csv
 import glob
 import gzip
 import json
 import lzma
 import os
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +44,47 @@ COMPRESSIONS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 TEXT_UNITS = ("blank_line", "line", "file")
 
 csv.field_size_limit(1 << 30)  # news articles and books exceed csv's default 128 KiB field limit
+LINE_PART_BYTES = 1 << 20  # plain text is read at most this much of a line at a time, however long the line
+
+
+class DocumentCutter:
+    """Cuts one document into pieces of at most `limit` characters, at whitespace where it can, as its text
+    arrives: the pieces cutting the whole text would give. A cut depends only on the `limit` characters before
+    it, so a piece can go as soon as more than `limit` characters of the finished document follow its start;
+    `strip_end` are the characters the finished document loses at its end (they may not count)."""
+
+    def __init__(self, limit: int, strip_end: str = ""):
+        self.limit, self.strip_end = limit, strip_end
+        self.parts: list[str] = []
+        self.size = 0
+        self.pieces = 0
+
+    def _piece(self, text: str) -> tuple[str, int]:
+        self.pieces += 1
+        return text, self.pieces - 1
+
+    def add(self, text: str) -> Iterator[tuple[str, int]]:
+        """The pieces that `text` completes, each with its number in the document (0 for the first)."""
+        self.parts.append(text)
+        self.size += len(text)
+        if self.size <= self.limit:
+            return
+        text = "".join(self.parts)
+        while len(text) > self.limit and len(text.rstrip(self.strip_end)) > self.limit:
+            cut = text.rfind(" ", self.limit // 2, self.limit)
+            cut = self.limit if cut <= 0 else cut
+            yield self._piece(text[:cut])
+            text = text[cut:]
+        self.parts, self.size = [text], len(text)
+
+    def finish(self) -> Iterator[tuple[str, int]]:
+        yield self._piece("".join(self.parts).rstrip(self.strip_end))
+
+
+def cut_document(text: str, limit: int) -> Iterator[tuple[str, int]]:
+    cutter = DocumentCutter(limit)
+    yield from cutter.add(text)
+    yield from cutter.finish()
 
 
 @dataclass(frozen=True)
@@ -78,6 +124,12 @@ class Source:
 
     def documents(self) -> Iterator[str]:
         raise NotImplementedError
+
+    def pieces(self, limit: int) -> Iterator[tuple[str, int]]:
+        """The documents cut into pieces of at most `limit` characters (see `DocumentCutter`), each with its
+        number in its document."""
+        for text in self.documents():
+            yield from cut_document(text, limit)
 
     def describe(self) -> dict[str, Any]:
         """What the manifest records: deterministic, no timestamps."""
@@ -145,6 +197,10 @@ class FileSource(Source):
             raise DataError(f"{self.path}: no such file")
         if self.path.stat().st_size == 0:
             raise DataError(f"{self.path}: the file is empty")
+        try:
+            open(self.path, "rb").close()
+        except OSError as error:  # unreadable (permissions): said before any work, not in the middle of it
+            raise DataError(f"{self.path}: cannot be read ({error.strerror or error})") from None
 
     def open_binary(self) -> BinaryIO:
         opener = COMPRESSIONS.get(self.compression, open) if self.compression else open
@@ -166,34 +222,79 @@ class FileSource(Source):
 
 
 class TextFileSource(FileSource):
+    """Plain text, read a bounded part of a line at a time (a 200 MB one-line file took 3.2 GB before)."""
+
     kind = "text"
 
-    def documents(self) -> Iterator[str]:
+    def line_parts(self) -> Iterator[tuple[str, bool]]:
+        """The decoded lines (with their line endings) in parts of at most `LINE_PART_BYTES` bytes, each with
+        whether it ends its line. A line that is not UTF-8 is skipped and counted; of a line longer than one
+        part, the parts from the undecodable one on are skipped (those before it were read already)."""
+        encoding = "utf-8-sig"  # the first line may start with a byte-order mark
+        decoder = None  # within a line longer than one part
+        with self.open_binary() as handle:
+            while raw := handle.readline(LINE_PART_BYTES):
+                ends = raw.endswith(b"\n") or len(raw) < LINE_PART_BYTES  # shorter: the line or the file ended
+                if decoder is None and ends:
+                    try:
+                        yield raw.decode(encoding), True
+                    except UnicodeDecodeError:
+                        self.counts.undecodable_lines += 1
+                    encoding = "utf-8"
+                    continue
+                if decoder is None:
+                    decoder, encoding = codecs.getincrementaldecoder(encoding)(), "utf-8"
+                    skipping = False
+                if not skipping:
+                    try:
+                        yield decoder.decode(raw, final=ends), ends
+                    except UnicodeDecodeError:
+                        self.counts.undecodable_lines += 1
+                        skipping = True
+                if skipping and ends:
+                    yield "", True
+                if ends:
+                    decoder = None
+            if decoder is not None:  # a long last line of whole parts, without a line end
+                try:
+                    yield ("" if skipping else decoder.decode(b"", final=True)), True
+                except UnicodeDecodeError:
+                    self.counts.undecodable_lines += 1
+                    yield "", True
+
+    def pieces(self, limit: int) -> Iterator[tuple[str, int]]:
         unit, found = self.options.text_unit, False
-        if unit == "line":
-            for line in self.lines():
-                if line.strip():
-                    found = True
-                    yield line.rstrip("\r\n")
-        elif unit == "file":
-            text = "".join(self.lines())
-            if text.strip():
-                found = True
-                yield text
-        else:
-            paragraph: list[str] = []
-            for line in self.lines():
-                if line.strip():
-                    paragraph.append(line)
-                elif paragraph:
-                    found = True
-                    yield "".join(paragraph).rstrip("\r\n")
-                    paragraph = []
-            if paragraph:
-                found = True
-                yield "".join(paragraph).rstrip("\r\n")
+        strip = "" if unit == "file" else "\r\n"
+        cutter: DocumentCutter | None = None  # the document being read
+        pending: list[str] = []  # parts not yet known to hold more than whitespace (file: the text so far)
+        line_has_text = False
+        for text, ends in self.line_parts():
+            if cutter is not None and (unit == "file" or line_has_text):
+                yield from cutter.add(text)
+            else:
+                pending.append(text)
+                if text.strip():
+                    line_has_text, found = True, True
+                    cutter = cutter or DocumentCutter(limit, strip)
+                    yield from cutter.add("".join(pending))
+                    pending.clear()
+            if ends:
+                # A line ends its document (line), or a blank line ends the paragraph (blank_line).
+                if unit != "file" and cutter is not None and (unit == "line" or not line_has_text):
+                    yield from cutter.finish()
+                    cutter = None
+                if unit != "file":
+                    pending.clear()
+                line_has_text = False
+        if cutter is not None:
+            yield from cutter.finish()
         if not found:
             raise self._no_text()
+
+    def documents(self) -> Iterator[str]:
+        """Whole documents (a long one whole in memory: `prepare` reads `pieces` instead)."""
+        for document, _ in self.pieces(sys.maxsize):
+            yield document
 
 
 class JsonLinesSource(FileSource):

@@ -12,11 +12,11 @@ at a later start, never trusted wrongly.
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from pathlib import Path
 
 from neobert.data.shards import check_checksum
+from neobert.files import publish
 
 RECORD = "verified.json"
 
@@ -70,6 +70,6 @@ class VerifiedRecord:
                 "w", dir=self.root, delete=False, prefix=f".{RECORD}.", suffix=".tmp", encoding="utf-8"
             ) as tmp:
                 json.dump({"files": entries}, tmp, sort_keys=True)
-            os.replace(tmp.name, self.path)
+            publish(tmp.name, self.path)  # the umask's permissions: the corpus may be shared
         except OSError:
             return  # a read-only corpus: the files are hashed again at the next start

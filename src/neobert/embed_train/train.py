@@ -15,7 +15,7 @@ from neobert.embed import pool_packed
 from neobert.embed_train.data import HomogeneousBatches, check_batch_fits, read_pairs
 from neobert.embed_train.grad_cache import contrastive_step
 from neobert.embed_train.loss import TEMPERATURE, info_nce
-from neobert.run_lock import check_output_folder
+from neobert.run_lock import check_output_folder, hold_beside, holding
 from neobert.train.checkpoint import verify_model_folder
 
 
@@ -100,6 +100,7 @@ def load_datasets(sources: Sequence[str | Path]) -> dict[str, list]:
     return datasets
 
 
+@holding(hold_beside, lambda arguments: arguments["out"])  # one run at a time; its export takes it again
 def train_contrastive(
     model_dir: str | Path,
     data: Sequence[str | Path],
@@ -114,7 +115,7 @@ def train_contrastive(
     training texts (see `training_groups`), so the model learns with the text it will be given."""
     from transformers import AutoModelForMaskedLM
 
-    import neobert  # noqa: F401  (registers the model type)
+    import neobert.model  # noqa: F401  (registers "neobert" with the Auto classes)
     from neobert.export import export_model
     from neobert.tokenizer import load_tokenizer
     from neobert.train.distributed import init_distributed, no_sync, teardown

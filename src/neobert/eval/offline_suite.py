@@ -163,14 +163,20 @@ def run_suite(
         else:
             folders.append(baseline)
     data = {task.name: task_examples(task, budget) for task in TASKS}
+    from tqdm.auto import tqdm
+
     scores: dict[str, dict[str, dict[str, float]]] = {}
+    bar = tqdm(total=len(folders) * len(data), desc="offline suite", unit="task", disable=None)
     for index, folder in enumerate(folders):
         name = "all-MiniLM-L6-v2" if folder == baseline_folder() else f"{index}:{folder.name}"
         scores[name] = {"linear probe": {}, "fine-tuned": {}}
         for task_name, (train, test) in data.items():
             scores[name]["linear probe"][task_name] = linear_probe(folder, train, test, budget.max_length)
             scores[name]["fine-tuned"][task_name] = fine_tuned(folder, train, test, budget, out / name / task_name)
-            log(f"{name} {task_name}: " + ", ".join(f"{p} {v[task_name]:.3f}" for p, v in scores[name].items()))
+            bar.update()
+            line = f"{name} {task_name}: " + ", ".join(f"{p} {v[task_name]:.3f}" for p, v in scores[name].items())
+            (bar.write if log is print else log)(line)  # printed above the bar, not through it
+    bar.close()
     table = format_suite_table(scores)
     sizes = {name: {"train": len(train), "test": len(test)} for name, (train, test) in data.items()}
     report = {"budget": asdict(budget), "sizes": sizes, "scores": scores, "table": table}

@@ -94,8 +94,10 @@ def run_retrieval_suite(
     Models that store "query" / "document" prompts get them on each side."""
     headlines, articles = headline_article_pairs(records, max_articles)
     names = list(models) + ([BASELINE] if include_baseline and BASELINE not in models else [])
+    from tqdm.auto import tqdm
+
     results = {}
-    for name in names:
+    for name in tqdm(names, desc="retrieval-offline", unit="model", disable=None):  # no bar off a terminal
         started = time.perf_counter()
         query_vectors, document_vectors = embed_pair(name, headlines, articles, batch_size)
         results[name] = {**retrieval_metrics(query_vectors, document_vectors), "seconds": time.perf_counter() - started}

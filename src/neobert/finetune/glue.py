@@ -17,6 +17,7 @@ from neobert.finetune.glue_data import GlueTask, check_data_source, read_task
 from neobert.finetune.model import load_task_model, model_folder, tokenizer_for
 from neobert.finetune.run import effective_max_length, sequence_task
 from neobert.finetune.trainer import FinetuneSettings, finetune, run_fingerprint
+from neobert.run_lock import hold_folder, holding
 from neobert.run_settings import check_same_run, model_digest
 
 
@@ -54,7 +55,7 @@ def _task_data(task: GlueTask, data_source, tokenizer, max_length: int):
 
 
 def run_task(
-    task: GlueTask, start_from: Path, data_source, grid: Grid, base: FinetuneSettings, out: Path
+    task: GlueTask, start_from: Path, data_source, grid: Grid, base: FinetuneSettings, out: Path, log=print
 ) -> dict[str, Any]:
     """Every grid point (finished ones of the same settings are read back, an interrupted one resumes, one of
     other settings or data is refused: RunMismatch); the best kept."""
@@ -62,8 +63,10 @@ def run_task(
     data = _task_data(task, data_source, tokenizer, effective_max_length(start_from, base.max_length))
     _, selection = GLUE_METRICS[task.name]
     runs, best = [], None
-    for lr, batch_size, weight_decay in grid.points():
+    points = grid.points()
+    for number, (lr, batch_size, weight_decay) in enumerate(points, 1):
         folder = out / run_name(lr, batch_size, weight_decay)
+        log(f"{task.display}: run {number}/{len(points)}, {folder.name}")
         results_file = folder / "results.json"
         settings = replace(base, lr=lr, batch_size=batch_size, weight_decay=weight_decay, metric=selection)
         origin = {"model": model_digest(start_from)}
@@ -112,6 +115,7 @@ def format_table(scores: dict[str, float], model_name: str) -> str:
     return "\n".join([header, rule, row]) + note + "\n"
 
 
+@holding(hold_folder, lambda arguments: arguments["out"])  # one process at a time writes `out`
 def run_glue(
     model: str | os.PathLike,
     data_source: str | os.PathLike,
@@ -146,7 +150,7 @@ def run_glue(
             else:
                 start = mnli_best
         log(f"{task.display}: {len(grid.points())} runs from {start}")
-        summaries[task.name] = run_task(task, start, data_source, grid, base, out / task.name)
+        summaries[task.name] = run_task(task, start, data_source, grid, base, out / task.name, log)
         log(f"{task.display}: best {summaries[task.name]['best']['metrics']}")
     scores = {name: summary["best"]["score"] for name, summary in summaries.items()}
     table = format_table(scores, Path(model).name)

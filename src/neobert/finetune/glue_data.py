@@ -118,7 +118,14 @@ def _from_datasets(source: str, task: GlueTask, split: str) -> Examples:
     if path.is_dir():  # a `save_to_disk` folder per task, as `datasets` writes nyu-mll/glue's configs
         loaded = datasets.load_from_disk(str(path / task.name))[split]
     else:
-        loaded = datasets.load_dataset(str(path), task.name, split=split)
+        try:
+            loaded = datasets.load_dataset(str(path), task.name, split=split)
+        except Exception as error:  # offline, unknown name, no such config: each a different type
+            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            raise FinetuneDataError(
+                f"--data {source}: could not load GLUE task {task.name} from the hub ({type(error).__name__}: "
+                f"{first}); a local folder must exist, and a hub dataset is named hf:NAME, e.g. hf:nyu-mll/glue"
+            ) from None
     rows = [row for row in loaded if row["label"] != -1]  # GLUE test splits carry no labels
     names = task.labels
     return Examples(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification
 
-import neobert  # noqa: F401  (registers "neobert" with the Auto classes)
+import neobert.model  # noqa: F401  (registers "neobert" with the Auto classes)
 from neobert.finetune.data import LabelSpace
 from neobert.tokenizer import load_tokenizer
 from neobert.train.checkpoint import CheckpointError, resolve_checkpoint, verify_model_folder

@@ -17,6 +17,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -182,6 +183,19 @@ def score(space: LabelSpace, targets: list[Any], predictions: list[Any]) -> dict
     return task_metrics.token_metrics(gold, [[space.names[p] for p in row] for row in predictions])
 
 
+def metric_names(data: TaskData) -> list[str]:
+    """The names `evaluate_splits` reports for this task, from scoring the gold labels against themselves."""
+    names = []
+    for name, split in data.validation.items():
+        targets = split.targets
+        guesses = [[t for t in row if t != -100] for row in targets] if data.space.problem == "token" else targets
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a constant column's correlation warns; only the names count here
+            keys = score(data.space, targets, guesses)
+        names += [f"{name}_{key}" if len(data.validation) > 1 else key for key in keys]
+    return names
+
+
 def evaluate_splits(model, data: TaskData, settings: FinetuneSettings) -> tuple[dict[str, float], dict[str, list]]:
     """Metrics on every validation split; with several splits (MNLI) names are prefixed by the split."""
     results, predictions = {}, {}
@@ -269,15 +283,18 @@ def _finetune(
     extra_results: dict[str, Any] | None,
     fingerprint: dict[str, Any],
 ) -> FinetuneResult:
+    metric_name = settings.metric or DEFAULT_METRIC[data.space.problem]
+    if len(data.validation) > 1 and "_" not in metric_name:
+        metric_name = f"{next(iter(data.validation))}_{metric_name}"
+    known = metric_names(data)
+    if metric_name not in known:  # before any training: a typo must not cost the first evaluation interval
+        raise ValueError(f"--metric {metric_name!r} is not a metric of this task; choose one of {', '.join(known)}")
     previous = find_latest_good(out / "checkpoints")
     if previous is None:
         clear_run(out)  # results left by an earlier, finished run must not pass for this run's
         record_run(out, fingerprint)
     else:
         check_same_run(out, fingerprint)  # before any model is built
-    metric_name = settings.metric or DEFAULT_METRIC[data.space.problem]
-    if len(data.validation) > 1 and "_" not in metric_name:
-        metric_name = f"{next(iter(data.validation))}_{metric_name}"
     per_epoch, total, every = plan_steps(len(data.train), settings)
     torch.manual_seed(settings.seed)
     model = model_factory()

@@ -12,3 +12,8 @@ __all__ = [
     "NeoBERTForSequenceClassification",
     "NeoBERTForTokenClassification",
 ]
+
+# Whoever imports the model classes can load "neobert" folders through the Auto classes.
+from neobert import register_auto_classes as _register  # noqa: E402
+
+_register()

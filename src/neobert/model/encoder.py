@@ -7,6 +7,8 @@ are and what we save loads into the official code.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from transformers import PreTrainedModel
@@ -23,14 +25,20 @@ from neobert.model.layers import RotaryTable, apply_rotary, make_ffn, make_norm
 class EncoderBlock(GradientCheckpointingLayer):
     """x + Wo(Attention(RoPE(qkv(norm(x))))), then h + FFN(norm(h)).
 
-    `model.activation_checkpointing_enable()` recomputes each block in the backward pass.
+    The block is the `module` its attention function receives (transformers' attention interface): it
+    carries `is_causal`, `layer_idx` (serving engines such as vLLM find their per-layer state by it) and
+    `scaling`. `model.activation_checkpointing_enable()` recomputes each block in the backward pass.
     """
 
-    def __init__(self, config: NeoBERTConfig):
+    is_causal = False
+
+    def __init__(self, config: NeoBERTConfig, layer_idx: int = 0):
         super().__init__()
         self.config = config
+        self.layer_idx = layer_idx
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
+        self.scaling = 1 / math.sqrt(self.head_dim)
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=False)
         self.wo = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
         self.ffn = make_ffn(config)
@@ -44,6 +52,7 @@ class EncoderBlock(GradientCheckpointingLayer):
         layout: AttentionLayout,
         rotary: torch.Tensor | None,
         need_weights: bool = False,
+        **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch, length, hidden = x.shape
         # Rows of qkv.weight are grouped per head as [q, k, v] (spec A.3), hence this view.
@@ -52,9 +61,7 @@ class EncoderBlock(GradientCheckpointingLayer):
             q, k = apply_rotary(qkv[..., :2, :], rotary).unbind(dim=-2)
         else:
             q, k = qkv[..., 0, :], qkv[..., 1, :]
-        out, weights = attention(
-            q, k, qkv[..., 2, :], layout, self.config._attn_implementation, need_weights=need_weights
-        )
+        out, weights = attention(self, q, k, qkv[..., 2, :], layout, need_weights=need_weights, **kwargs)
         x = x + self.dropout(self.wo(out.reshape(batch, length, hidden)))
         x = x + self.dropout(self.ffn(self.ffn_norm(x)))
         return x, weights
@@ -70,7 +77,9 @@ class NeoBERTPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flex_attn = True
     _supports_flash_attn = True
-    _supports_attention_backend = False
+    # Attention goes through transformers' attention interface with keyword arguments passed down (vLLM's
+    # Transformers backend and any function registered with `AttentionInterface` can run the model).
+    _supports_attention_backend = True
     # Writes this model's code into a folder as remote code and points the config at it; installed by
     # `import neobert` (neobert.remote_code). The generated remote code has none: transformers copies it.
     code_writer = None
@@ -101,8 +110,8 @@ class NeoBERTPreTrainedModel(PreTrainedModel):
         # the embedding uniform too (its padding row included), norms at one; task heads normal(0, r_cls).
         config = self.config
         # transformers calls this with `self` the innermost PreTrainedModel owning `module`, so a task
-        # head's `dense` / `classifier` are recognised as attributes of `self`.
-        is_task_head = any(module is getattr(self, name, None) for name in ("dense", "classifier"))
+        # head's `pre_classifier` / `classifier` are recognised as attributes of `self`.
+        is_task_head = any(module is getattr(self, name, None) for name in ("pre_classifier", "classifier"))
         if isinstance(module, nn.Linear):
             if is_task_head:
                 init.normal_(module.weight, 0.0, config.classifier_init_range)
@@ -130,7 +139,7 @@ class NeoBERTModel(NeoBERTPreTrainedModel):
         self.encoder = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
         if not config.rope:
             self.positional_embedding = nn.Embedding(config.max_length, config.hidden_size)
-        self.transformer_encoder = nn.ModuleList(EncoderBlock(config) for _ in range(config.num_hidden_layers))
+        self.transformer_encoder = nn.ModuleList(EncoderBlock(config, i) for i in range(config.num_hidden_layers))
         self.layer_norm = make_norm(config)
         self.rotary = RotaryTable(config.hidden_size // config.num_attention_heads, config.rope_theta)
         # Validate input values (token ids, mask values, positions) on every call. Training loops may turn
@@ -170,7 +179,7 @@ class NeoBERTModel(NeoBERTPreTrainedModel):
         all_hidden = (hidden,) if output_hidden_states else None
         all_weights = () if output_attentions else None
         for i, block in enumerate(self.transformer_encoder):
-            hidden, weights = block(hidden, layout, rotary, need_weights=output_attentions)
+            hidden, weights = block(hidden, layout, rotary, need_weights=output_attentions, **kwargs)
             if output_attentions:
                 all_weights += (weights,)
             if output_hidden_states and i < len(self.transformer_encoder) - 1:

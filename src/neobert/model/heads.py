@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.conversion_mapping import register_checkpoint_conversion_mapping
+from transformers.core_model_loading import WeightRenaming
 from transformers.modeling_outputs import MaskedLMOutput, SequenceClassifierOutput, TokenClassifierOutput
 
 from neobert.config import NeoBERTConfig
@@ -91,6 +93,7 @@ class NeoBERTForMaskedLM(NeoBERTPreTrainedModel):
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
             return_dict=True,
+            **kwargs,
         )
         hidden = encoded.last_hidden_state
         loss = predictions = None
@@ -146,22 +149,51 @@ def sequence_classification_loss(config: NeoBERTConfig, logits: torch.Tensor, la
     return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
 
 
+# The released checkpoint calls the sequence head's hidden layer `dense`; the model calls it `pre_classifier`, so
+# that PEFT's default for sequence classification (keep with the adapter every module whose name ends in
+# "classifier") saves it: a LoRA adapter never leaves it at a random initialisation. Files keep the released
+# name: transformers renames it on load and back on save, and a raw `load_state_dict` is renamed by a hook.
+RELEASED_HEAD_NAME = "dense"
+HEAD_NAME = "pre_classifier"
+# By class name (transformers 5.9 and later look conversions up so): the other classes have no such layer.
+register_checkpoint_conversion_mapping(
+    "NeoBERTForSequenceClassification",
+    [WeightRenaming(rf"^{RELEASED_HEAD_NAME}\.", f"{HEAD_NAME}.")],
+    overwrite=True,
+)
+
+
+def _released_head_names_on_load(module, state_dict, prefix, *args) -> None:
+    released = f"{prefix}{RELEASED_HEAD_NAME}."
+    for key in [key for key in state_dict if key.startswith(released)]:
+        state_dict[f"{prefix}{HEAD_NAME}.{key[len(released) :]}"] = state_dict.pop(key)
+
+
 class NeoBERTForSequenceClassification(NeoBERTPreTrainedModel):
-    """The released head: first token -> dropout -> dense -> tanh -> dropout -> classifier.
+    """The released head: first token -> dropout -> pre_classifier (the release's `dense`) -> tanh -> dropout
+    -> classifier.
 
     With packed input (`cu_seqlens`), each document gets its own row of logits.
     """
 
     _keys_to_ignore_on_load_unexpected = [r"^decoder\."]
+    # Read by PEFT when it loads an adapter: one saved before the rename names the layer `dense`.
+    _checkpoint_conversion_mapping = {rf"^{RELEASED_HEAD_NAME}\.": f"{HEAD_NAME}."}
 
     def __init__(self, config: NeoBERTConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.model = NeoBERTModel(config)
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.pre_classifier = nn.Linear(config.hidden_size, config.hidden_size)
         self.dropout = nn.Dropout(config.classifier_dropout)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self._register_load_state_dict_pre_hook(_released_head_names_on_load, with_module=True)
         self.post_init()
+
+    @property
+    def dense(self) -> nn.Module:
+        """The release's name for `pre_classifier`."""
+        return self.pre_classifier
 
     def forward(
         self,
@@ -188,6 +220,7 @@ class NeoBERTForSequenceClassification(NeoBERTPreTrainedModel):
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
             return_dict=True,
+            **kwargs,
         )
         hidden = encoded.last_hidden_state
         if cu_seqlens is None and position_ids is not None and attention_mask is None:
@@ -199,7 +232,7 @@ class NeoBERTForSequenceClassification(NeoBERTPreTrainedModel):
             first = hidden[0, cu_seqlens[:-1].long().to(hidden.device)]
         else:
             first = hidden[:, 0]
-        pooled = torch.tanh(self.dense(self.dropout(first)))
+        pooled = torch.tanh(self.pre_classifier(self.dropout(first)))
         logits = self.classifier(self.dropout(pooled))
         loss = None
         if labels is not None:
@@ -245,6 +278,7 @@ class NeoBERTForTokenClassification(NeoBERTPreTrainedModel):
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
             return_dict=True,
+            **kwargs,
         )
         logits = self.classifier(self.dropout(encoded.last_hidden_state))
         loss = None

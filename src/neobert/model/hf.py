@@ -1,5 +1,5 @@
-"""Registration with transformers' Auto classes, so `from_pretrained` needs no `trust_remote_code`, and the
-writer of self-contained folders (`save_pretrained(..., self_contained=True)`)."""
+"""Registration with transformers' Auto classes, so `from_pretrained` needs no `trust_remote_code`, with PEFT's
+default LoRA targets, and the writer of self-contained folders (`save_pretrained(..., self_contained=True)`)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from transformers import (
 )
 
 from neobert.config import NeoBERTConfig
+from neobert.lora import register_with_peft
 from neobert.model.encoder import NeoBERTModel, NeoBERTPreTrainedModel
 from neobert.model.heads import (
     NeoBERTForMaskedLM,
@@ -35,3 +36,4 @@ def register() -> None:
     AutoConfig.register(NeoBERTConfig.model_type, NeoBERTConfig, exist_ok=True)
     for auto_class, model_class in _AUTO_CLASSES:
         auto_class.register(NeoBERTConfig, model_class, exist_ok=True)
+    register_with_peft()

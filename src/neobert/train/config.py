@@ -19,9 +19,12 @@ import yaml
 
 from neobert.config import PRESETS, NeoBERTConfig
 from neobert.data.loader import LengthBucket
+from neobert.model.attention import BACKENDS as ATTENTION_BACKENDS
+from neobert.train.ramp import BatchRamp, check_mlm_schedule, ramp_from
+from neobert.train.ramp import BatchSplitError as BatchSplitError  # at home in ramp.py; importers of config keep it
+from neobert.train.ramp import batch_split as batch_split
 from neobert.train.typed import build_dataclass, coerce, field_types, to_plain
 
-ATTENTION_BACKENDS = ("sdpa", "eager", "flex_attention", "flash_attention_2")
 LOG_SINKS = ("jsonl", "tensorboard", "wandb")
 _BUDGET_DRIVERS = ("steps", "tokens", "hours")
 
@@ -69,6 +72,9 @@ class DataSection:
     # paper's first packing, M6; for ablations).
     sequence: Literal["truncate", "pack", "pack_naive"] = "truncate"
     mlm_probability: float = 0.2
+    # The mask rate by training progress, [[progress, probability], ...] from progress 0.0, piecewise constant
+    # (train/ramp.py); empty: mlm_probability throughout. The held-out rule (eval_*) is not affected.
+    mlm_schedule: list[tuple[float, float]] = field(default_factory=list)
     # "all": every selected token becomes [MASK] (the paper); "bert": 80% [MASK], 10% random, 10% kept.
     mask_mode: Literal["all", "bert"] = "all"
     # Also score this share of the unselected tokens as themselves, unchanged in the input (0: the paper).
@@ -79,6 +85,10 @@ class DataSection:
     batch_unit: Literal["sequences", "tokens"] = "sequences"
     # Sequences per rank in one forward pass; None: the whole per-rank share in one pass.
     micro_batch_size: int | None = None
+    # Batch-size warm-up: the global batch grows from batch_warmup_start (in batch_unit) to batch_size over the
+    # first batch_warmup_tokens token slots (0: off), in multiples of the start (train/ramp.py).
+    batch_warmup_tokens: int = 0
+    batch_warmup_start: int | None = None
     length_mixture: list[LengthBucket] = field(default_factory=list)
     eval_batches: int = 20
     # The held-out rule, kept apart from the training recipe so that runs trained with other mask rates,
@@ -130,6 +140,8 @@ class DataSection:
                 f"data.batch_size of {self.batch_size} tokens is not a whole number of "
                 f"{self.max_length}-token sequences"
             )
+        check_mlm_schedule(self.mlm_schedule, self.mlm_identity_probability)
+        self.batch_ramp()  # a warm-up that cannot be formed is named here
         if self.length_mixture:
             total = sum(bucket.probability for bucket in self.length_mixture)
             if any(bucket.probability < 0 for bucket in self.length_mixture) or not math.isclose(total, 1.0):
@@ -146,6 +158,10 @@ class DataSection:
         if self.batch_unit == "tokens":
             return self.batch_size // self.max_length
         return self.batch_size
+
+    def batch_ramp(self) -> BatchRamp:
+        """The global batch of each step (the warm-up's plan; constant without one)."""
+        return ramp_from(self)
 
 
 @dataclass
@@ -327,67 +343,26 @@ class PretrainConfig:
         from neobert.train.optim import schedule_from  # optim needs TrainSection from here
 
         # The schedule must fit the budget: the decay has to end after the warmup.
-        schedule_from(self.train, self.budget.total_steps(self.tokens_per_step))
+        schedule_from(self.train, self.total_steps())
 
     @property
     def tokens_per_step(self) -> int:
-        """Token slots per optimiser step (sequences x max_length): the paper's 'theoretical' count."""
+        """Token slots per optimiser step at the full batch (sequences x max_length): the paper's 'theoretical'
+        count."""
         return self.data.global_batch_sequences * self.data.max_length
+
+    def total_steps(self) -> int | None:
+        """Steps the budget allows; a token budget counts the smaller steps of a batch warm-up exactly."""
+        ramp = self.data.batch_ramp()
+        if self.budget.tokens is not None and ramp.active:
+            return ramp.steps_for_tokens(self.budget.tokens)
+        return self.budget.total_steps(self.tokens_per_step)
 
     def resolved(self) -> dict[str, Any]:
         return to_plain(self)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.resolved(), sort_keys=False)
-
-
-class BatchSplitError(ValueError):
-    """The global batch cannot be formed on this number of processes; the message lists the ones that work."""
-
-
-def batch_split(data: DataSection, train: TrainSection, world_size: int) -> tuple[int, int]:
-    """(sequences per rank per forward pass, accumulation steps) that make up the global batch exactly."""
-    try:
-        return _batch_split(data, train, world_size)
-    except ValueError as error:
-        working = [size for size in range(1, data.global_batch_sequences + 1) if _splits(data, train, size)]
-        raise BatchSplitError(
-            f"{error}; numbers of processes that form this global batch: {', '.join(map(str, working)) or 'none'}"
-        ) from None
-
-
-def _splits(data: DataSection, train: TrainSection, world_size: int) -> bool:
-    try:
-        _batch_split(data, train, world_size)
-    except ValueError:
-        return False
-    return True
-
-
-def _batch_split(data: DataSection, train: TrainSection, world_size: int) -> tuple[int, int]:
-    sequences = data.global_batch_sequences
-    if sequences % world_size:
-        raise ValueError(f"the global batch of {sequences} sequences does not split over {world_size} processes")
-    per_rank = sequences // world_size
-    if train.grad_accumulation is not None:
-        if per_rank % train.grad_accumulation:
-            raise ValueError(
-                f"{per_rank} sequences per process do not split into {train.grad_accumulation} accumulation steps"
-            )
-        micro = per_rank // train.grad_accumulation
-        if data.micro_batch_size is not None and data.micro_batch_size != micro:
-            raise ValueError(
-                f"data.micro_batch_size ({data.micro_batch_size}) contradicts train.grad_accumulation "
-                f"({train.grad_accumulation}): {sequences} sequences over {world_size} processes need {micro}"
-            )
-        return micro, train.grad_accumulation
-    micro = data.micro_batch_size or per_rank
-    if per_rank % micro:
-        raise ValueError(
-            f"data.micro_batch_size ({micro}) does not divide the {per_rank} sequences each of "
-            f"{world_size} processes takes per step"
-        )
-    return micro, per_rank // micro
 
 
 # ---- loading ---------------------------------------------------------------------------------------------

@@ -81,7 +81,7 @@ def _checked_start(config: PretrainConfig) -> PhaseStart:
 def _check_branch_step(config: PretrainConfig, step: int) -> None:
     """A branch that goes on from `step` must have steps left, and a decay that starts after it."""
     budget, train = config.budget, config.train
-    total = budget.total_steps(config.tokens_per_step)
+    total = config.total_steps()
     if total is not None and step >= total:
         raise ValueError(
             f"phase.from_checkpoint is at step {step}, at or past the end of this run ({total} steps by "

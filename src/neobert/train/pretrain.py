@@ -102,10 +102,14 @@ def pretrain(
     resume: bool | str = False,
     stop_at_step: int | None = None,
     model: NeoBERTForMaskedLM | None = None,
+    restart: bool = False,
 ) -> PretrainResult:
     """Train until the budget is spent. `resume=True` continues from the run's latest good checkpoint
     (starting afresh when there is none); a path resumes from that checkpoint. `stop_at_step` checkpoints
-    and returns at that step without changing the schedule (a job that must end before the run does)."""
+    and returns at that step without changing the schedule (a job that must end before the run does).
+    `restart` deletes the run that `system.output_dir` holds first (`clear_run`)."""
+    if restart and resume is not False:
+        raise ValueError("--restart starts afresh and --resume continues: give one of them")
     context = dist_utils.init_distributed(config.system.device, config.system.backend)
     trainer = None
     try:
@@ -114,11 +118,15 @@ def pretrain(
             # A phase's source is verified before any model is built; a phase resumed from its own checkpoint
             # no longer needs it (the source run's retention may have deleted it since).
             own_root = Path(config.system.output_dir) / "checkpoints"
+            if restart:
+                if context.is_main:
+                    clear_run(Path(config.system.output_dir))
+                dist_utils.barrier(context)
             has_own = find_latest_good(own_root, "marker") is not None
             if resume is False and has_own:
                 raise CheckpointError(
-                    f"{own_root} already holds checkpoints of another run: resume it or choose another "
-                    "system.output_dir"
+                    f"{own_root} already holds checkpoints of another run: resume it, pass --restart to start "
+                    "afresh in it (this deletes that run), or choose another system.output_dir"
                 )
             resuming_own = resume is not False and (resume is not True or has_own)
             start = None if resuming_own else plan_phase(config, context)
@@ -127,6 +135,8 @@ def pretrain(
             trainer = Trainer(config, make_loader, make_eval_batches, context, model)
             return _run(trainer, resume, stop_at_step, start)
     finally:
+        if trainer is not None and hasattr(trainer.loader, "close"):
+            trainer.loader.close()  # data worker processes stop here, on success or error, not at interpreter exit
         # DDP's reducer goes while the process group is still registered. Freed after it, the reducer drops
         # the group's last reference with the GIL held, which joins gloo's threads; one of them may be waiting
         # for the GIL to free a finished collective's tensors, and neither moves (seen under load: a finished
@@ -150,6 +160,21 @@ def _model_with_weights_of(config: PretrainConfig, folder: Path) -> NeoBERTForMa
     return model
 
 
+# What a pre-training run writes in its folder (the lock stays: it is held while the folder is cleared).
+RUN_FILES = ("config.yaml", "metrics.jsonl", "metrics.superseded.jsonl", "loss_curve.png", PHASE_FILE)
+RUN_FOLDERS = ("checkpoints", "tensorboard", "wandb")
+
+
+def clear_run(folder: Path) -> None:
+    """Forget the run in `folder` (checkpoints, metrics, configuration, phase record), and nothing else."""
+    import shutil
+
+    for name in RUN_FOLDERS:
+        shutil.rmtree(folder / name, ignore_errors=True)
+    for name in RUN_FILES:
+        (folder / name).unlink(missing_ok=True)
+
+
 def _run(trainer: Trainer, resume: bool | str, stop_at_step: int | None, start: PhaseStart | None) -> PretrainResult:
     config, context, system = trainer.config, trainer.context, trainer.config.system
     resumed_from = trainer.resume(resume) if resume else None
@@ -171,6 +196,8 @@ def _run(trainer: Trainer, resume: bool | str, stop_at_step: int | None, start: 
     progress = ConsoleProgress(trainer.schedule.total_steps, trainer.step, system.progress_bar, not context.is_main)
     loop = _Loop(trainer, logger, progress, stop_at_step)
     progress.message(f"precision: {trainer.precision.name}, {trainer.precision.reason}")
+    if trainer.ramp.active:
+        progress.message(trainer.ramp.describe())
     for skipped in trainer.skipped_on_resume:
         progress.message(f"resume: {skipped}")
     if resume is True and resumed_from is None:
@@ -376,6 +403,9 @@ class _Loop:
             "train/flops_per_s": sums["flops"] / seconds,
             "time/elapsed_s": self.elapsed(),
             "train/schedule_fraction": trainer.schedule.fraction_reached(trainer.step),
+            # The last step's global batch and mask rate (a batch warm-up or mask-rate schedule changes them).
+            "train/batch_sequences": trainer.batch_sequences,
+            "train/mlm_probability": trainer.mlm_probability,
         }
         utilisation = sums["flops"] / seconds / trainer.peak if trainer.peak else None
         if utilisation is not None:

@@ -1,8 +1,10 @@
 """One optimiser step and the state around it: model, optimiser, schedule, loader, checkpoints, evaluation.
 
-Every step takes the global batch (`data.batch_size`, split over processes and accumulation steps) and
-weights each micro-batch by its share of the masked tokens, so the gradient is that of the mean loss over
-the whole global batch whatever the world size or accumulation. The loop that drives it is in pretrain.py.
+Every step takes the global batch (`data.batch_size`, or a batch warm-up's smaller one: train/ramp.py, split
+over processes and accumulation steps) and weights each micro-batch by its share of the masked tokens, so the
+gradient is that of the mean loss over the whole global batch whatever the world size or accumulation. A
+mask-rate schedule sets the loader's rate before each step from the schedule's progress. The loop that drives
+it is in pretrain.py.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any, Protocol
 import torch
 
 from neobert.model.heads import NeoBERTForMaskedLM
+from neobert.run_settings import check_resumed_settings
 from neobert.train import distributed as dist_utils
 from neobert.train.checkpoint import (
     LATEST,
@@ -47,6 +50,7 @@ from neobert.train.metrics import (
 from neobert.train.optim import build_optimizer, build_scheduler, schedule_from
 from neobert.train.phase import PhaseStart, check_clock_left
 from neobert.train.precision import PrecisionChoice, model_shapes, resolve_precision
+from neobert.train.ramp import mlm_probability_at
 
 
 class Loader(Protocol):
@@ -129,6 +133,9 @@ class Trainer:
         self.make_eval_batches = make_eval_batches
         train, system = config.train, config.system
         self.micro_batch, self.accumulation = batch_split(config.data, train, context.world_size)
+        # Held-out batches keep their own rule: a batch warm-up's smaller micro-batch does not change them.
+        self.eval_micro_batch = batch_split(config.data, train, context.world_size, warmup=False)[0]
+        self.ramp = config.data.batch_ramp()
         self.output_dir = Path(system.output_dir)
         self.checkpoint_root = self.output_dir / "checkpoints"
 
@@ -148,9 +155,14 @@ class Trainer:
         self.model = torch.compile(self.wrapped) if train.compile else self.wrapped
         self.strategy = dist_utils.resolve_strategy(system.distributed, context)
         self.optimizer = build_optimizer(self.wrapped, train)
-        self.schedule = schedule_from(train, config.budget.total_steps(config.tokens_per_step))
+        self.schedule = schedule_from(train, config.total_steps())
         self.scheduler = build_scheduler(self.optimizer, self.schedule)
         self.loader = make_loader(config, self.micro_batch, context)
+        if config.data.mlm_schedule and not hasattr(self.loader, "set_mlm_probability"):
+            raise ValueError(
+                f"data.mlm_schedule needs a loader that can change its mask rate; {type(self.loader).__name__} "
+                "has no set_mlm_probability"
+            )
         tokens = self.micro_batch * config.data.max_length
         shapes = model_shapes(self.model_config, tokens, round(tokens * config.data.mlm_probability))
         # Ranks must compute alike: rank 0's probe decides for all.
@@ -165,6 +177,7 @@ class Trainer:
         self.tokens_seen = 0.0
         self.metrics = MetricAccumulator(context.device, shared=("grad_norm", "steps"))
         self.lr = self.optimizer.param_groups[0]["lr"]
+        self.batch_sequences, self.mlm_probability = self.ramp.full, config.data.mlm_probability  # the last step's
         self.nonfinite = torch.zeros((), device=context.device)
         self.last_good_step: int | None = None
         self.changed_on_resume: list[str] = []
@@ -179,12 +192,12 @@ class Trainer:
         folder = self._verified_resume_folder(source)
         if folder is None:
             return None
-        self.restore(folder)
+        self.restore(folder, resuming=True)
         return folder
 
-    def restore(self, folder: Path) -> None:
+    def restore(self, folder: Path, resuming: bool = False) -> None:
         """Everything from a checkpoint folder already verified: weights, optimiser, schedule, data position,
-        RNG states, step."""
+        RNG states, step. `resuming` this run (not starting a phase): only with its own data, model and seeds."""
         # The same processes: each takes back its own data position and RNG states. Another number of them
         # (elastic resume): the model and optimiser states are whole in the checkpoint and are laid out for
         # this world here, and every rank continues the global sample order from the step boundary, which
@@ -197,6 +210,8 @@ class Trainer:
             )
         except (RuntimeError, KeyError, ValueError) as error:
             raise CheckpointError(self._misfit(folder, error)) from None
+        if resuming:
+            check_resumed_settings(folder, config_changes(saved.config or {}, self.config.resolved()))
         self.scheduler.load_state_dict(saved.trainer_state["scheduler"])
         restore_rank_state(saved.rank_state, self.loader, rng=same_world)
         if not same_world:
@@ -290,7 +305,7 @@ class Trainer:
         reference = build_optimizer(self.wrapped, train)
         for group, wanted in zip(self.optimizer.param_groups, reference.param_groups, strict=True):
             group.update({k: v for k, v in wanted.items() if k not in ("params", "lr", "initial_lr")})
-        fresh = schedule_from(train, budget.total_steps(self.config.tokens_per_step))
+        fresh = schedule_from(train, self.config.total_steps())
         saved_hours = saved_config.get("budget", {}).get("hours")
         if budget.hours is not None and saved_hours is not None:
             # A wall-clock run keeps its calibrated step count and its progress, rescaled if the budget changed:
@@ -321,8 +336,19 @@ class Trainer:
 
     # ---- one optimiser step -----------------------------------------------------------------------------
 
+    def step_data(self) -> tuple[int, float]:
+        """The next step's global batch in sequences and its mask rate, functions of the step and of the
+        schedule's progress, both of which a checkpoint restores."""
+        data = self.config.data
+        rate = mlm_probability_at(data.mlm_schedule, data.mlm_probability, self.schedule.fraction_reached(self.step))
+        return self.ramp.size(self.step), rate
+
     def train_step(self) -> None:
-        batches = [next(self.loader) for _ in range(self.accumulation)]
+        self.batch_sequences, self.mlm_probability = self.step_data()
+        if self.config.data.mlm_schedule:
+            self.loader.set_mlm_probability(self.mlm_probability)
+        accumulation = self.batch_sequences // (self.context.world_size * self.micro_batch)
+        batches = [next(self.loader) for _ in range(accumulation)]
         stats = [batch_shape_stats(batch) for batch in batches]
         # The global number of masked tokens, so every micro-batch's mean loss gets its exact weight; the
         # tensor stays on the device (no host sync), and DDP's averaging over ranks is undone by `world`.
@@ -413,7 +439,7 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         if self.make_eval_batches is None or self.config.data.eval_batches == 0:
             return {}
-        batches = self.make_eval_batches(self.config, self.micro_batch, self.context)
+        batches = self.make_eval_batches(self.config, self.eval_micro_batch, self.context)
         # DDP's forward would broadcast buffers; the inner module computes the same without collectives.
         model = self.wrapped if self.strategy == "fsdp" else unwrap_model(self.wrapped)
         result = evaluate_mlm(
