@@ -217,6 +217,12 @@ def test_demo_auto_recipe_follows_the_predicted_steps_of_the_hours_budget(monkey
     assert demo_command.choose_recipe("standard", config, [])["preset"] == "demo"
 
 
+def test_demo_auto_recipe_names_a_missing_corpus_before_training(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--corpus", str(tmp_path / "nowhere"), "--out", str(out), *TINY]) == 2
+    assert "not a prepared corpus" in capsys.readouterr().err and not out.exists()
+
+
 def test_demo_step_timing_leaves_the_random_state_as_it_found_it(cyclic_corpus):
     from neobert.commands.demo import time_train_steps
 
