@@ -219,7 +219,8 @@ def test_demo_auto_recipe_follows_the_predicted_steps_of_the_hours_budget(monkey
 
 def test_demo_auto_recipe_names_a_missing_corpus_before_training(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--corpus", str(tmp_path / "nowhere"), "--out", str(out), *TINY]) == 2
+    args = ["demo", "--recipe", "auto", "--corpus", str(tmp_path / "nowhere"), "--out", str(out)]
+    assert main([*args, *TINY]) == 2
     assert "not a prepared corpus" in capsys.readouterr().err and not out.exists()
 
 

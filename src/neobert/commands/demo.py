@@ -28,10 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--recipe",
         choices=("auto", "standard", "short"),
-        default="auto",
-        help="the preset: `standard` (demo), `short` (demo-short, for hosts that get few steps), or `auto`: time "
-        f"a few train steps and take `short` when the hours budget allows fewer than {SHORT_RECIPE_BELOW_STEPS} "
-        "(a steps or tokens budget takes `standard`)",
+        default="standard",
+        help="the preset: `standard` (demo, the default), `short` (demo-short, batch 16 and WSD, for hosts that get "
+        f"few steps), or `auto`: time a few train steps and take `short` when the hours budget allows fewer than "
+        f"{SHORT_RECIPE_BELOW_STEPS} (a steps or tokens budget takes `standard`). At an AVX2 host's budget `short` "
+        "scored no better than `standard` (docs/speedrun.md), so `auto` is not the default",
     )
     parser.add_argument(
         "--no-probe",
@@ -95,8 +96,8 @@ def run(args: argparse.Namespace) -> int:
     return 0 if beats else 1
 
 
-# Below this many steps in the hours budget the short-budget preset learns more (docs/speedrun.md): an AVX2-only
-# host in fp32 gets about 530, a host with bf16 matrix instructions about 1,350 with the standard preset.
+# `--recipe auto` takes the short-budget preset below this many predicted steps: an AVX2-only host in fp32 gets
+# about 530, a host with bf16 matrix instructions about 1,350 with the standard preset (docs/speedrun.md).
 SHORT_RECIPE_BELOW_STEPS = 800
 TIMED_STEPS, TIMED_WARMUP_STEPS = 4, 2
 
