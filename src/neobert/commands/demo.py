@@ -28,11 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--recipe",
         choices=("auto", "standard", "short"),
-        default="standard",
-        help="the preset: `standard` (demo, the default), `short` (demo-short, batch 16 and WSD, for hosts that get "
-        f"few steps), or `auto`: time a few train steps and take `short` when the hours budget allows fewer than "
-        f"{SHORT_RECIPE_BELOW_STEPS} (a steps or tokens budget takes `standard`). At an AVX2 host's budget `short` "
-        "scored no better than `standard` (docs/speedrun.md), so `auto` is not the default",
+        default="auto",
+        help="the preset: `standard` (demo), `short` (demo-short, batch 16 and WSD, for hosts that get few steps), "
+        f"or `auto` (the default): time a few train steps and take `short` when the hours budget allows fewer than "
+        f"{SHORT_RECIPE_BELOW_STEPS} (a steps or tokens budget takes `standard`)",
     )
     parser.add_argument(
         "--no-probe",
