@@ -185,6 +185,54 @@ def test_demo_exits_1_when_the_model_does_not(cyclic_corpus, tmp_path):
     assert report["model"]["accuracy"] < report["unigram"]["accuracy"] and code == 1
 
 
+def test_demo_trains_the_short_budget_preset_when_asked(cyclic_corpus, tmp_path):
+    out = tmp_path / "demo"
+    overrides = [item for item in TINY if not item.startswith("system.log_sinks")]
+    args = ["demo", "--recipe", "short", "--corpus", str(cyclic_corpus), "--out", str(out), "--no-probe"]
+    assert main([*args, *overrides, "budget.steps=4"]) in (0, 1)
+    report = json.loads((out / "report.json").read_text())
+    assert report["recipe"]["preset"] == "demo-short" and report["steps"] == 4
+    short = load_config([preset_path("demo-short")], [f"data.path={cyclic_corpus}"])
+    assert report["config"]["train"]["schedule"] == short.train.schedule == "wsd"
+    assert report["config"]["train"]["wsd_decay_fraction"] == short.train.wsd_decay_fraction
+
+
+def test_demo_auto_recipe_follows_the_predicted_steps_of_the_hours_budget(monkeypatch):
+    from neobert.commands import demo as demo_command
+
+    monkeypatch.setattr(demo_command, "time_train_steps", lambda settings: 1.0)  # one second a step
+    config = load_config([preset_path("demo")])
+    few = demo_command.SHORT_RECIPE_BELOW_STEPS - 1
+    for seconds, preset in ((few, "demo-short"), (few + 1, "demo")):
+        config.budget.hours = seconds / 3600
+        chosen = demo_command.choose_recipe("auto", config, [])
+        assert chosen["preset"] == preset and chosen["predicted_steps"] == seconds
+
+    def untimed(settings):
+        raise AssertionError("a steps budget needs no timing")
+
+    monkeypatch.setattr(demo_command, "time_train_steps", untimed)
+    steps_budget = load_config([preset_path("demo")], ["budget.steps=900"])
+    assert demo_command.choose_recipe("auto", steps_budget, [])["preset"] == "demo"
+    assert demo_command.choose_recipe("standard", config, [])["preset"] == "demo"
+
+
+def test_demo_auto_recipe_names_a_missing_corpus_before_training(tmp_path, capsys):
+    out = tmp_path / "demo"
+    args = ["demo", "--recipe", "auto", "--corpus", str(tmp_path / "nowhere"), "--out", str(out)]
+    assert main([*args, *TINY]) == 2
+    assert "not a prepared corpus" in capsys.readouterr().err and not out.exists()
+
+
+def test_demo_step_timing_leaves_the_random_state_as_it_found_it(cyclic_corpus):
+    from neobert.commands.demo import time_train_steps
+
+    state = torch.get_rng_state()
+    settings = [item for item in TINY if not item.startswith("system.log_sinks")] + [f"data.path={cyclic_corpus}"]
+    assert time_train_steps(settings) > 0
+    assert torch.equal(torch.get_rng_state(), state)
+
+
 def test_pretrain_takes_preset_names_beside_yaml_files(tmp_path, capsys):
     import neobert
     from neobert.commands.pretrain import split_items

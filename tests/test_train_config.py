@@ -13,7 +13,7 @@ PRESETS = sorted(CONFIGS.rglob("*.yaml"))
 
 def test_every_preset_is_found():
     names = {path.relative_to(CONFIGS).as_posix() for path in PRESETS}
-    expected = {"demo.yaml", "neobert-250m-stage1.yaml", "neobert-250m-stage2.yaml"}
+    expected = {"demo.yaml", "demo-short.yaml", "neobert-250m-stage1.yaml", "neobert-250m-stage2.yaml"}
     expected |= {f"ablations/m{i}.yaml" for i in range(10)}
     assert expected <= names
 
