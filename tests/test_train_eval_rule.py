@@ -47,6 +47,8 @@ def test_different_recipes_share_the_fixed_held_out_positions(corpus):
         "data.mask_mode=bert",
         "data.batch_size=16",
         "data.seed=7",
+        "data.block_documents=2",
+        "data.window_blocks=3",
         *FIXED,
     )
     assert len(reference) == len(other) == 3
@@ -109,3 +111,14 @@ def test_an_identity_share_without_room_names_the_key(corpus):
         batches(corpus, "data.mlm_identity_probability=0.9")
     with pytest.raises(ValueError, match="data.eval_mlm_identity_probability must lie in"):
         batches(corpus, "data.eval_mlm_probability=0.5", "data.eval_mlm_identity_probability=0.6")
+
+
+def test_the_held_out_order_does_not_follow_the_training_orders_defaults(corpus, monkeypatch):
+    from neobert.train.config import DataSection
+
+    reference = batches(corpus, *FIXED)
+    monkeypatch.setattr(DataSection, "block_documents", 1)
+    monkeypatch.setattr(DataSection, "window_blocks", 1)
+    moved = batches(corpus, *FIXED)
+    for key in ("input_ids", "labels"):
+        assert torch.equal(flat(reference, key), flat(moved, key))

@@ -10,11 +10,18 @@ from neobert.data.loader import LoaderConfig, build_loader
 from neobert.data.masking import MaskingConfig
 from neobert.data.workers import MultiWorkerLoader
 from neobert.tokenizer import load_tokenizer
-from neobert.train.config import DataSection, PretrainConfig
+from neobert.train.config import PretrainConfig
 from neobert.train.distributed import DistributedContext
 
 _MASK_STRATEGIES = {"all": "all_mask", "bert": "80_10_10"}
 _LAYOUTS = {"truncate": "padded", "pack": "packed", "pack_naive": "rows"}
+
+
+# The held-out order's granularity, fixed here rather than read from DataSection's defaults, so that a change
+# of the training order's defaults cannot move the held-out sequences and masks that every run is scored on.
+# (It did once: at ffd6203 the held-out rule followed the defaults from (128, 16) to these values.)
+HELD_OUT_BLOCK_DOCUMENTS = 8
+HELD_OUT_WINDOW_BLOCKS = 256
 
 
 def _held_out(value, training_value):
@@ -54,8 +61,8 @@ def loader_config(config: PretrainConfig, split: str, micro_batch: int, held_out
         masking=MaskingConfig(rate=rate, strategy=_MASK_STRATEGIES[mode], identity_rate=identity),
         seed=seed,
         # Held-out samples follow the fixed rule whatever the training order's granularity.
-        block_documents=DataSection.block_documents if held_out else data.block_documents,
-        window_blocks=DataSection.window_blocks if held_out else data.window_blocks,
+        block_documents=HELD_OUT_BLOCK_DOCUMENTS if held_out else data.block_documents,
+        window_blocks=HELD_OUT_WINDOW_BLOCKS if held_out else data.window_blocks,
         epochs=1 if held_out else None,
     )
 
