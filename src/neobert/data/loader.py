@@ -517,13 +517,3 @@ def build_loader(
     if config.length_mixture:
         return MixtureLoader(config, rank, world_size, fingerprint)
     return PretrainingLoader(config, rank, world_size, fingerprint)
-
-
-def describe_batch(batch: dict[str, Any]) -> str:
-    """One line about a batch, for logs and the demo."""
-    ids: torch.Tensor = batch["input_ids"]
-    masked = int((batch["labels"] != -100).sum())
-    if "cu_seqlens" in batch:
-        return f"packed row of {ids.shape[1]} tokens, {len(batch['cu_seqlens']) - 1} sequences, {masked} masked"
-    real = int(batch["attention_mask"].sum())
-    return f"padded {tuple(ids.shape)}, {real} real tokens, {masked} masked"

@@ -213,13 +213,6 @@ def all_reduce_sum(tensor: torch.Tensor, context: DistributedContext) -> torch.T
     return tensor
 
 
-def all_reduce_mean(tensor: torch.Tensor, context: DistributedContext) -> torch.Tensor:
-    if context.enabled:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-        tensor /= context.world_size
-    return tensor
-
-
 def all_reduce_max(tensor: torch.Tensor, context: DistributedContext) -> torch.Tensor:
     if context.enabled:
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX)

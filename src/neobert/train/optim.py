@@ -103,10 +103,6 @@ class LRSchedule:
             start = total_steps - round(self.wsd_decay_fraction * total_steps)
         return max(start, self.warmup_steps)
 
-    def set_total_steps(self, total_steps: int) -> None:
-        self.check_total(total_steps)
-        self.total_steps = total_steps
-
     def advance(self, progress: float, step: int) -> None:
         """Move the clock-driven schedule to `progress` (never backwards) after `step` updates."""
         self.progress = min(1.0, max(progress, self.progress or 0.0))

@@ -22,7 +22,7 @@ from neobert.train import distributed as dist_utils
 from neobert.train.budget import WallClockBudget
 from neobert.train.checkpoint import MODEL_FILE, CheckpointError, find_latest_good, load_model_weights
 from neobert.train.config import PretrainConfig
-from neobert.train.metrics import ConsoleProgress, MetricsLogger, plot_loss_curve
+from neobert.train.metrics import ConsoleProgress, MetricsLogger, mfu, plot_loss_curve
 from neobert.train.phase import PHASE_FILE, PhaseStart, check_phase_folder, plan_phase, write_phase_record
 from neobert.train.trainer import (
     EvalFactory,
@@ -407,7 +407,7 @@ class _Loop:
             "train/batch_sequences": trainer.batch_sequences,
             "train/mlm_probability": trainer.mlm_probability,
         }
-        utilisation = sums["flops"] / seconds / trainer.peak if trainer.peak else None
+        utilisation = mfu(sums["flops"], seconds, trainer.peak)
         if utilisation is not None:
             record["train/mfu"] = utilisation
         self.last_metrics = record

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import torch
 
+from neobert.model.flops import model_shapes, non_embedding_parameters, training_flops
 from neobert.model.heads import NeoBERTForMaskedLM
 from neobert.run_settings import check_resumed_settings
 from neobert.train import distributed as dist_utils
@@ -40,16 +41,10 @@ from neobert.train.checkpoint import (
 from neobert.train.config import PretrainConfig, batch_split
 from neobert.train.distributed import DistributedContext
 from neobert.train.evaluate import evaluate_mlm, masked_targets, model_inputs
-from neobert.train.metrics import (
-    MetricAccumulator,
-    batch_shape_stats,
-    forward_flops,
-    non_embedding_parameters,
-    peak_flops,
-)
+from neobert.train.metrics import MetricAccumulator, batch_shape_stats, peak_flops
 from neobert.train.optim import build_optimizer, build_scheduler, schedule_from
 from neobert.train.phase import PhaseStart, check_clock_left
-from neobert.train.precision import PrecisionChoice, model_shapes, resolve_precision
+from neobert.train.precision import PrecisionChoice, resolve_precision
 from neobert.train.ramp import mlm_probability_at
 
 
@@ -387,10 +382,10 @@ class Trainer:
         for key in ("tokens", "slots", "masked"):
             self.metrics.add(key, sum(s[key] for s in stats))
         flops = sum(
-            forward_flops(self.model_config, s["tokens"], s["sum_sq"], s["masked"], self.parameters_for_flops)
+            training_flops(self.model_config, s["tokens"], s["sum_sq"], s["masked"], self.parameters_for_flops)
             for s in stats
         )
-        self.metrics.add("flops", 3.0 * flops)
+        self.metrics.add("flops", flops)
 
     def check_finite(self) -> None:
         """Raise if any step since the last check had a non-finite loss or gradient norm (reads one scalar)."""
