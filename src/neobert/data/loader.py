@@ -45,6 +45,7 @@ from neobert.data.sequences import (
     with_specials,
 )
 from neobert.data.shards import DataError
+from neobert.data.tokenization import TokenizerSpec
 
 # "rows": each pack is one row with full attention (cross-document, the naive packing of M6).
 LAYOUTS = ("padded", "packed", "rows")
@@ -511,8 +512,6 @@ def build_loader(
     world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
     fingerprint = None
     if tokenizer is not None:
-        from neobert.data.tokenization import TokenizerSpec
-
         fingerprint = TokenizerSpec.from_tokenizer(tokenizer).fingerprint
     if config.length_mixture:
         return MixtureLoader(config, rank, world_size, fingerprint)

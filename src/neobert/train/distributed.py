@@ -142,8 +142,6 @@ def is_fsdp(model: nn.Module) -> bool:
 
 def no_sync(model: nn.Module, skip: bool):
     """A context where DDP / FSDP2 do not reduce gradients (all micro-batches but the last of a step)."""
-    import contextlib
-
     if not skip:
         return contextlib.nullcontext()
     if isinstance(model, nn.parallel.DistributedDataParallel):

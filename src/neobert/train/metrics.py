@@ -14,6 +14,7 @@ import torch
 
 from neobert.files import write_bytes_atomically
 from neobert.model.flops import non_embedding_parameters  # noqa: F401 (ablate.py reads it from here)
+from neobert.train.distributed import all_reduce_sum
 
 # Dense bf16 peak of accelerators we know, in FLOP/s (no sparsity), matched against the CUDA device name.
 KNOWN_PEAKS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12}
@@ -92,8 +93,6 @@ class MetricAccumulator:
             return {}
         stacked = torch.stack([self._sums[name] for name in names])
         if context is not None and context.enabled:
-            from neobert.train.distributed import all_reduce_sum
-
             reduced = all_reduce_sum(stacked.clone(), context)
             stacked = torch.stack([stacked[i] if name in self.shared else reduced[i] for i, name in enumerate(names)])
         values = stacked.tolist()

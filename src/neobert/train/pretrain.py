@@ -8,6 +8,7 @@ and save; `trainer.Trainer` does the steps.
 from __future__ import annotations
 
 import gc
+import shutil
 import signal
 import threading
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 
 from neobert.model.heads import NeoBERTForMaskedLM
 from neobert.train import distributed as dist_utils
@@ -147,8 +149,6 @@ def pretrain(
 
 
 def _model_with_weights_of(config: PretrainConfig, folder: Path) -> NeoBERTForMaskedLM:
-    from safetensors.torch import load_file
-
     model = initial_model(config)
     try:
         load_model_weights(model, load_file(folder / MODEL_FILE))
@@ -167,8 +167,6 @@ RUN_FOLDERS = ("checkpoints", "tensorboard", "wandb")
 
 def clear_run(folder: Path) -> None:
     """Forget the run in `folder` (checkpoints, metrics, configuration, phase record), and nothing else."""
-    import shutil
-
     for name in RUN_FOLDERS:
         shutil.rmtree(folder / name, ignore_errors=True)
     for name in RUN_FILES:

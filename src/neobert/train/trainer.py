@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+from safetensors.torch import load_file
 
 from neobert.model.flops import model_shapes, non_embedding_parameters, training_flops
 from neobert.model.heads import NeoBERTForMaskedLM
@@ -88,8 +89,6 @@ def initial_model(config: PretrainConfig) -> NeoBERTForMaskedLM:
 
 
 def _weights_from(path: str) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
     folder = Path(path)
     if not (folder / MANIFEST).exists() and (folder / "model.safetensors").is_file():
         return load_file(folder / "model.safetensors")  # an exported model folder: weights, no manifest
@@ -149,7 +148,7 @@ class Trainer:
         self.wrapped = dist_utils.wrap_model(model, context, system.distributed)
         self.model = torch.compile(self.wrapped) if train.compile else self.wrapped
         self.strategy = dist_utils.resolve_strategy(system.distributed, context)
-        self.optimizer = build_optimizer(self.wrapped, train)
+        self.optimizer = build_optimizer(self.wrapped, **train.adamw_settings())
         self.schedule = schedule_from(train, config.total_steps())
         self.scheduler = build_scheduler(self.optimizer, self.schedule)
         self.loader = make_loader(config, self.micro_batch, context)
@@ -297,7 +296,7 @@ class Trainer:
         so a run resumed with another lr, weight decay or budget uses the new values (and an unchanged one
         continues exactly)."""
         train, budget = self.config.train, self.config.budget
-        reference = build_optimizer(self.wrapped, train)
+        reference = build_optimizer(self.wrapped, **train.adamw_settings())
         for group, wanted in zip(self.optimizer.param_groups, reference.param_groups, strict=True):
             group.update({k: v for k, v in wanted.items() if k not in ("params", "lr", "initial_lr")})
         fresh = schedule_from(train, self.config.total_steps())
