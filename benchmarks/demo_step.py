@@ -22,8 +22,9 @@ from pathlib import Path
 import torch
 
 from bench_common import ROOT, setup_info, write_json
+from neobert.model.flops import training_flops
 from neobert.runtime import tune_cpu_allocator
-from neobert.train.metrics import batch_shape_stats, forward_flops
+from neobert.train.metrics import batch_shape_stats
 from neobert.train.precision import matmul_peak_gflops
 
 
@@ -84,7 +85,7 @@ def measure(trainer, steps: int, warmup: int) -> dict:
     cores = (time.process_time() - cpu_started) / (time.perf_counter() - window_started)
     peak = max(peak_before, matmul_peak_gflops(torch.float32))
     config, stats = trainer.model_config, trainer.loader.stats
-    flops = [3.0 * forward_flops(config, s["tokens"], s["sum_sq"], s["masked"]) for s in stats]
+    flops = [training_flops(config, s["tokens"], s["sum_sq"], s["masked"]) for s in stats]
     tokens = [s["tokens"] for s in stats]
     gflops = [f / w / 1e9 for f, w in zip(flops, walls, strict=True)]
     return {

@@ -41,7 +41,8 @@ from bench_common import ROOT, measure_device_peak, setup_info, time_calls, writ
 from gpu_pretrain import FIRST_ID, neobert_step_flops, synchronizer, synthetic_batch, train_run
 from gpu_report import PAPER_A100_TOKENS_PER_S, render, targets
 from neobert.model.attention import BACKENDS
-from neobert.train.metrics import forward_flops, non_embedding_parameters, peak_flops
+from neobert.model.flops import forward_flops, non_embedding_parameters
+from neobert.train.metrics import mfu, peak_flops
 from train_step import Runner, step_flops
 
 STAGES = ("peak", "tests", "inference", "train")
@@ -296,7 +297,7 @@ def infer_one(ctx: Context, name: str) -> dict:
     if name == "neobert":
         tokens = best["batch"] * length
         flops = forward_flops(config, tokens, best["batch"] * length**2, 0.0, non_embedding_parameters(config))
-        result["mfu"] = flops / best["median_s"] / ctx.peak if ctx.peak else None
+        result["mfu"] = mfu(flops, best["median_s"], ctx.peak)
     return result
 
 

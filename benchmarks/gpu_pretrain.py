@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 import neobert
-from neobert.train.metrics import batch_shape_stats, forward_flops, non_embedding_parameters
+from neobert.model.flops import non_embedding_parameters, training_flops
+from neobert.train.metrics import batch_shape_stats
 
 CLS_ID, SEP_ID, MASK_ID = 101, 102, 103
 FIRST_ID = 1000  # ids below are special or unused in the bert-base-uncased vocabulary
@@ -50,7 +51,7 @@ def neobert_step_flops(config: neobert.NeoBERTConfig, batch: dict) -> float:
     """Model FLOPs of one training step (3 x forward), by the library's count."""
     stats = batch_shape_stats(batch)
     parameters = non_embedding_parameters(config)
-    return 3.0 * forward_flops(config, stats["tokens"], stats["sum_sq"], stats["masked"], parameters)
+    return training_flops(config, stats["tokens"], stats["sum_sq"], stats["masked"], parameters)
 
 
 def compile_model(model: nn.Module, backend: str) -> nn.Module:

@@ -12,7 +12,7 @@ from neobert import ablate
 from neobert.cli import main
 from neobert.eval import offline_suite
 from neobert.finetune.data import Examples
-from neobert.train.metrics import non_embedding_parameters
+from neobert.model.flops import non_embedding_parameters
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

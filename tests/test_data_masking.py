@@ -1,11 +1,13 @@
-"""MLM masking: the rate, the replacement rule, special tokens never selected, seeded determinism."""
+"""MLM masking as the loader draws it (`sequence_draws` per sample, `mask_with_draws`): the rate, the
+replacement rule, special tokens never selected, seeded determinism."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from neobert.data.masking import IGNORE_INDEX, MaskingConfig, batch_generator, mask_tokens
+from neobert.data.masking import IGNORE_INDEX, MaskingConfig, mask_with_draws, sequence_draws
 
 PAD, UNK, CLS, SEP, MASK = 0, 100, 101, 102, 103
 SPECIALS = (PAD, UNK, CLS, SEP, MASK)
@@ -22,9 +24,18 @@ def batch_of_text(rows: int = 64, length: int = 512) -> torch.Tensor:
     return ids
 
 
+def mask_rows(ids: torch.Tensor, config: MaskingConfig, seed: int, stream: int = 0):
+    """Each row masked as the loader masks one sample (the row's index is its place in the sample order)."""
+    rows, length = ids.shape
+    parts = [sequence_draws(seed, stream, row, length, config, VOCAB) for row in range(rows)]
+    draws = tuple(None if part[0] is None else np.concatenate(part) for part in zip(*parts, strict=True))
+    masked, labels = mask_with_draws(ids.reshape(-1), config, SPECIALS, MASK, draws)
+    return masked.view(rows, length), labels.view(rows, length)
+
+
 def test_all_mask_rate_and_rules():
     ids = batch_of_text()
-    masked, labels = mask_tokens(ids, MaskingConfig(), SPECIALS, MASK, VOCAB, batch_generator(0, 0))
+    masked, labels = mask_rows(ids, MaskingConfig(), seed=0)
     selected = labels != IGNORE_INDEX
     eligible = ~torch.isin(ids, torch.tensor(SPECIALS))
     assert not selected[~eligible].any()
@@ -39,7 +50,7 @@ def test_all_mask_rate_and_rules():
 def test_bert_80_10_10():
     ids = batch_of_text(128)
     config = MaskingConfig(rate=0.15, strategy="80_10_10")
-    masked, labels = mask_tokens(ids, config, SPECIALS, MASK, VOCAB, batch_generator(1, 2, 3))
+    masked, labels = mask_rows(ids, config, seed=1, stream=2)
     selected = labels != IGNORE_INDEX
     assert not selected[torch.isin(ids, torch.tensor(SPECIALS))].any()
     n = selected.sum().item()
@@ -52,11 +63,11 @@ def test_bert_80_10_10():
 
 def test_same_seed_same_masks_different_stream_different_masks():
     ids = batch_of_text(8)
-    first = mask_tokens(ids, MaskingConfig(), SPECIALS, MASK, VOCAB, batch_generator(0, 1, 2))
-    again = mask_tokens(ids, MaskingConfig(), SPECIALS, MASK, VOCAB, batch_generator(0, 1, 2))
-    other_rank = mask_tokens(ids, MaskingConfig(), SPECIALS, MASK, VOCAB, batch_generator(0, 2, 2))
+    first = mask_rows(ids, MaskingConfig(), seed=0, stream=1)
+    again = mask_rows(ids, MaskingConfig(), seed=0, stream=1)
+    other_stream = mask_rows(ids, MaskingConfig(), seed=0, stream=2)
     assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
-    assert not torch.equal(first[1], other_rank[1])
+    assert not torch.equal(first[1], other_stream[1])
 
 
 def test_bad_settings_are_refused():
@@ -69,8 +80,8 @@ def test_bad_settings_are_refused():
 @pytest.mark.parametrize("strategy", ["all_mask", "80_10_10"])
 def test_identity_scoring_adds_unchanged_scored_tokens_and_leaves_the_selection_as_it_was(strategy):
     ids = batch_of_text()
-    plain = mask_tokens(ids, MaskingConfig(0.2, strategy), SPECIALS, MASK, VOCAB, batch_generator(4, 1))
-    widened = mask_tokens(ids, MaskingConfig(0.2, strategy, 0.1), SPECIALS, MASK, VOCAB, batch_generator(4, 1))
+    plain = mask_rows(ids, MaskingConfig(0.2, strategy), seed=4, stream=1)
+    widened = mask_rows(ids, MaskingConfig(0.2, strategy, 0.1), seed=4, stream=1)
     # the inputs are exactly those of plain masking: identity positions stay as they are
     assert torch.equal(widened[0], plain[0])
     selected, scored = plain[1] != IGNORE_INDEX, widened[1] != IGNORE_INDEX
@@ -82,11 +93,7 @@ def test_identity_scoring_adds_unchanged_scored_tokens_and_leaves_the_selection_
     assert abs(identity.sum().item() / eligible.sum().item() - 0.1) < 0.01
 
 
-def test_identity_scoring_through_the_loader_draws_matches_the_generator_rule():
-    import numpy as np
-
-    from neobert.data.masking import mask_with_draws, sequence_draws
-
+def test_identity_scoring_draws_follow_the_rule():
     ids = batch_of_text(4).reshape(-1)
     config = MaskingConfig(0.2, "80_10_10", 0.1)
     draws = sequence_draws(3, 0, 7, ids.numel(), config, VOCAB)

@@ -13,11 +13,12 @@ from neobert.data.loader import LoaderConfig, PretrainingLoader
 from neobert.data.masking import IGNORE_INDEX
 from neobert.data.sequences import (
     TokenCorpus,
-    collate_packed,
-    collate_padded,
+    layout_packed,
     pack_best_fit,
     packing_efficiency,
+    pad_rows,
     sequence_units,
+    with_specials,
 )
 
 CLS, SEP, PAD = 101, 102, 0
@@ -58,17 +59,18 @@ def test_best_fit_packs_every_item_once_within_capacity():
     assert len(packs) <= 1.02 * lower_bound
 
 
-def test_collate_packed_follows_the_model_contract():
-    content = np.arange(1000, 1010)
-    batch = collate_packed(content, np.array([3, 7]), CLS, SEP)
+def test_the_loader_layouts_follow_the_model_contract():
+    # What `PretrainingLoader.finish` does with a batch's spans: [CLS] span [SEP], then packed or padded.
+    ids, cu = with_specials(np.arange(1000, 1010), np.array([3, 7]), CLS, SEP)
+    batch = layout_packed(torch.from_numpy(ids), cu)
     assert batch["input_ids"].tolist() == [[CLS, 1000, 1001, 1002, SEP, CLS, *range(1003, 1010), SEP]]
     assert batch["cu_seqlens"].dtype == torch.int32 and batch["cu_seqlens"].tolist() == [0, 5, 14]
     assert batch["max_seqlen"] == 9
     assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 5, 6, 7, 8]]
-    padded = collate_padded(content, np.array([3, 7]), CLS, SEP, PAD, multiple_of=8)
-    assert padded["input_ids"].shape == (2, 16)
-    assert padded["input_ids"][0, :6].tolist() == [CLS, 1000, 1001, 1002, SEP, PAD]
-    assert padded["attention_mask"].sum(1).tolist() == [5, 9]
+    padded, attention_mask = pad_rows(torch.from_numpy(ids), cu, PAD, multiple_of=8)
+    assert padded.shape == (2, 16)
+    assert padded[0, :6].tolist() == [CLS, 1000, 1001, 1002, SEP, PAD]
+    assert attention_mask.sum(1).tolist() == [5, 9]
 
 
 def sequences_of(batch) -> list[list[int]]:

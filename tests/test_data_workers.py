@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from data_helpers import prepare_files, sample_texts, write_jsonl
-from neobert.data.loader import LengthBucket, LoaderConfig, MixtureLoader, PretrainingLoader
+from neobert.data.loader import LengthBucket, LoaderConfig, PretrainingLoader, build_loader
 from neobert.data.masking import MaskingConfig
 from neobert.data.shards import DataError
 from neobert.data.workers import MultiWorkerLoader
@@ -92,7 +92,7 @@ def test_workers_give_one_process_batches_through_rate_changes_and_resume(corpus
 def test_a_length_mixture_through_workers(corpus_dir):
     mixture = (LengthBucket(0.5, 0), LengthBucket(0.5, 100))
     config = LoaderConfig(str(corpus_dir), batch_size=4, block_documents=8, window_blocks=2, length_mixture=mixture)
-    single, multi = MixtureLoader(config), MultiWorkerLoader(MixtureLoader(config), num_workers=2)
+    single, multi = build_loader(config, 0, 1), MultiWorkerLoader(build_loader(config, 0, 1), num_workers=2)
     components = []
     for rate in RATES:
         assert same_batches(rated(multi, [rate]), rated(single, [rate]))

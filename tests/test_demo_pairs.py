@@ -11,6 +11,7 @@ import pytest
 
 from demo_fixtures import make_archives
 from neobert.cli import main
+from neobert.commands.contrastive import data_words
 from neobert.data import demo_corpus
 from neobert.data.contamination import normalise
 from neobert.embed_train.data import Pair, read_pairs
@@ -95,8 +96,7 @@ def test_data_demo_resolves_to_the_demo_pairs(tmp_path, monkeypatch):
     archives = make_archives(tmp_path / "archives")
     monkeypatch.setattr(demo_corpus, "fetch_archives", lambda folder=None: archives)
     expected = demo_pairs(archives)
-    assert read_pairs("demo") == expected
-    assert load_datasets(["demo"]) == {"demo": expected}
+    assert load_datasets(["demo"], data_words()) == {"demo": expected}
     # A file named demo is still reachable by path; a missing one is reported with the forms --data takes.
     monkeypatch.chdir(tmp_path)
     (tmp_path / "demo").write_text('{"query": "q", "positive": "p"}\n')

@@ -10,7 +10,7 @@ import torch
 
 import neobert
 from conftest import run_quick_benchmark
-from neobert.train.metrics import forward_flops, non_embedding_parameters
+from neobert.model.flops import forward_flops, non_embedding_parameters
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 STAGES = ("peak", "tests", "train", "inference")

@@ -42,7 +42,7 @@ class CountingLoader:
 
 def trained_setup(steps=2):
     model = NeoBERTForMaskedLM(small_config(num_hidden_layers=1))
-    optimizer = build_optimizer(model, TrainSection(lr=1e-3, warmup_steps=2))
+    optimizer = build_optimizer(model, **TrainSection(lr=1e-3, warmup_steps=2).adamw_settings())
     scheduler = build_scheduler(optimizer, LRSchedule(warmup_steps=2, total_steps=20))
     ids = random_ids(2, 8)
     for _ in range(steps):

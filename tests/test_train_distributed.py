@@ -11,7 +11,8 @@ from conftest import small_config
 from neobert import NeoBERTForMaskedLM
 from neobert.train.distributed import (
     DistributedContext,
-    all_reduce_mean,
+    all_reduce_max,
+    all_reduce_sum,
     broadcast_object,
     full_state_dicts,
     gather_objects,
@@ -69,7 +70,8 @@ def worker(rank: int, port: int, out: str) -> None:
     context = init_distributed(device="cpu")
     try:
         result = {
-            "mean": all_reduce_mean(torch.tensor([rank + 1.0]), context),
+            "sum": all_reduce_sum(torch.tensor([rank + 1.0]), context),
+            "max": all_reduce_max(torch.tensor([rank + 1.0]), context),
             "gathered": gather_objects({"rank": rank}, context),
             "shared": broadcast_object("from rank 0" if rank == 0 else None, context),
         }
@@ -83,7 +85,7 @@ def worker(rank: int, port: int, out: str) -> None:
 def test_two_processes_average_gradients_like_one_process_on_the_global_batch(tmp_path):
     mp.spawn(worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
-    assert all(r["mean"].item() == 1.5 for r in results)
+    assert all(r["sum"].item() == 3.0 and r["max"].item() == 2.0 for r in results)
     assert results[0]["gathered"] == [{"rank": 0}, {"rank": 1}] and results[1]["gathered"] is None
     assert results[1]["shared"] == "from rank 0"
 
@@ -108,7 +110,8 @@ def test_single_process_needs_no_process_group(monkeypatch):
     assert context == DistributedContext() and context.is_main and not context.enabled
     model = fresh_model()
     assert wrap_model(model, context, "auto") is model and resolve_strategy("fsdp", context) == "none"
-    assert all_reduce_mean(torch.tensor([3.0]), context).item() == 3.0
+    assert all_reduce_sum(torch.tensor([3.0]), context).item() == 3.0
+    assert all_reduce_max(torch.tensor([3.0]), context).item() == 3.0
     optimizer = torch.optim.AdamW(model.parameters())
     model(input_ids=torch.tensor([[1000, 1001]]), labels=torch.tensor([[1000, -100]])).loss.backward()
     optimizer.step()

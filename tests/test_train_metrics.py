@@ -6,19 +6,17 @@ import pytest
 import torch
 
 from neobert import NeoBERTConfig
+from neobert.model.flops import forward_flops, model_shapes, non_embedding_parameters, training_flops
 from neobert.train.metrics import (
     ConsoleProgress,
     JsonlSink,
     MetricAccumulator,
     MetricsLogger,
     batch_shape_stats,
-    forward_flops,
     mfu,
-    non_embedding_parameters,
     peak_flops,
     plot_loss_curve,
     read_jsonl,
-    training_flops_per_token,
 )
 
 NEOBERT_250M = NeoBERTConfig.from_preset("neobert-250m")
@@ -34,10 +32,18 @@ def test_training_flops_per_token_of_neobert_250m_at_1024():
     # Forward per token: 2 x 198,224,640 + 4 x 28 layers x 1,024 x 768 (attention, L^2 per sequence / L).
     forward = 2 * 198_224_640 + 4 * 28 * 1024 * 768
     assert forward == 484_529_664
-    assert training_flops_per_token(NEOBERT_250M, 1024) == 3 * forward == 1_453_588_992
+    assert training_flops(NEOBERT_250M, 1024, 1024**2) / 1024 == 3 * forward == 1_453_588_992
     # The sparse decoder adds 2 x 768 x 30,522 per masked token: 20% of the tokens.
-    with_decoder = training_flops_per_token(NEOBERT_250M, 1024, masked_fraction=0.2)
+    with_decoder = training_flops(NEOBERT_250M, 1024, 1024**2, masked_tokens=0.2 * 1024) / 1024
     assert with_decoder == pytest.approx(3 * (forward + 0.2 * 2 * 768 * 30522))
+
+
+def test_model_shapes_cover_each_layer_and_the_decoder():
+    config = NeoBERTConfig.from_preset("tiny", num_hidden_layers=3)
+    shapes = model_shapes(config, tokens=256, masked=51)
+    assert len(shapes) == 3 * 4 + 1
+    assert shapes[-1] == (51, 128, config.vocab_size)
+    assert (256, 128, 2 * config.ffn_hidden_size) in shapes and (256, config.ffn_hidden_size, 128) in shapes
 
 
 def test_attention_term_counts_each_document_of_a_packed_row():

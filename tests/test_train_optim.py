@@ -37,18 +37,17 @@ def test_linear_and_constant_schedules():
     assert [constant(s) for s in (0, 3, 4, 99)] == pytest.approx([0.25, 1.0, 1.0, 1.0])
 
 
-def test_unknown_total_holds_the_peak_until_it_is_set():
+def test_unknown_total_holds_the_peak_a_known_one_decays():
     schedule = LRSchedule(warmup_steps=2, total_steps=None)
     assert schedule(1) == 1.0 and schedule(50) == 1.0
-    schedule.set_total_steps(100)
-    assert schedule(50) < 1.0
+    assert LRSchedule(warmup_steps=2, total_steps=100)(50) < 1.0
     with pytest.raises(ValueError, match="lower train.warmup_steps"):
         LRSchedule(warmup_steps=95, total_steps=100)
 
 
 def test_lambda_scheduler_drives_the_optimizer_and_saves_the_total():
     model = torch.nn.Linear(4, 4)
-    optimizer = build_optimizer(model, TrainSection(lr=1e-3, warmup_steps=10))
+    optimizer = build_optimizer(model, **TrainSection(lr=1e-3, warmup_steps=10).adamw_settings())
     schedule = LRSchedule(warmup_steps=10, total_steps=None)
     scheduler = build_scheduler(optimizer, schedule)
     seen = []
@@ -57,17 +56,27 @@ def test_lambda_scheduler_drives_the_optimizer_and_saves_the_total():
         optimizer.step()
         scheduler.step()
     assert seen[0] == pytest.approx(1e-4) and seen[9] == pytest.approx(1e-3) and seen[11] == pytest.approx(1e-3)
-    schedule.set_total_steps(100)
+    schedule.advance(0.25, 12)  # a clock-driven run's progress, as the trainer moves it
     state = scheduler.state_dict()
     fresh_schedule = LRSchedule(warmup_steps=10, total_steps=None)
-    fresh = build_scheduler(build_optimizer(model, TrainSection(lr=1e-3, warmup_steps=10)), fresh_schedule)
+    fresh = build_scheduler(
+        build_optimizer(model, **TrainSection(lr=1e-3, warmup_steps=10).adamw_settings()), fresh_schedule
+    )
     fresh.load_state_dict(state)
-    assert fresh_schedule.total_steps == 100 and fresh.last_epoch == 12
+    assert fresh_schedule.progress == 0.25 and fresh.last_epoch == 12
+    known = build_scheduler(
+        build_optimizer(model, **TrainSection(lr=1e-3).adamw_settings()), LRSchedule(warmup_steps=10, total_steps=100)
+    )
+    restored = LRSchedule(warmup_steps=10, total_steps=None)
+    build_scheduler(build_optimizer(model, **TrainSection(lr=1e-3).adamw_settings()), restored).load_state_dict(
+        known.state_dict()
+    )
+    assert restored.total_steps == 100
 
 
 def test_adamw_settings_and_decay_groups():
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4), torch.nn.Embedding(10, 4))
-    optimizer = build_optimizer(model, TrainSection(lr=6e-4, weight_decay=0.1))
+    optimizer = build_optimizer(model, **TrainSection(lr=6e-4, weight_decay=0.1).adamw_settings())
     assert isinstance(optimizer, torch.optim.AdamW) and len(optimizer.param_groups) == 1
     group = optimizer.param_groups[0]
     assert (group["betas"], group["eps"], group["weight_decay"]) == ((0.9, 0.95), 1e-8, 0.1)

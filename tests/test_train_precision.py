@@ -5,7 +5,6 @@ others)."""
 import pytest
 import torch
 
-from neobert.config import NeoBERTConfig
 from neobert.train import precision
 from neobert.train.pretrain import pretrain
 from test_train_pretrain import make_loader, tiny_config
@@ -75,14 +74,6 @@ def test_auto_on_this_host_is_consistent_with_its_own_measurement():
         assert choice.dtype is None and choice.bf16_probe_s is None
     assert choice.fp32_peak_gflops > 0 and choice.bf16_peak_gflops > 0
     assert precision.resolve_precision("auto", CPU, SHAPES) is choice  # measured once per process
-
-
-def test_model_shapes_cover_each_layer_and_the_decoder():
-    config = NeoBERTConfig.from_preset("tiny", num_hidden_layers=3)
-    shapes = precision.model_shapes(config, tokens=256, masked=51)
-    assert len(shapes) == 3 * 4 + 1
-    assert shapes[-1] == (51, 128, config.vocab_size)
-    assert (256, 128, 2 * config.ffn_hidden_size) in shapes and (256, config.ffn_hidden_size, 128) in shapes
 
 
 def test_a_run_records_and_uses_its_precision(tmp_path):

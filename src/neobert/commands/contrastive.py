@@ -45,6 +45,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def data_words() -> dict:
+    """The words `--data` takes besides paths, each with the function that reads its pairs."""
+    from neobert.embed_train.demo_pairs import demo_pairs
+
+    return {"demo": demo_pairs}
+
+
 def run(args: argparse.Namespace) -> int:
     from neobert.commands.export import parse_prompts
     from neobert.embed_train.train import ContrastiveSettings, train_contrastive
@@ -68,7 +75,9 @@ def run(args: argparse.Namespace) -> int:
         if args.pooling not in ("mean", "cls", "max"):
             raise ValueError(f"unknown pooling {args.pooling!r}; choose mean, cls or max")
         prompts = parse_prompts(args.prompt)
-        out = train_contrastive(args.model, args.data, args.out, settings, prompts or None, args.overwrite)
+        out = train_contrastive(
+            args.model, args.data, args.out, settings, prompts or None, args.overwrite, data_words()
+        )
     except (ValueError, FileNotFoundError, FileExistsError) as error:
         print(f"neobert contrastive: {error}", file=sys.stderr)
         return 2

@@ -40,13 +40,6 @@ class MaskingConfig:
             raise ValueError(f"masking strategy must be one of {STRATEGIES}, not {self.strategy!r}")
 
 
-def batch_generator(seed: int, *stream: int) -> torch.Generator:
-    """A generator for one batch, derived from the run's seed and the batch's place (rank, batch number, ...),
-    so every rank, data worker and resumed run draws the same masks for the same batch."""
-    state = np.random.SeedSequence([seed, *stream]).generate_state(1, dtype=np.uint64)[0]
-    return torch.Generator().manual_seed(int(state))
-
-
 def sequence_draws(seed: int, stream: int, sample: int, length: int, config: MaskingConfig, vocab_size: int):
     """The random draws that mask one sample of `length` tokens: a function of (seed, stream, the sample's
     index in the global sample order) alone, so a sample gets the same mask whatever batch, rank, process
@@ -65,7 +58,8 @@ def mask_with_draws(
     mask_id: int,
     draws: tuple[np.ndarray, np.ndarray | None, np.ndarray | None],
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`mask_tokens` with the draws given (flat `input_ids` and draws of the same length)."""
+    """Returns (masked input_ids, labels) of flat `input_ids` masked with `draws` of the same length (see
+    `sequence_draws`); `input_ids` is left unchanged."""
     select, action, random_ids = (None if d is None else torch.from_numpy(d) for d in draws)
     specials = torch.as_tensor(list(special_ids), dtype=input_ids.dtype)
     maskable = ~torch.isin(input_ids, specials)
@@ -82,24 +76,3 @@ def _apply(input_ids, config: MaskingConfig, maskable, select, action, random_id
     masked = input_ids.masked_fill(selected & (action < 0.8), mask_id)
     swap = selected & (action >= 0.8) & (action < 0.9)
     return torch.where(swap, random_ids.to(input_ids.dtype), masked), labels
-
-
-def mask_tokens(
-    input_ids: torch.Tensor,
-    config: MaskingConfig,
-    special_ids: Sequence[int],
-    mask_id: int,
-    vocab_size: int,
-    generator: torch.Generator,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Returns (masked input_ids, labels); `input_ids` is left unchanged."""
-    specials = torch.as_tensor(list(special_ids), dtype=input_ids.dtype, device=input_ids.device)
-    draws = torch.rand(input_ids.shape, generator=generator, device=input_ids.device)
-    maskable = ~torch.isin(input_ids, specials)
-    if config.strategy == "all_mask":
-        return _apply(input_ids, config, maskable, draws, None, None, mask_id)
-    action = torch.rand(input_ids.shape, generator=generator, device=input_ids.device)
-    random_ids = torch.randint(
-        vocab_size, input_ids.shape, generator=generator, device=input_ids.device, dtype=input_ids.dtype
-    )
-    return _apply(input_ids, config, maskable, draws, action, random_ids, mask_id)

@@ -288,18 +288,3 @@ def pad_rows(
     mask = torch.zeros((len(seqlens), width), dtype=torch.int64)
     mask[rows, cols] = 1
     return batch, mask
-
-
-def collate_packed(content: np.ndarray, lengths: np.ndarray, cls_id: int, sep_id: int) -> dict[str, torch.Tensor]:
-    """One row of `[CLS] span [SEP]` sequences end to end (see `layout_packed`)."""
-    ids, cu = with_specials(content, lengths, cls_id, sep_id)
-    return layout_packed(torch.from_numpy(ids), cu)
-
-
-def collate_padded(
-    content: np.ndarray, lengths: np.ndarray, cls_id: int, sep_id: int, pad_id: int, multiple_of: int = 8
-) -> dict[str, torch.Tensor]:
-    """input_ids (B, L) of `[CLS] span [SEP]` rows and attention_mask (B, L) (see `pad_rows`)."""
-    ids, cu = with_specials(content, lengths, cls_id, sep_id)
-    batch, mask = pad_rows(torch.from_numpy(ids), cu, pad_id, multiple_of)
-    return {"input_ids": batch, "attention_mask": mask}

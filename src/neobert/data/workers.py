@@ -24,7 +24,8 @@ from typing import Any
 
 import torch
 
-from neobert.data.loader import MixtureLoader, PretrainingLoader, build_loader
+from neobert.data.loader import PretrainingLoader, build_loader
+from neobert.data.mixture import MixtureLoader
 
 
 class _WorkerShare(torch.utils.data.IterableDataset):

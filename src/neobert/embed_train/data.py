@@ -46,14 +46,9 @@ DATA_FORMS = ".jsonl files, folders saved with datasets, hf:NAME[:CONFIG] or dem
 
 
 def read_pairs(source: str | Path) -> list[Pair]:
-    """A .jsonl file, a folder saved with `datasets.Dataset.save_to_disk`, `hf:NAME[:CONFIG]` (train), or
-    the word "demo": headline -> article pairs from the demo corpus's pre-training side (a local file or
-    folder named demo is read as "./demo")."""
+    """A .jsonl file, a folder saved with `datasets.Dataset.save_to_disk` or `hf:NAME[:CONFIG]` (train).
+    The word "demo" is resolved by the command (`neobert.commands.contrastive.data_words`)."""
     text = str(source)
-    if isinstance(source, str) and text == "demo":
-        from neobert.embed_train.demo_pairs import demo_pairs
-
-        return demo_pairs()
     if text.startswith("hf:") or Path(text).is_dir():
         import datasets
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+from neobert.data import demo_corpus
+from neobert.data.contamination import ContaminationGuard, normalise
 from neobert.embed_train.data import Pair
 
 DATASET = "news_articles"
@@ -22,9 +24,6 @@ DATASET = "news_articles"
 def demo_pairs(archives: Mapping[str, Path] | None = None) -> list[Pair]:
     """(headline, body) pairs from the pre-training half of the demo news articles, in corpus order.
     `archives` as `demo_corpus.fetch_archives()` returns them (fetched, pinned, when not given)."""
-    from neobert.data import demo_corpus
-    from neobert.data.contamination import ContaminationGuard, normalise
-
     archives = archives if archives is not None else demo_corpus.fetch_archives()
     candidates, seen_titles, seen_bodies = [], set(), set()
     for record in demo_corpus.records(DATASET, archives):

@@ -5,14 +5,14 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from neobert.embed import pool_packed
-from neobert.embed_train.data import HomogeneousBatches, check_batch_fits, read_pairs
+from neobert.embed_train.data import HomogeneousBatches, Pair, check_batch_fits, read_pairs
 from neobert.embed_train.grad_cache import contrastive_step
 from neobert.embed_train.loss import TEMPERATURE, info_nce
 from neobert.run_lock import check_output_folder, hold_beside, holding
@@ -89,14 +89,19 @@ def model_config(model: torch.nn.Module):
     return getattr(model, "module", model).config
 
 
-def load_datasets(sources: Sequence[str | Path]) -> dict[str, list]:
-    """One dataset per source; its name is the file or folder name (made unique)."""
+def load_datasets(
+    sources: Sequence[str | Path], words: Mapping[str, Callable[[], list[Pair]]] | None = None
+) -> dict[str, list[Pair]]:
+    """One dataset per source; its name is the file or folder name (made unique). A source that is one of
+    `words` (the command's `demo`) is read by that word's function."""
+    words = words or {}
     datasets = {}
     for source in sources:
         name = Path(str(source).removeprefix("hf:")).stem or str(source)
         while name in datasets:
             name += "_"
-        datasets[name] = read_pairs(source)
+        word = words.get(source) if isinstance(source, str) else None
+        datasets[name] = word() if word is not None else read_pairs(source)
     return datasets
 
 
@@ -108,6 +113,7 @@ def train_contrastive(
     settings: ContrastiveSettings | None = None,
     prompts: dict[str, str] | None = None,
     overwrite: bool = False,
+    data_words: Mapping[str, Callable[[], list[Pair]]] | None = None,
 ) -> Path:
     """Fine-tune `model_dir` on the pairs in `data` and write an exported embedder folder to `out`.
     Under torchrun every process trains on its slice of each batch; negatives are gathered across them.
@@ -126,7 +132,7 @@ def train_contrastive(
     check_output_folder(out, "--out")
     if out.exists() and not overwrite:
         raise FileExistsError(f"--out {out} exists; pass --restart to replace it, or choose another --out")
-    datasets = load_datasets(data)  # before any model work, so that bad data fails fast
+    datasets = load_datasets(data, data_words)  # before any model work, so that bad data fails fast
     check_batch_fits(datasets, settings.batch_size)
     if not (Path(model_dir) / "config.json").is_file():
         raise FileNotFoundError(f"--model {model_dir} holds no model (no config.json; `neobert export` writes one)")

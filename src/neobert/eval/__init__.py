@@ -1,1 +1,1 @@
-"""Evaluation: task metrics, pseudo-perplexity, the offline suite of GLUE-style tasks on available data."""
+"""Evaluation: pseudo-perplexity, the offline suite of GLUE-style tasks on available data, retrieval, MTEB."""

@@ -1,1 +1,2 @@
-"""Fine-tuning on labelled data: readers, the training loop, token classification, the GLUE protocol."""
+"""Fine-tuning on labelled data: readers, the training loop, task metrics, token classification, the GLUE
+protocol."""

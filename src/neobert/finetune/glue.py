@@ -11,9 +11,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from neobert.eval.metrics import GLUE_METRICS, glue_score
 from neobert.files import write_json_atomically
 from neobert.finetune.glue_data import GlueTask, check_data_source, read_task
+from neobert.finetune.metrics import GLUE_METRICS, glue_score
 from neobert.finetune.model import load_task_model, model_folder, tokenizer_for
 from neobert.finetune.run import effective_max_length, sequence_task
 from neobert.finetune.trainer import FinetuneSettings, finetune, run_fingerprint

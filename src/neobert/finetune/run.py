@@ -18,8 +18,8 @@ from neobert.finetune.data import (
     infer_label_space,
     read_examples,
 )
-from neobert.finetune.model import load_task_model, max_positions, model_folder, tokenizer_for
-from neobert.finetune.trainer import FinetuneResult, FinetuneSettings, TaskData, finetune
+from neobert.finetune.model import max_positions, model_folder, tokenizer_for
+from neobert.finetune.trainer import FinetuneSettings, TaskData
 
 TASKS = ("sequence-classification", "token-classification")
 
@@ -118,15 +118,3 @@ def check_vocabulary(folder: Path, data: TaskData) -> None:
             f"{folder / 'config.json'}: vocab_size is {vocab_size}, but the tokenizer gives token id {highest}; "
             "use the tokenizer the model was trained with"
         )
-
-
-def run_finetune(request: FinetuneRequest) -> FinetuneResult:
-    folder, data = prepare(request)
-    settings = request.settings
-    return finetune(
-        lambda: load_task_model(folder, data.space, settings.classifier_dropout),
-        data,
-        settings,
-        request.out,
-        extra_results={"model": str(folder), "task": request.task, "train": str(request.train)},
-    )

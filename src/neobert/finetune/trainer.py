@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from neobert.eval import metrics as task_metrics
 from neobert.files import write_bytes_atomically, write_json_atomically
+from neobert.finetune import metrics as task_metrics
 from neobert.finetune.data import Encoded, LabelSpace, collate, epoch_order, eval_batches, real_tokens
 from neobert.run_lock import hold_folder
 from neobert.run_settings import SETTINGS_FILE, check_same_run, record_run

@@ -17,7 +17,7 @@ valid manifest is never read, so `kill -9` at any point leaves the previous chec
 Reading a checkpoint verifies every file of its manifest against its SHA-256 (it reads those bytes anyway), so
 a file damaged after it was written is never resumed from: `find_resumable` falls back to the newest one that
 verifies and says what it skipped. Retention counts verified checkpoints only and never deletes one that does
-not verify, so damaged folders cannot push good ones out.
+not verify, so damaged folders cannot push good ones out. Finding and verifying live in `checkpoint_verify.py`.
 """
 
 from __future__ import annotations
@@ -27,11 +27,10 @@ import errno
 import json
 import os
 import random
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,15 +40,27 @@ from torch import nn
 
 from neobert.errors import CheckpointError
 from neobert.files import sha256_file
+from neobert.train.checkpoint_verify import (
+    LATEST,
+    MANIFEST,
+    Verify,
+    forget_verified,
+    is_verified,
+    list_checkpoints,
+    remember_verified,
+    resolve_checkpoint,
+    verify_checkpoint,
+)
+from neobert.train.checkpoint_verify import Skipped as Skipped
+from neobert.train.checkpoint_verify import find_latest_good as find_latest_good
+from neobert.train.checkpoint_verify import find_resumable as find_resumable
+from neobert.train.checkpoint_verify import no_good_checkpoint as no_good_checkpoint
+from neobert.train.checkpoint_verify import verify_model_folder as verify_model_folder
 
 FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-LATEST = "latest"
 MODEL_FILE = "model.safetensors"
 TRAINER_FILE = "trainer.pt"
 CONFIG_FILE = "config.yaml"
-_NAME = re.compile(r"^step-(\d{8,})$")
-Verify = Literal["marker", "size", "full"]
 
 
 class DiskFullError(CheckpointError):
@@ -204,7 +215,7 @@ def save_checkpoint(
             ) from error
         raise
     _point_latest(root, final.name)
-    _remember_verified(final)
+    remember_verified(final)
     return final
 
 
@@ -281,131 +292,6 @@ def _remove_stale_temporaries(root: Path) -> None:
             leftover.unlink(missing_ok=True)
 
 
-# ---- finding and verifying ---------------------------------------------------------------------------------
-
-
-def list_checkpoints(root: str | os.PathLike) -> list[tuple[int, Path]]:
-    """(step, folder) of every folder named like a checkpoint, oldest first; verified or not."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _NAME.match(p.name))]
-    return sorted(found)
-
-
-def verify_checkpoint(folder: str | os.PathLike, verify: Verify = "full") -> dict[str, Any]:
-    """The manifest of a complete checkpoint, or CheckpointError saying what is wrong.
-
-    "marker": the manifest exists and parses; "size": also every listed file exists with its size;
-    "full": also every SHA-256 matches (reads every byte).
-    """
-    folder = Path(folder)
-    try:
-        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-        files = manifest["files"]
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise CheckpointError(f"{folder} is not a complete checkpoint (no readable {MANIFEST}: {error})") from None
-    if verify == "marker":
-        return manifest
-    for name, expected in files.items():
-        path = folder / name
-        if not path.is_file() or path.stat().st_size != expected["bytes"]:
-            raise CheckpointError(f"{folder}: {name} is missing or has the wrong size")
-        if verify == "full" and sha256_file(path) != expected["sha256"]:
-            raise CheckpointError(f"{folder}: {name} does not match its checksum (the file is damaged)")
-    return manifest
-
-
-# Checkpoints this process wrote or fully verified, with the size and mtime of each file then: retention asks
-# at every save, and re-reading every kept checkpoint each time would cost more than the save.
-_verified: dict[Path, tuple[tuple[Any, ...], ...]] = {}
-
-
-def _stat_key(folder: Path) -> tuple[tuple[Any, ...], ...]:
-    stats = [(p.name, p.stat()) for p in sorted(folder.iterdir()) if p.is_file()]
-    return tuple((name, s.st_ino, s.st_size, s.st_mtime_ns, s.st_ctime_ns) for name, s in stats)
-
-
-def _remember_verified(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        _verified[folder.resolve()] = _stat_key(folder)
-
-
-def is_verified(folder: Path) -> bool:
-    """Every file of the checkpoint matches its manifest's checksum (remembered while the files are unchanged)."""
-    key = folder.resolve()
-    try:
-        if _verified.get(key) == _stat_key(folder):
-            return True
-        verify_checkpoint(folder, "full")
-    except (CheckpointError, OSError):
-        return False
-    _remember_verified(folder)
-    return True
-
-
-@dataclass
-class Skipped:
-    """A checkpoint passed over when looking for one to resume from, and why."""
-
-    step: int
-    folder: Path
-    reason: str
-
-    def describe(self) -> str:
-        return f"skipped the checkpoint of step {self.step} ({self.folder.name}): {self.reason}"
-
-
-def find_resumable(root: str | os.PathLike, verify: Verify = "full") -> tuple[Path | None, list[Skipped]]:
-    """The newest checkpoint under `root` that verifies (or None), and the newer ones skipped on the way."""
-    skipped = []
-    for step, folder in reversed(list_checkpoints(root)):
-        try:
-            verify_checkpoint(folder, verify)
-        except CheckpointError as error:
-            skipped.append(Skipped(step, folder, str(error).removeprefix(f"{folder}: ")))
-            continue
-        if verify == "full":
-            _remember_verified(folder)
-        return folder, skipped
-    return None, skipped
-
-
-def no_good_checkpoint(root: Path, skipped: list[Skipped]) -> str:
-    reasons = "; ".join(f"step {s.step}: {s.reason}" for s in skipped)
-    return f"{root} holds no checkpoint that verifies ({reasons})"
-
-
-def find_latest_good(root: str | os.PathLike, verify: Verify = "full") -> Path | None:
-    """The newest checkpoint under `root` that verifies, or None. Half-written or corrupt ones are skipped,
-    and the newest complete one wins even when a crash came before `latest` was updated."""
-    return find_resumable(root, verify)[0]
-
-
-def resolve_checkpoint(path: str | os.PathLike, verify: Verify = "full") -> Path:
-    """A checkpoint folder from what users type: the folder itself, a `latest` pointer, or a `checkpoints`
-    folder (its latest good checkpoint)."""
-    path = Path(path)
-    if path.is_file() and not path.is_symlink() and path.name == LATEST:
-        path = path.parent / path.read_text(encoding="utf-8").strip()
-    if path.is_dir() and not (path / MANIFEST).exists() and list_checkpoints(path):
-        found, skipped = find_resumable(path, verify)
-        if found is None:
-            raise CheckpointError(no_good_checkpoint(path, skipped))
-        return found
-    verify_checkpoint(path, verify)
-    return path.resolve()
-
-
-def verify_model_folder(path: str | os.PathLike) -> None:
-    """Every reader of a model folder calls this first: a folder that is a training checkpoint (it has a
-    manifest) must verify in full, or CheckpointError names the damaged file; folders without one (exports,
-    hub snapshots) have nothing to check against and pass."""
-    folder = Path(path)
-    if (folder / MANIFEST).exists() and not is_verified(folder):
-        verify_checkpoint(folder, "full")  # raises, naming the file
-
-
 # ---- retention ---------------------------------------------------------------------------------------------
 
 
@@ -446,7 +332,7 @@ def apply_retention(root: str | os.PathLike, keep_last: int, keep_every: int | N
         if every or protected:
             continue
         _discard(folder)
-        _verified.pop(folder.resolve(), None)
+        forget_verified(folder)
         deleted.append(folder)
     return deleted
 

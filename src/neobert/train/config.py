@@ -20,6 +20,7 @@ import yaml
 from neobert.config import PRESETS, NeoBERTConfig
 from neobert.data.loader import LengthBucket
 from neobert.model.attention import BACKENDS as ATTENTION_BACKENDS
+from neobert.train.optim import schedule_from
 from neobert.train.ramp import BatchRamp, check_mlm_schedule, ramp_from
 from neobert.train.ramp import BatchSplitError as BatchSplitError  # at home in ramp.py; importers of config keep it
 from neobert.train.ramp import batch_split as batch_split
@@ -244,6 +245,16 @@ class TrainSection:
         """The schedule's floor as a share of the peak."""
         return self.final_lr / self.lr if self.final_lr is not None else self.final_lr_fraction
 
+    def adamw_settings(self) -> dict[str, Any]:
+        """`build_optimizer`'s arguments."""
+        return {
+            "lr": self.lr,
+            "betas": tuple(self.betas),
+            "eps": self.eps,
+            "weight_decay": self.weight_decay,
+            "exempt_norms_and_biases": self.no_decay_norms_and_biases,
+        }
+
 
 @dataclass
 class SystemSection:
@@ -340,8 +351,6 @@ class PretrainConfig:
                 f"data.max_length ({self.data.max_length}) exceeds the model's max_length ({model_max}); "
                 "raise model.overrides.max_length"
             )
-        from neobert.train.optim import schedule_from  # optim needs TrainSection from here
-
         # The schedule must fit the budget: the decay has to end after the warmup.
         schedule_from(self.train, self.total_steps())
 

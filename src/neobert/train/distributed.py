@@ -142,8 +142,6 @@ def is_fsdp(model: nn.Module) -> bool:
 
 def no_sync(model: nn.Module, skip: bool):
     """A context where DDP / FSDP2 do not reduce gradients (all micro-batches but the last of a step)."""
-    import contextlib
-
     if not skip:
         return contextlib.nullcontext()
     if isinstance(model, nn.parallel.DistributedDataParallel):
@@ -210,13 +208,6 @@ def all_reduce_sum(tensor: torch.Tensor, context: DistributedContext) -> torch.T
     """Sum over ranks, in place (no host sync; the result is read whenever the caller reads it)."""
     if context.enabled:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor
-
-
-def all_reduce_mean(tensor: torch.Tensor, context: DistributedContext) -> torch.Tensor:
-    if context.enabled:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-        tensor /= context.world_size
     return tensor
 
 

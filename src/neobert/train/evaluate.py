@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from neobert.train.distributed import all_reduce_sum
+
 IGNORE_INDEX = -100
 MODEL_INPUTS = ("input_ids", "attention_mask", "labels", "cu_seqlens", "max_seqlen", "position_ids")
 
@@ -92,8 +94,6 @@ def evaluate_mlm(
         model.train(was_training)
     totals = torch.stack([loss_sum, correct, torch.tensor(float(count), dtype=torch.float64, device=device)])
     if context is not None and context.enabled:
-        from neobert.train.distributed import all_reduce_sum
-
         all_reduce_sum(totals, context)
     loss_total, correct_total, masked = totals.tolist()
     if masked == 0:

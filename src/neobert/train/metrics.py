@@ -1,70 +1,23 @@
-"""Training metrics: model FLOPs and MFU, device-side accumulation, and the sinks that record them.
-
-FLOPs follow the usual count (design notes): a forward pass costs 2 x non-embedding parameters per token
-(every weight multiplies and adds once) plus 4 x layers x L^2 x hidden per sequence of length L for the
-two attention products; a training step costs 3x the forward (the backward pass is about twice the
-forward). The MLM decoder runs only on masked positions, so it is counted per masked token.
-"""
+"""Training metrics: MFU against the accelerator's peak, device-side accumulation, and the sinks that record
+them. The model's FLOPs are counted in `neobert.model.flops`."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
-import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from neobert.config import NeoBERTConfig
 from neobert.files import write_bytes_atomically
+from neobert.model.flops import non_embedding_parameters  # noqa: F401 (ablate.py reads it from here)
+from neobert.train.distributed import all_reduce_sum
 
 # Dense bf16 peak of accelerators we know, in FLOP/s (no sparsity), matched against the CUDA device name.
 KNOWN_PEAKS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12}
-_EMBEDDING_NAMES = ("model.encoder.weight", "model.positional_embedding.weight")
-_DECODER_PREFIX = "decoder."
-
-
-def non_embedding_parameters(config: NeoBERTConfig) -> int:
-    """Parameters of the encoder blocks and final norm: those every token multiplies through.
-
-    Counted on a meta-device model, so even the largest preset costs no memory."""
-    from neobert.model.heads import NeoBERTForMaskedLM
-
-    with torch.device("meta"):
-        model = NeoBERTForMaskedLM(config)
-    return sum(
-        p.numel()
-        for name, p in model.named_parameters()
-        if name not in _EMBEDDING_NAMES and not name.startswith(_DECODER_PREFIX)
-    )
-
-
-def forward_flops(
-    config: NeoBERTConfig,
-    tokens: float,
-    sum_squared_lengths: float,
-    masked_tokens: float = 0.0,
-    parameters: int | None = None,
-) -> float:
-    """Model FLOPs of one forward pass over `tokens` tokens whose sequences have the given sum of squared
-    lengths (L^2 per sequence; for a packed row, per document), with the decoder on `masked_tokens`."""
-    if parameters is None:
-        parameters = non_embedding_parameters(config)
-    dense = 2.0 * parameters * tokens
-    attention = 4.0 * config.num_hidden_layers * config.hidden_size * sum_squared_lengths
-    decoder = 2.0 * config.hidden_size * config.vocab_size * masked_tokens
-    return dense + attention + decoder
-
-
-def training_flops_per_token(
-    config: NeoBERTConfig, length: int, masked_fraction: float = 0.0, parameters: int | None = None
-) -> float:
-    """FLOPs per token of a training step (3x forward) on full sequences of `length` tokens."""
-    per_sequence = forward_flops(config, length, length * length, masked_fraction * length, parameters)
-    return 3.0 * per_sequence / length
 
 
 def peak_flops(device: torch.device, configured: float | None = None) -> float | None:
@@ -140,8 +93,6 @@ class MetricAccumulator:
             return {}
         stacked = torch.stack([self._sums[name] for name in names])
         if context is not None and context.enabled:
-            from neobert.train.distributed import all_reduce_sum
-
             reduced = all_reduce_sum(stacked.clone(), context)
             stacked = torch.stack([stacked[i] if name in self.shared else reduced[i] for i, name in enumerate(names)])
         values = stacked.tolist()
@@ -298,18 +249,6 @@ class MetricsLogger:
     def close(self) -> None:
         for sink in self.sinks:
             sink.close()
-
-
-class Stopwatch:
-    """Wall time between reads, excluding nothing: tokens/s over the logging window."""
-
-    def __init__(self):
-        self._start = time.perf_counter()
-
-    def lap(self) -> float:
-        now = time.perf_counter()
-        elapsed, self._start = now - self._start, now
-        return elapsed
 
 
 # ---- the loss curve ----------------------------------------------------------------------------------------

@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
-
-from neobert.train.config import TrainSection
 
 SCHEDULES = ("cosine", "linear", "constant", "wsd")
 DECAY_SHAPES = ("linear", "1-sqrt")
@@ -103,10 +102,6 @@ class LRSchedule:
             start = total_steps - round(self.wsd_decay_fraction * total_steps)
         return max(start, self.warmup_steps)
 
-    def set_total_steps(self, total_steps: int) -> None:
-        self.check_total(total_steps)
-        self.total_steps = total_steps
-
     def advance(self, progress: float, step: int) -> None:
         """Move the clock-driven schedule to `progress` (never backwards) after `step` updates."""
         self.progress = min(1.0, max(progress, self.progress or 0.0))
@@ -173,7 +168,20 @@ class LRSchedule:
         return self.final_fraction + (1.0 - self.final_fraction) * shape
 
 
-def schedule_from(train: TrainSection, total_steps: int | None) -> LRSchedule:
+class ScheduleSettings(Protocol):
+    """The schedule's fields of a configuration (`train.*` of a pre-training config); read by name, so this
+    module needs no configuration class."""
+
+    warmup_steps: int
+    schedule: str
+    floor_fraction: float
+    decay_fraction: float
+    wsd_decay_fraction: float
+    decay_shape: str
+    decay_start_step: int | None
+
+
+def schedule_from(train: ScheduleSettings, total_steps: int | None) -> LRSchedule:
     return LRSchedule(
         warmup_steps=train.warmup_steps,
         total_steps=total_steps,
@@ -202,10 +210,18 @@ def parameter_groups(model: nn.Module, weight_decay: float, exempt_norms_and_bia
     ]
 
 
-def build_optimizer(model: nn.Module, train: TrainSection) -> torch.optim.AdamW:
-    groups = parameter_groups(model, train.weight_decay, train.no_decay_norms_and_biases)
+def build_optimizer(
+    model: nn.Module,
+    *,
+    lr: float,
+    betas: tuple[float, float],
+    eps: float,
+    weight_decay: float,
+    exempt_norms_and_biases: bool,
+) -> torch.optim.AdamW:
+    groups = parameter_groups(model, weight_decay, exempt_norms_and_biases)
     # The fused kernel is the fastest on CUDA and on CPU too (about 8x the default per-tensor loop for `tiny`).
-    return torch.optim.AdamW(groups, lr=train.lr, betas=tuple(train.betas), eps=train.eps, fused=True)
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=True)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, schedule: LRSchedule) -> torch.optim.lr_scheduler.LambdaLR:

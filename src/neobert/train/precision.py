@@ -156,15 +156,3 @@ def time_matmul(dtype: torch.dtype, size: int = PEAK_SIZE, repeats: int = 4) -> 
 
 def matmul_peak_gflops(dtype: torch.dtype, size: int = PEAK_SIZE, repeats: int = 4) -> float:
     return time_matmul(dtype, size, repeats).gflops
-
-
-def model_shapes(config, tokens: int, masked: int) -> tuple[tuple[int, int, int], ...]:
-    """One micro-batch's matrix products of one encoder layer and the MLM decoder: what dominates the step."""
-    hidden, inner = config.hidden_size, config.intermediate_size
-    products = [(tokens, hidden, 3 * hidden), (tokens, hidden, hidden)]
-    if config.hidden_act == "swiglu":
-        products += [(tokens, hidden, 2 * config.ffn_hidden_size), (tokens, config.ffn_hidden_size, hidden)]
-    else:
-        products += [(tokens, hidden, inner), (tokens, inner, hidden)]
-    layers = [shape for shape in products for _ in range(config.num_hidden_layers)]
-    return tuple(layers + [(max(masked, 1), hidden, config.vocab_size)])

@@ -8,6 +8,7 @@ and save; `trainer.Trainer` does the steps.
 from __future__ import annotations
 
 import gc
+import shutil
 import signal
 import threading
 import time
@@ -16,13 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 
 from neobert.model.heads import NeoBERTForMaskedLM
 from neobert.train import distributed as dist_utils
 from neobert.train.budget import WallClockBudget
 from neobert.train.checkpoint import MODEL_FILE, CheckpointError, find_latest_good, load_model_weights
 from neobert.train.config import PretrainConfig
-from neobert.train.metrics import ConsoleProgress, MetricsLogger, plot_loss_curve
+from neobert.train.metrics import ConsoleProgress, MetricsLogger, mfu, plot_loss_curve
 from neobert.train.phase import PHASE_FILE, PhaseStart, check_phase_folder, plan_phase, write_phase_record
 from neobert.train.trainer import (
     EvalFactory,
@@ -147,8 +149,6 @@ def pretrain(
 
 
 def _model_with_weights_of(config: PretrainConfig, folder: Path) -> NeoBERTForMaskedLM:
-    from safetensors.torch import load_file
-
     model = initial_model(config)
     try:
         load_model_weights(model, load_file(folder / MODEL_FILE))
@@ -167,8 +167,6 @@ RUN_FOLDERS = ("checkpoints", "tensorboard", "wandb")
 
 def clear_run(folder: Path) -> None:
     """Forget the run in `folder` (checkpoints, metrics, configuration, phase record), and nothing else."""
-    import shutil
-
     for name in RUN_FOLDERS:
         shutil.rmtree(folder / name, ignore_errors=True)
     for name in RUN_FILES:
@@ -407,7 +405,7 @@ class _Loop:
             "train/batch_sequences": trainer.batch_sequences,
             "train/mlm_probability": trainer.mlm_probability,
         }
-        utilisation = sums["flops"] / seconds / trainer.peak if trainer.peak else None
+        utilisation = mfu(sums["flops"], seconds, trainer.peak)
         if utilisation is not None:
             record["train/mfu"] = utilisation
         self.last_metrics = record

@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+from safetensors.torch import load_file
 
+from neobert.model.flops import model_shapes, non_embedding_parameters, training_flops
 from neobert.model.heads import NeoBERTForMaskedLM
 from neobert.run_settings import check_resumed_settings
 from neobert.train import distributed as dist_utils
@@ -40,16 +42,10 @@ from neobert.train.checkpoint import (
 from neobert.train.config import PretrainConfig, batch_split
 from neobert.train.distributed import DistributedContext
 from neobert.train.evaluate import evaluate_mlm, masked_targets, model_inputs
-from neobert.train.metrics import (
-    MetricAccumulator,
-    batch_shape_stats,
-    forward_flops,
-    non_embedding_parameters,
-    peak_flops,
-)
+from neobert.train.metrics import MetricAccumulator, batch_shape_stats, peak_flops
 from neobert.train.optim import build_optimizer, build_scheduler, schedule_from
 from neobert.train.phase import PhaseStart, check_clock_left
-from neobert.train.precision import PrecisionChoice, model_shapes, resolve_precision
+from neobert.train.precision import PrecisionChoice, resolve_precision
 from neobert.train.ramp import mlm_probability_at
 
 
@@ -93,8 +89,6 @@ def initial_model(config: PretrainConfig) -> NeoBERTForMaskedLM:
 
 
 def _weights_from(path: str) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
     folder = Path(path)
     if not (folder / MANIFEST).exists() and (folder / "model.safetensors").is_file():
         return load_file(folder / "model.safetensors")  # an exported model folder: weights, no manifest
@@ -154,7 +148,7 @@ class Trainer:
         self.wrapped = dist_utils.wrap_model(model, context, system.distributed)
         self.model = torch.compile(self.wrapped) if train.compile else self.wrapped
         self.strategy = dist_utils.resolve_strategy(system.distributed, context)
-        self.optimizer = build_optimizer(self.wrapped, train)
+        self.optimizer = build_optimizer(self.wrapped, **train.adamw_settings())
         self.schedule = schedule_from(train, config.total_steps())
         self.scheduler = build_scheduler(self.optimizer, self.schedule)
         self.loader = make_loader(config, self.micro_batch, context)
@@ -302,7 +296,7 @@ class Trainer:
         so a run resumed with another lr, weight decay or budget uses the new values (and an unchanged one
         continues exactly)."""
         train, budget = self.config.train, self.config.budget
-        reference = build_optimizer(self.wrapped, train)
+        reference = build_optimizer(self.wrapped, **train.adamw_settings())
         for group, wanted in zip(self.optimizer.param_groups, reference.param_groups, strict=True):
             group.update({k: v for k, v in wanted.items() if k not in ("params", "lr", "initial_lr")})
         fresh = schedule_from(train, self.config.total_steps())
@@ -387,10 +381,10 @@ class Trainer:
         for key in ("tokens", "slots", "masked"):
             self.metrics.add(key, sum(s[key] for s in stats))
         flops = sum(
-            forward_flops(self.model_config, s["tokens"], s["sum_sq"], s["masked"], self.parameters_for_flops)
+            training_flops(self.model_config, s["tokens"], s["sum_sq"], s["masked"], self.parameters_for_flops)
             for s in stats
         )
-        self.metrics.add("flops", 3.0 * flops)
+        self.metrics.add("flops", flops)
 
     def check_finite(self) -> None:
         """Raise if any step since the last check had a non-finite loss or gradient norm (reads one scalar)."""

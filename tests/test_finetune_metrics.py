@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 from sklearn import metrics as sk
 
-from neobert.eval import metrics
+from neobert.finetune import metrics
 
 LABELS = [0, 1, 1, 0, 1, 1, 0, 0, 1, 0]
 PREDICTIONS = [0, 1, 0, 0, 1, 1, 1, 0, 1, 1]
