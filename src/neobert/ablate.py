@@ -11,9 +11,10 @@ import json
 import math
 import shutil
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -150,9 +151,7 @@ def select_rows(names: list[str] | None) -> list[Row]:
 
 def unknown_keys(row: Row) -> list[str]:
     """The keys among `row.needs` that this build's config does not have."""
-    from dataclasses import fields
-
-    from neobert.train import config as train_config
+    from neobert.train import config as train_config  # torch: not imported until a ladder runs
 
     sections = {"data": train_config.DataSection, "train": train_config.TrainSection}
     known = {section: {field.name for field in fields(cls)} for section, cls in sections.items()}
@@ -223,7 +222,7 @@ def run_one(row: Row, settings: LadderSettings, seed: int, log: Callable[[str], 
 
     config = row_config(row, settings, seed)
     out = Path(config.system.output_dir)
-    record: dict[str, Any] = {"row": row.name, "seed": seed, "steps": config.budget.steps}
+    record: dict[str, Any] = {"row": row.name, "seed": seed, "steps": config.total_steps()}
     try:
         # A run an earlier ladder left part-way continues from its checkpoint (bit for bit); else it starts.
         result = pretrain(config, make_loader, make_eval_batches, resume=True)
@@ -351,7 +350,6 @@ def _run_rows(rows: list[Row], settings: LadderSettings, log: Callable[[str], No
 def code_commit() -> str | None:
     """The commit of the checkout this package is imported from, "+dirty" when it has uncommitted changes;
     None outside a git checkout."""
-    import subprocess
 
     here = Path(__file__).resolve().parent
     try:

@@ -10,6 +10,7 @@ finished blocks without tokenising them.
 from __future__ import annotations
 
 import itertools
+import json
 import multiprocessing
 import os
 import shutil
@@ -228,8 +229,6 @@ def _record_path(root: Path, index: int) -> Path:
 def _finished_blocks(root: Path, dtype: np.dtype) -> list[dict[str, Any]]:
     """Records of finished blocks whose shards still match their checksums, in order. A damaged block
     and every block after it are forgotten (their records removed), so they are prepared again."""
-    import json
-
     records, index = [], 0
     while _record_path(root, index).is_file():
         path = _record_path(root, index)
@@ -336,8 +335,6 @@ def replace_other_preparation(
 
 def _check_out_folder(out: Path, plan: dict[str, Any], overwrite: bool) -> bool:
     """Makes `out` ready for this plan; returns True when a finished corpus for the same plan is there."""
-    import json
-
     plan_path = out / PLAN
     if plan_path.is_file():
         previous = json.loads(plan_path.read_text(encoding="utf-8"))
