@@ -10,13 +10,21 @@ from conftest import run_quick_benchmark
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from bench_common import MIN_CORES  # noqa: E402
 
+try:
+    import openvino  # noqa: F401
+
+    OPENVINO_ROUTES = ["neobert.encode (OpenVINO fp32)", "neobert.encode (OpenVINO int8)"]
+except ImportError:  # the benchmark leaves its routes out
+    OPENVINO_ROUTES = []
 ROUTES = [
     "neobert.encode (packed)",
     "neobert.encode (padded)",
     "neobert.encode (ONNX int8)",
+    *OPENVINO_ROUTES,
     "SentenceTransformer(NeoBERT)",
     "SentenceTransformer(ModernBertModel)",
 ]
+RUNTIME_ROUTES = ["neobert.encode (ONNX int8)", *OPENVINO_ROUTES]
 
 
 def test_quick_encode_benchmark_writes_every_figure(tmp_path):
@@ -37,12 +45,34 @@ def test_quick_encode_benchmark_writes_every_figure(tmp_path):
     cosine = report["cosine_to_float32"]
     assert cosine["sentence_transformers_max_abs_diff"] < 1e-5  # the same model through sentence-transformers
     assert 0.99 < cosine["onnx_int8_min"] < 1.0 + 1e-6
-    assert [t["name"] for t in report["targets"]] == [
+    if OPENVINO_ROUTES:
+        assert cosine["openvino_min"] > 1 - 1e-6  # fp32: the same vectors
+        assert 0.99 < cosine["openvino_int8_min"] < 1.0 + 1e-6
+    best = report["best_route"]
+    assert best["route"] in ROUTES and best["cosine_min"] >= 0.999
+    eligible = [
+        name for name in ROUTES[:-2] if name not in ("neobert.encode (ONNX int8)", "neobert.encode (OpenVINO int8)")
+    ]
+    eligible += [
+        name
+        for name, key in (
+            ("neobert.encode (ONNX int8)", "onnx_int8"),
+            ("neobert.encode (OpenVINO int8)", "openvino_int8"),
+        )
+        if name in ROUTES and cosine[f"{key}_min"] >= 0.999
+    ]
+    assert best["texts_per_s"] == max(report["rows"][name]["texts_per_s"] for name in eligible)
+    reference = report["rows"]["SentenceTransformer(NeoBERT)"]["texts_per_s"]
+    speedup, *others = report["targets"]
+    assert speedup["name"].startswith(f"best CPU route with cosine >= 0.999 ({best['route']})")
+    assert speedup["value"] == pytest.approx(best["texts_per_s"] / reference, rel=1e-12)
+    assert speedup["target"] == 3.0 and speedup["passed"] == (speedup["value"] >= 3.0)
+    assert f"{speedup['name']}: {speedup['value']:.2f}x" in stdout and "load average" in stdout
+    assert [t["name"] for t in others] == [
         "encode (float32) / SentenceTransformer, same model",
         "encode (ONNX int8) / SentenceTransformer, same model",
     ]
-    reference = report["rows"]["SentenceTransformer(NeoBERT)"]["texts_per_s"]
-    for item, route in zip(report["targets"], ["neobert.encode (packed)", "neobert.encode (ONNX int8)"], strict=True):
+    for item, route in zip(others, ["neobert.encode (packed)", "neobert.encode (ONNX int8)"], strict=True):
         assert item["value"] == pytest.approx(report["rows"][route]["texts_per_s"] / reference, rel=1e-12)
         assert item["target"] == 1.5 and item["passed"] == (item["value"] >= 1.5)
         assert f"{item['name']}: {item['value']:.2f}x" in stdout
@@ -53,8 +83,10 @@ def test_quick_encode_benchmark_reports_the_torch_routes_in_bf16_too(tmp_path):
     report, stdout = run_quick_benchmark("encode_throughput.py", tmp_path / "encode.json")
     peaks = {"fp32": report["peak"]["gflops"], "bf16": report["peak_bf16"]["gflops"]}
     assert report["peak"]["precision"] == "fp32" and report["peak_bf16"]["precision"] == "bf16"
-    assert [r["precision"] for r in report["rows"].values()] == ["fp32", "fp32", "int8", "fp32", "fp32"]
-    torch_routes = [name for name in ROUTES if name != "neobert.encode (ONNX int8)"]
+    assert [r["precision"] for r in report["rows"].values()] == [
+        "int8" if name.endswith("int8)") else "fp32" for name in ROUTES
+    ]
+    torch_routes = [name for name in ROUTES if name not in RUNTIME_ROUTES]
     assert list(report["rows_bf16"]) == torch_routes
     assert all(row["precision"] == "bf16" for row in report["rows_bf16"].values())
     assert "percent_of_peak" not in report["rows"]["neobert.encode (ONNX int8)"]  # int8 has no such peak

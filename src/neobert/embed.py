@@ -23,7 +23,7 @@ import torch
 
 POOLINGS = ("mean", "cls", "max")
 PRECISIONS = ("float32", "int8", "binary")
-BACKENDS = ("torch", "onnx", "onnx-int8")
+BACKENDS = ("torch", "onnx", "onnx-int8", "openvino", "openvino-int8")
 ST_CONFIG = "config_sentence_transformers.json"
 ST_MODULES = "modules.json"
 # Older sentence-transformers write one flag per mode instead of `pooling_mode`.
@@ -38,7 +38,8 @@ _ST_POOLING_FLAGS = {
 class Embedder:
     """An encoder with what `encode` needs beside it: the tokenizer, the prompts stored with the model
     (sentence-transformers' `prompts`, e.g. {"query": "query: "}), the pooling stored with it (its
-    sentence-transformers Pooling module; None when there is none) and, for the ONNX backend, a session."""
+    sentence-transformers Pooling module; None when there is none) and, for the ONNX and OpenVINO backends, a
+    session (onnxruntime's, or `OpenVINOSession` answering the same `run`)."""
 
     model: Any
     tokenizer: Any
@@ -92,6 +93,11 @@ def load_embedder(path: str | Path, backend: str = "torch") -> Embedder:
     verify_model_folder(path)
     config = AutoConfig.from_pretrained(path)
     pooling = stored_pooling(path)
+    if backend.startswith("openvino"):
+        from neobert.openvino_backend import openvino_session
+
+        session = openvino_session(path, backend)
+        return Embedder(None, tokenizer, prompts, config.max_length, session, pooling)
     if backend != "torch":
         from neobert.onnx_export import onnx_session
 
@@ -258,8 +264,9 @@ def encode(
     `normalize`. `precision`: float32, int8 or binary (see `quantize`). `packed=False` pads instead; the
     vectors agree to float rounding either way and whatever `batch_size`. `backend`: "torch", or "onnx" /
     "onnx-int8" for a folder holding onnx/model.onnx / onnx/model_qint8.onnx (`neobert export-onnx [--int8]`; an
-    older export's model.onnx / model_int8.onnx is read too); the
-    ONNX backends pad their length-sorted batches.
+    older export's model.onnx / model_int8.onnx is read too), or "openvino" / "openvino-int8" for the same
+    graphs compiled by OpenVINO (`pip install 'neobert[openvino]'`, see `neobert.openvino_backend`); the
+    ONNX and OpenVINO backends pad their length-sorted batches.
     """
     if pooling is not None and pooling not in POOLINGS:
         raise ValueError(f"unknown pooling {pooling!r}; choose one of {POOLINGS}")

@@ -31,7 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backend",
         default="torch",
-        help="torch, onnx or onnx-int8 (needs onnx/model.onnx / onnx/model_qint8.onnx in --model, see export-onnx)",
+        help="torch, onnx, onnx-int8, openvino or openvino-int8 (the last four need onnx/model.onnx / "
+        "onnx/model_qint8.onnx in --model, see export --onnx; openvino needs pip install 'neobert[openvino]')",
     )
 
 
@@ -87,6 +88,7 @@ def save_npy_atomically(path: Path, array) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from neobert.embed import encode
+    from neobert.openvino_backend import OpenVINOMissing
 
     try:
         check_output(Path(args.output))
@@ -104,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
             precision=args.precision,
             backend=args.backend,
         )
-    except (ValueError, TypeError, FileNotFoundError, json.JSONDecodeError) as error:
+    except (ValueError, TypeError, FileNotFoundError, OpenVINOMissing, json.JSONDecodeError) as error:
         print(f"neobert encode: {error}", file=sys.stderr)
         return 2
     try:
