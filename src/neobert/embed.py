@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from neobert.openvino_backend import openvino_session
+
 POOLINGS = ("mean", "cls", "max")
 PRECISIONS = ("float32", "int8", "binary")
 BACKENDS = ("torch", "onnx", "onnx-int8", "openvino", "openvino-int8")
@@ -94,8 +96,6 @@ def load_embedder(path: str | Path, backend: str = "torch") -> Embedder:
     config = AutoConfig.from_pretrained(path)
     pooling = stored_pooling(path)
     if backend.startswith("openvino"):
-        from neobert.openvino_backend import openvino_session
-
         session = openvino_session(path, backend)
         return Embedder(None, tokenizer, prompts, config.max_length, session, pooling)
     if backend != "torch":

@@ -20,14 +20,10 @@ from pathlib import Path
 import torch
 
 from neobert.files import publish, write_bytes_atomically
+from neobert.onnx_files import ONNX_FILE, ONNX_INT8_FILE, onnx_path
 from neobert.run_lock import hold_beside, holding
 from neobert.train.checkpoint import MANIFEST, verify_model_folder
 
-ONNX_FILE = "onnx/model.onnx"
-ONNX_INT8_FILE = "onnx/model_qint8.onnx"
-ONNX_FILES = {"onnx": ONNX_FILE, "onnx-int8": ONNX_INT8_FILE}
-# Where exports before the serving layout put the graphs; still read.
-LEGACY_ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model_int8.onnx"}
 INPUT_NAMES = ("input_ids", "attention_mask")
 OUTPUT_NAMES = ("last_hidden_state", "sentence_embedding")
 OPSET = 17
@@ -218,15 +214,6 @@ def quantize_onnx(folder: str | Path) -> Path:
         if os.path.exists(tmp.name):
             os.remove(tmp.name)
     return folder / ONNX_INT8_FILE
-
-
-def onnx_path(folder: str | Path, backend: str = "onnx") -> Path:
-    """The folder's graph for `backend`: onnx/model.onnx ("onnx") or onnx/model_qint8.onnx ("onnx-int8"), else
-    the older export's model.onnx / model_int8.onnx; the new path (absent) when there is neither."""
-    if backend not in ONNX_FILES:
-        raise ValueError(f"unknown ONNX backend {backend!r}; choose one of {tuple(ONNX_FILES)}")
-    current, legacy = Path(folder) / ONNX_FILES[backend], Path(folder) / LEGACY_ONNX_FILES[backend]
-    return legacy if legacy.is_file() and not current.is_file() else current
 
 
 def onnx_session(folder: str | Path, threads: int | None = None, backend: str = "onnx"):

@@ -14,6 +14,8 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+from neobert.onnx_files import onnx_path
+
 OPENVINO_BACKENDS = {"openvino": "onnx", "openvino-int8": "onnx-int8"}  # the ONNX graph each one reads
 _CACHE_SIZE = 4
 _compiled: OrderedDict[tuple, Any] = OrderedDict()
@@ -49,8 +51,6 @@ def import_openvino():
 def openvino_session(folder: str | Path, backend: str = "openvino", threads: int | None = None) -> OpenVINOSession:
     """The folder's ONNX graph for `backend` compiled by OpenVINO for the CPU (from the cache when the same
     graph file, unchanged, was compiled before with the same `threads`)."""
-    from neobert.onnx_export import onnx_path
-
     if backend not in OPENVINO_BACKENDS:
         raise ValueError(f"unknown OpenVINO backend {backend!r}; choose one of {tuple(OPENVINO_BACKENDS)}")
     path = onnx_path(folder, OPENVINO_BACKENDS[backend])
