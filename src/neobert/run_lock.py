@@ -61,15 +61,7 @@ def hold_folder(folder: str | os.PathLike, option: str = "the output folder") ->
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_FILE
-    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(descriptor)
-        raise FolderInUse(
-            f"{option} {folder} is in use by {_holder_description(path)}; wait for it to end, stop it, "
-            "or choose another folder"
-        ) from None
+    descriptor = _lock_file(path, f"{option} {folder}")
     try:
         _name_holder(descriptor)
         yield folder
