@@ -85,10 +85,42 @@ def library_sdpa(folder, **inputs):
 
 
 def test_the_configurations_choices_are_the_registrys_keys():
-    assert BACKENDS == tuple(ATTENTION_FUNCTIONS) == ATTENTION_BACKENDS
+    assert tuple(BACKENDS) == tuple(ATTENTION_FUNCTIONS) == tuple(ATTENTION_BACKENDS)
     assert set(BACKENDS) == {"sdpa", "eager", "flex_attention", "flash_attention_2"}
     with pytest.raises(ValueError, match="model.attention must be one of"):
         ModelSection(attention="bogus")
+
+
+def test_a_backend_added_to_the_registry_is_a_choice_everywhere(folder, monkeypatch):
+    """A new backend is one entry in ATTENTION_FUNCTIONS: the training configuration takes its name, and the
+    model takes it at load, at construction and at run time (transformers' own check would refuse a name it
+    has no function for), then runs it in every layer."""
+    calls = []
+
+    def counted_sdpa(module, *args, **kwargs):
+        calls.append(module.layer_idx)
+        return ATTENTION_FUNCTIONS["sdpa"](module, *args, **kwargs)
+
+    name = "neobert_counted_sdpa"
+    with pytest.raises(ValueError, match="model.attention must be one of"):
+        ModelSection(attention=name)
+    with pytest.raises(ValueError, match="is not supported"):
+        AutoModel.from_pretrained(folder, attn_implementation=name)
+    monkeypatch.setitem(ATTENTION_FUNCTIONS, name, counted_sdpa)
+    assert name in BACKENDS and name not in ALL_ATTENTION_FUNCTIONS.valid_keys()
+    section = ModelSection(preset="tiny", attention=name)
+    assert neobert.NeoBERTModel(section.neobert_config()).config._attn_implementation == name
+    ids, mask = padded_batch()
+    reference = library_sdpa(folder, input_ids=ids, attention_mask=mask)
+    switched = AutoModel.from_pretrained(folder).eval()
+    switched.set_attn_implementation(name)
+    for model in (AutoModel.from_pretrained(folder, attn_implementation=name).eval(), switched):
+        assert model.config._attn_implementation == name
+        calls.clear()
+        with torch.no_grad():
+            hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        assert calls == list(range(model.config.num_hidden_layers))
+        torch.testing.assert_close(hidden, reference, atol=1e-5, rtol=1e-5)
 
 
 def test_the_model_declares_what_the_transformers_backends_check():

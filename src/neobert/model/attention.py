@@ -22,6 +22,8 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.flex_attention import create_block_mask
+from torch.nn.attention.flex_attention import flex_attention as flex_attention_kernel
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
@@ -49,6 +51,11 @@ def attention(
     function = registered_with_transformers(name)
     mask, boundaries = _transformers_mask(module.config, q, layout)
     return function(module, query, key, value, mask, **fixed, **boundaries, **kwargs)
+
+
+def known_only_here(name: str | None) -> bool:
+    """Whether `name` is a backend of ATTENTION_FUNCTIONS that transformers has no function of its own for."""
+    return name in ATTENTION_FUNCTIONS and name != "eager" and name not in ALL_ATTENTION_FUNCTIONS.valid_keys()
 
 
 def registered_with_transformers(name: str) -> Callable:
@@ -248,15 +255,11 @@ def _length_groups(
 
 @functools.cache
 def _compiled_flex_attention():
-    from torch.nn.attention.flex_attention import flex_attention as kernel
-
-    return torch.compile(kernel, dynamic=False)
+    return torch.compile(flex_attention_kernel, dynamic=False)
 
 
 def _block_mask(layout: AttentionLayout, device: torch.device):
     if "block_mask" not in layout.cache:
-        from torch.nn.attention.flex_attention import create_block_mask
-
         if layout.packed:
             docs = layout.document_ids()
 
@@ -305,11 +308,12 @@ def flash_varlen(q, k, v, layout: AttentionLayout, scale: float | None = None) -
     return full.view(batch, length, heads, dim)
 
 
-# The backends, by `attn_implementation` name; the configuration's choices are its keys.
+# The backends, by `attn_implementation` name. BACKENDS, the configuration's choices, is a live view of the
+# keys, so a backend added here (in this file or at run time) is a valid `model.attention` at once.
 ATTENTION_FUNCTIONS: dict[str, Callable] = {
     "sdpa": sdpa_attention,
     "eager": eager_attention,
     "flex_attention": flex_attention,
     "flash_attention_2": flash_attention,
 }
-BACKENDS = tuple(ATTENTION_FUNCTIONS)
+BACKENDS = ATTENTION_FUNCTIONS.keys()

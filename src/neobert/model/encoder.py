@@ -17,7 +17,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput
 
 from neobert.config import NeoBERTConfig
-from neobert.model.attention import attention
+from neobert.model.attention import attention, known_only_here
 from neobert.model.inputs import AttentionLayout, build_layout
 from neobert.model.layers import RotaryTable, apply_rotary, make_ffn, make_norm
 
@@ -83,6 +83,12 @@ class NeoBERTPreTrainedModel(PreTrainedModel):
     # Writes this model's code into a folder as remote code and points the config at it; installed by
     # `import neobert` (neobert.remote_code). The generated remote code has none: transformers copies it.
     code_writer = None
+
+    def get_correct_attn_implementation(self, requested_attention: str | None, is_init_check: bool = False) -> str:
+        # transformers refuses a name it has no function for; a backend of this model's own registry is valid.
+        if known_only_here(requested_attention):
+            return requested_attention
+        return super().get_correct_attn_implementation(requested_attention, is_init_check)
 
     def save_pretrained(self, save_directory, *args, self_contained: bool | None = None, **kwargs) -> None:
         """`self_contained=True` also writes the model code into the folder (transformers remote code), so it
