@@ -15,51 +15,29 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-# public name -> (module, attribute in it)
+# public name -> (module, attribute in it). The model classes are public names too, without a line here:
+# whatever `neobert.model` exports (the head registry, neobert.model.heads.HEADS) is looked up there on use.
 _LAZY: dict[str, tuple[str, str]] = {
     "PRESETS": ("neobert.config", "PRESETS"),
     "NeoBERTConfig": ("neobert.config", "NeoBERTConfig"),
     "encode": ("neobert.embed", "encode"),
     "load_embedder": ("neobert.embed", "load_embedder"),
-    "NeoBERTForMaskedLM": ("neobert.model", "NeoBERTForMaskedLM"),
-    "NeoBERTForSequenceClassification": ("neobert.model", "NeoBERTForSequenceClassification"),
-    "NeoBERTForTokenClassification": ("neobert.model", "NeoBERTForTokenClassification"),
-    "NeoBERTModel": ("neobert.model", "NeoBERTModel"),
-    "NeoBERTPreTrainedModel": ("neobert.model", "NeoBERTPreTrainedModel"),
     "load_tokenizer": ("neobert.tokenizer", "load_tokenizer"),
     # The released remote code's class names, for users coming from `trust_remote_code`.
     "NeoBERT": ("neobert.model", "NeoBERTModel"),
     "NeoBERTLMHead": ("neobert.model", "NeoBERTForMaskedLM"),
 }
+# Every model class is named so: another missing name fails without importing torch to look for it.
+_MODEL_CLASS_PREFIX = "NeoBERT"
 
-__all__ = [
-    "PRESETS",
-    "encode",
-    "load_embedder",
-    "NeoBERT",
-    "NeoBERTConfig",
-    "NeoBERTForMaskedLM",
-    "NeoBERTForSequenceClassification",
-    "NeoBERTForTokenClassification",
-    "NeoBERTLMHead",
-    "NeoBERTModel",
-    "NeoBERTPreTrainedModel",
-    "load_tokenizer",
-]
-
-if TYPE_CHECKING:
-    from neobert.config import PRESETS, NeoBERTConfig
-    from neobert.embed import encode, load_embedder
-    from neobert.model import (
-        NeoBERTForMaskedLM,
-        NeoBERTForSequenceClassification,
-        NeoBERTForTokenClassification,
-        NeoBERTModel,
-        NeoBERTPreTrainedModel,
-    )
-    from neobert.model import NeoBERTForMaskedLM as NeoBERTLMHead
-    from neobert.model import NeoBERTModel as NeoBERT
-    from neobert.tokenizer import load_tokenizer
+if TYPE_CHECKING:  # what type checkers see of `_LAZY` (the model classes reach them through `__getattr__`)
+    from neobert.config import PRESETS as PRESETS
+    from neobert.config import NeoBERTConfig as NeoBERTConfig
+    from neobert.embed import encode as encode
+    from neobert.embed import load_embedder as load_embedder
+    from neobert.model import NeoBERTForMaskedLM as NeoBERTLMHead  # noqa: F401
+    from neobert.model import NeoBERTModel as NeoBERT  # noqa: F401
+    from neobert.tokenizer import load_tokenizer as load_tokenizer
 
 
 def register_auto_classes() -> None:
@@ -70,17 +48,26 @@ def register_auto_classes() -> None:
 
 
 def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
+    if name == "__all__":  # the public names, the model classes included
+        value = [*_LAZY, *_model_classes().__all__]
+    elif name in _LAZY:
+        module_name, attribute = _LAZY[name]
+        value = getattr(importlib.import_module(module_name), attribute)
+    elif name.startswith(_MODEL_CLASS_PREFIX) and name in _model_classes().__all__:
+        value = getattr(_model_classes(), name)
+    else:
         raise AttributeError(f"module 'neobert' has no attribute {name!r}")
-    module_name, attribute = _LAZY[name]
-    value = getattr(importlib.import_module(module_name), attribute)
     register_auto_classes()
     globals()[name] = value
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+    return sorted({*globals(), *__getattr__("__all__")})
+
+
+def _model_classes():
+    return importlib.import_module("neobert.model")
 
 
 # The modules registration imports. While one of them is half-way through its own import, registering

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import ast
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from neobert.config import CODE_FORMAT_VERSION
+from neobert.config import CODE_FORMAT_VERSION, NeoBERTConfig
 
 CONFIG_FILE = "configuration_neobert.py"
 MODEL_FILE = "modeling_neobert.py"
@@ -31,13 +31,6 @@ MODEL_SOURCES = (
 )
 PACKAGE = "neobert"
 
-AUTO_MAP = {
-    "AutoConfig": "configuration_neobert.NeoBERTConfig",
-    "AutoModel": "modeling_neobert.NeoBERTModel",
-    "AutoModelForMaskedLM": "modeling_neobert.NeoBERTForMaskedLM",
-    "AutoModelForSequenceClassification": "modeling_neobert.NeoBERTForSequenceClassification",
-    "AutoModelForTokenClassification": "modeling_neobert.NeoBERTForTokenClassification",
-}
 # What the generated files may import: the interpreter's own modules and these packages.
 ALLOWED_PACKAGES = ("torch", "transformers")
 
@@ -66,14 +59,22 @@ def generate(root: str | Path | None = None) -> dict[str, str]:
     }
 
 
-def write_remote_code(folder: str | Path, config: Any) -> None:
-    """Writes the two files into `folder` and points `config` at them (`auto_map`, `neobert_code_version`),
-    so that the config.json saved next gives transformers the way to the code."""
+def auto_map(model_classes: Mapping[str, str]) -> dict[str, str]:
+    """The config's `auto_map` for the generated files: `model_classes` maps each transformers Auto class
+    name to the model class it loads (model/hf.py gives the head registry's)."""
+    classes = {"AutoConfig": f"{Path(CONFIG_FILE).stem}.{NeoBERTConfig.__name__}"}
+    classes.update((auto, f"{Path(MODEL_FILE).stem}.{name}") for auto, name in model_classes.items())
+    return classes
+
+
+def write_remote_code(folder: str | Path, config: Any, model_classes: Mapping[str, str]) -> None:
+    """Writes the two files into `folder` and points `config` at them (`auto_map` from `model_classes`, see
+    `auto_map`, and `neobert_code_version`), so that the config.json saved next leads transformers to the code."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for name, text in generate().items():
         (folder / name).write_text(text, encoding="utf-8")
-    config.auto_map = dict(AUTO_MAP)
+    config.auto_map = auto_map(model_classes)
     config.neobert_code_version = CODE_FORMAT_VERSION
 
 

@@ -83,6 +83,9 @@ class NeoBERTPreTrainedModel(PreTrainedModel):
     # Writes this model's code into a folder as remote code and points the config at it; installed by
     # `import neobert` (neobert.remote_code). The generated remote code has none: transformers copies it.
     code_writer = None
+    # The layers a task head adds on the pre-trained model: they start untrained (initialised as a classifier),
+    # and under LoRA they are trained whole and saved beside the adapter (PEFT's `modules_to_save`).
+    head_layers: tuple[str, ...] = ()
 
     def get_correct_attn_implementation(self, requested_attention: str | None, is_init_check: bool = False) -> str:
         # transformers refuses a name it has no function for; a backend of this model's own registry is valid.
@@ -116,8 +119,8 @@ class NeoBERTPreTrainedModel(PreTrainedModel):
         # the embedding uniform too (its padding row included), norms at one; task heads normal(0, r_cls).
         config = self.config
         # transformers calls this with `self` the innermost PreTrainedModel owning `module`, so a task
-        # head's `pre_classifier` / `classifier` are recognised as attributes of `self`.
-        is_task_head = any(module is getattr(self, name, None) for name in ("pre_classifier", "classifier"))
+        # head's layers (`pre_classifier` / `classifier`) are recognised as attributes of `self`.
+        is_task_head = any(module is getattr(self, name, None) for name in self.head_layers)
         if isinstance(module, nn.Linear):
             if is_task_head:
                 init.normal_(module.weight, 0.0, config.classifier_init_range)

@@ -1,4 +1,5 @@
-"""Task heads on the NeoBERT encoder: masked LM, sequence classification, token classification."""
+"""Task heads on the NeoBERT encoder (masked LM, sequence classification, token classification) and `HEADS`,
+the registry of every model class "neobert" offers: the one place a new head is declared."""
 
 from __future__ import annotations
 
@@ -177,6 +178,7 @@ class NeoBERTForSequenceClassification(NeoBERTPreTrainedModel):
     """
 
     _keys_to_ignore_on_load_unexpected = [r"^decoder\."]
+    head_layers = ("pre_classifier", "classifier")
     # Read by PEFT when it loads an adapter: one saved before the rename names the layer `dense`.
     _checkpoint_conversion_mapping = {rf"^{RELEASED_HEAD_NAME}\.": f"{HEAD_NAME}."}
 
@@ -244,6 +246,7 @@ class NeoBERTForTokenClassification(NeoBERTPreTrainedModel):
     """A per-token linear classifier (for NER and tagging); not part of the release."""
 
     _keys_to_ignore_on_load_unexpected = [r"^decoder\."]
+    head_layers = ("classifier",)
 
     def __init__(self, config: NeoBERTConfig):
         super().__init__(config)
@@ -290,3 +293,27 @@ class NeoBERTForTokenClassification(NeoBERTPreTrainedModel):
                 ignore_index=IGNORE_INDEX,
             )
         return _as_output(return_dict, self.config, TokenClassifierOutput, loss, logits, encoded)
+
+
+@dataclass(frozen=True)
+class Head:
+    """How a model class is reached from outside this file. Its new layers, which start untrained, are the
+    class's own `head_layers`."""
+
+    model_class: type[NeoBERTPreTrainedModel]
+    auto_class: str  # the name of the transformers Auto class that loads it
+    peft_task: str | None  # PEFT's `task_type` for LoRA on it; None where none of PEFT's fits
+
+
+# Every model class "neobert" offers, by class name. The Auto classes' registration (model/hf.py), the
+# `auto_map` of exported remote code, LoRA's task types and saved layers (lora.py) and the public names of
+# `neobert.model` and `neobert` are all read from here: a new head is its class above and a row here.
+HEADS: dict[str, Head] = {
+    head.model_class.__name__: head
+    for head in (
+        Head(NeoBERTModel, "AutoModel", "FEATURE_EXTRACTION"),
+        Head(NeoBERTForMaskedLM, "AutoModelForMaskedLM", None),
+        Head(NeoBERTForSequenceClassification, "AutoModelForSequenceClassification", "SEQ_CLS"),
+        Head(NeoBERTForTokenClassification, "AutoModelForTokenClassification", "TOKEN_CLS"),
+    )
+}
