@@ -25,6 +25,7 @@ from embed_helpers import exported_model
 from neobert.cli import main
 from neobert.config import CODE_FORMAT_VERSION
 from neobert.embed import encode
+from neobert.model.heads import HEADS
 from neobert.remote_code import CONFIG_FILE, MODEL_FILE, RemoteCodeError, generate, package_root
 
 pytest.importorskip("sentence_transformers")
@@ -176,6 +177,12 @@ def test_re_exporting_an_older_folder_gives_it_the_current_code(folders, tmp_pat
     rewritten = AutoModelForMaskedLM.from_pretrained(tmp_path / "new").state_dict()
     assert original.keys() == rewritten.keys()
     assert all(torch.equal(original[key], rewritten[key]) for key in original)
+
+
+def test_every_registered_class_is_loaded_through_the_remote_code(folders):
+    """The folders above exercise each row of the head registry: a new head must be added to them."""
+    assert sorted(auto for _, auto in folders.values()) == sorted(head.auto_class for head in HEADS.values())
+    assert set(LIBRARY_CLASSES) == {auto for _, auto in folders.values()}
 
 
 def test_the_folder_keeps_the_released_layout(folders):

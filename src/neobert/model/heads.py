@@ -305,9 +305,10 @@ class Head:
     peft_task: str | None  # PEFT's `task_type` for LoRA on it; None where none of PEFT's fits
 
 
-# Every model class "neobert" offers, by class name. The Auto classes' registration (model/hf.py), the
-# `auto_map` of exported remote code, LoRA's task types and saved layers (lora.py) and the public names of
-# `neobert.model` and `neobert` are all read from here: a new head is its class above and a row here.
+# Every model class "neobert" offers, by class name (each named NeoBERT...: only such names are looked up here
+# by `neobert`). The Auto classes' registration (model/hf.py), the `auto_map` of exported remote code, LoRA's
+# task types and saved layers (lora.py) and the public names of `neobert.model` and `neobert` are all read
+# from here: a new head is its class above (its new layers named in `head_layers`) and a row here.
 HEADS: dict[str, Head] = {
     head.model_class.__name__: head
     for head in (
