@@ -326,9 +326,11 @@ class DatasetSource(Source):
         path: Path | None = None,
         name: str | None = None,
         config: str | None = None,
+        split_flag: str | None = "--split",
     ):
         super().__init__(spec, options)
         self.path, self.name, self.config = path, name, config
+        self.split_flag = split_flag  # the option that chooses the split, named when it is missing
         self.kind = "datasets-disk" if path is not None else "datasets-hub"
 
     def describe(self) -> dict[str, Any]:
@@ -359,7 +361,8 @@ class DatasetSource(Source):
             raise DataError(f"{self.path}: a folder that is not a saved `datasets` dataset ({first})") from None
         if isinstance(dataset, datasets.DatasetDict):
             if split not in dataset:
-                raise DataError(f"{self.path}: no split {split!r}; it has {', '.join(dataset)}")
+                hint = f"; use {self.split_flag}" if self.split_flag else ""
+                raise DataError(f"{self.path}: no split {split!r}; it has {', '.join(dataset)}{hint}")
             dataset = dataset[split]
         return dataset
 
@@ -403,14 +406,14 @@ class DataSpec:
     name: str | None = None
     config: str | None = None
 
-    def dataset(self, options: ReaderOptions) -> DatasetSource:
+    def dataset(self, options: ReaderOptions, split_flag: str | None = "--split") -> DatasetSource:
         """The dataset a "hub" or "saved" spec names; DataError for another folder."""
         if self.kind not in ("hub", "saved"):
             raise DataError(
                 f"{self.path or self.spec}: a folder that is not a saved `datasets` dataset "
                 "(it holds neither dataset_dict.json nor state.json with dataset_info.json)"
             )
-        return DatasetSource(self.spec, options, path=self.path, name=self.name, config=self.config)
+        return DatasetSource(self.spec, options, self.path, self.name, self.config, split_flag)
 
 
 def parse_spec(spec: str) -> DataSpec:

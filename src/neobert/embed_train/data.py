@@ -53,7 +53,7 @@ def read_pairs(source: str | Path) -> list[Pair]:
     text = str(source)
     spec = parse_spec(text)
     if spec.kind in ("hub", "saved", "folder"):
-        records = spec.dataset(ReaderOptions(hf_split="train")).records()
+        records = spec.dataset(ReaderOptions(hf_split="train"), split_flag=None).records()
         return [pair_from_record(row, f"{text}[{i}]") for i, row in enumerate(records)]
     path = spec.path if spec.kind == "file" else Path(text)
     if not path.is_file():

@@ -59,7 +59,7 @@ def read_rows(source: str | os.PathLike, split: str = "train") -> list[dict[str,
     try:
         spec = parse_spec(str(source))
         if spec.kind in ("hub", "saved", "folder"):
-            return list(spec.dataset(ReaderOptions(hf_split=split)).records())
+            return list(spec.dataset(ReaderOptions(hf_split=split), split_flag=None).records())
     except DataError as error:
         raise FinetuneDataError(str(error)) from None
     path = spec.path if spec.kind == "file" else Path(source)
