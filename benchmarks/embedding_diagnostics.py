@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from neobert.pooling import pool_padded
+
 BATCH = 64
 
 
@@ -44,10 +46,9 @@ def pooled_by_layer(model, tokenizer, texts: list[str], max_length: int = 128) -
             [texts[i] for i in chunk], truncation=True, max_length=max_length, padding=True, return_tensors="pt"
         )
         out = model(**{k: encoded[k] for k in ("input_ids", "attention_mask")}, output_hidden_states=True)
-        mask = encoded["attention_mask"].unsqueeze(-1).float()
         states = out.hidden_states
         for name, hidden in (("embeddings", states[0]), ("middle", states[len(states) // 2]), ("final", states[-1])):
-            parts.setdefault(name, []).append(((hidden.float() * mask).sum(1) / mask.sum(1)).numpy())
+            parts.setdefault(name, []).append(pool_padded(hidden.float(), encoded["attention_mask"], "mean").numpy())
     inverse = np.argsort(np.asarray(order))
     return {name: np.concatenate(chunks)[inverse] for name, chunks in parts.items()}
 

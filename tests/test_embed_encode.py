@@ -6,7 +6,8 @@ import torch
 
 from conftest import small_config
 from neobert import NeoBERTModel
-from neobert.embed import Embedder, encode, pool_packed, pool_padded
+from neobert.embed import Embedder, encode
+from neobert.pooling import pool_packed, pool_padded
 
 TEXTS = [
     "the quick brown fox jumps over the lazy dog",

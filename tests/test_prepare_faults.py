@@ -19,8 +19,9 @@ import pytest
 
 from data_helpers import WORDS, sample_texts, write_jsonl
 from neobert.cli import main
-from neobert.data import sources
-from neobert.data.sources import DocumentCutter, ReaderOptions, TextFileSource, resolve_sources
+from neobert.data import plain_text, sources
+from neobert.data.plain_text import DocumentCutter
+from neobert.data.sources import ReaderOptions, TextFileSource, resolve_sources
 from round3_helpers import one_line_error
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -196,7 +197,7 @@ def _awkward_text(rng: random.Random) -> bytes:
 @pytest.mark.parametrize("unit", ["blank_line", "line", "file"])
 def test_reading_in_parts_gives_the_documents_and_cuts_of_reading_whole(tmp_path, monkeypatch, unit):
     # Parts of 7 bytes split lines, words and multi-byte characters (café, naïve) everywhere.
-    monkeypatch.setattr(sources, "LINE_PART_BYTES", 7)
+    monkeypatch.setattr(plain_text, "LINE_PART_BYTES", 7)
     rng = random.Random(unit)
     for trial in range(60):
         path = tmp_path / f"text-{trial}.txt"
@@ -214,7 +215,7 @@ def test_reading_in_parts_gives_the_documents_and_cuts_of_reading_whole(tmp_path
 
 
 def test_undecodable_lines_are_skipped_and_counted_when_read_in_parts(tmp_path, monkeypatch):
-    monkeypatch.setattr(sources, "LINE_PART_BYTES", 8)
+    monkeypatch.setattr(plain_text, "LINE_PART_BYTES", 8)
     path = tmp_path / "bad.txt"
     path.write_bytes(b"short ok\nbad \xff\n\nbegins well then \xff goes bad\nlast one\n")
     source = TextFileSource(path, ReaderOptions(text_unit="line"))
@@ -235,7 +236,7 @@ def test_a_one_line_file_is_cut_into_documents_reading_bounded_parts(tmp_path, m
         real_readline = handle.readline
 
         def readline(size=-1):
-            assert 0 < size <= sources.LINE_PART_BYTES  # never a whole line at once
+            assert 0 < size <= plain_text.LINE_PART_BYTES  # never a whole line at once
             line = real_readline(size)
             largest.append(len(line))
             return line
@@ -248,7 +249,7 @@ def test_a_one_line_file_is_cut_into_documents_reading_bounded_parts(tmp_path, m
     pieces = list(source.pieces(1_000_000))
     assert [piece for piece, _ in pieces] == _reference_cut(text, 1_000_000)
     assert [number for _, number in pieces] == list(range(len(pieces))) and len(pieces) >= 3
-    assert max(largest) == sources.LINE_PART_BYTES
+    assert max(largest) == plain_text.LINE_PART_BYTES
 
 
 RSS_SCRIPT = """

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from neobert.openvino_backend import openvino_session
+from neobert.pooling import POOLINGS, pool_padded, pooled_packed
 
-POOLINGS = ("mean", "cls", "max")
 PRECISIONS = ("float32", "int8", "binary")
 BACKENDS = ("torch", "onnx", "onnx-int8", "openvino", "openvino-int8")
 ST_CONFIG = "config_sentence_transformers.json"
@@ -159,27 +159,6 @@ def tokenize(embedder: Embedder, texts: list[str], limit: int) -> list[list[int]
     return ids
 
 
-def pool_packed(hidden: torch.Tensor, lengths: torch.Tensor, pooling: str) -> torch.Tensor:
-    """Pool (total tokens, dim) states of documents laid end to end with the given lengths."""
-    if pooling == "cls":
-        return hidden[torch.cumsum(lengths, 0) - lengths]
-    if pooling == "max":
-        return torch.stack([piece.amax(0) for piece in hidden.split(lengths.tolist())])
-    doc = torch.repeat_interleave(torch.arange(len(lengths), device=hidden.device), lengths)
-    sums = hidden.new_zeros(len(lengths), hidden.shape[-1]).index_add_(0, doc, hidden)
-    return sums / lengths[:, None].to(hidden.dtype)
-
-
-def pool_padded(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
-    """Pool (batch, length, dim) states over the positions where `mask` is 1."""
-    if pooling == "cls":
-        return hidden[:, 0]
-    keep = mask.bool()[..., None]
-    if pooling == "mean":
-        return (hidden * keep).sum(1) / keep.sum(1).to(hidden.dtype)
-    return hidden.masked_fill(~keep, float("-inf")).amax(1)
-
-
 def _pad(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(map(len, batch))
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
@@ -201,11 +180,7 @@ def embed_batch(embedder: Embedder, batch: list[list[int]], pooling: str, packed
     model = embedder.model
     device = next(model.parameters()).device
     if packed:
-        lengths = torch.tensor([len(tokens) for tokens in batch])
-        row = torch.tensor([t for tokens in batch for t in tokens], device=device)[None]
-        cu_seqlens = torch.nn.functional.pad(torch.cumsum(lengths, 0), (1, 0)).to(torch.int32)
-        hidden = model(input_ids=row, cu_seqlens=cu_seqlens, max_seqlen=int(lengths.max())).last_hidden_state
-        return pool_packed(hidden[0].float(), lengths.to(device), pooling)
+        return pooled_packed(model, batch, pooling, device)
     ids, mask = _pad(batch, pad_id)
     hidden = model(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
     return pool_padded(hidden.float(), mask.to(device), pooling)

@@ -13,11 +13,10 @@ from transformers import AutoModelForMaskedLM
 from neobert.config import NeoBERTConfig
 from neobert.errors import os_error_within
 from neobert.files import follow_umask
+from neobert.pooling import POOLINGS
 from neobert.run_lock import check_output_folder, hold_beside, holding
 from neobert.tokenizer import load_tokenizer
 from neobert.train.checkpoint import verify_model_folder
-
-POOLING_MODES = ("mean", "cls", "max")
 
 
 @holding(hold_beside, lambda arguments: arguments["out"])  # one writer at a time
@@ -35,8 +34,8 @@ def export_model(
     "document": ""}) are stored for sentence-transformers' `prompt_name=` and `neobert.embed.encode`.
     `with_code`: write the model code too (`trust_remote_code=True` then loads the folder without neobert);
     without it the folder loads only where neobert is imported."""
-    if pooling not in POOLING_MODES:
-        raise ValueError(f"pooling must be one of {POOLING_MODES}, got {pooling!r}")
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     source, out = Path(source), Path(out)
     if not (source / "config.json").is_file():
         raise FileNotFoundError(f"{source} holds no model (no config.json)")

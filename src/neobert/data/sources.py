@@ -11,10 +11,14 @@ A source spec is one of
 - `hf:NAME[:CONFIG]`: a Hugging Face hub dataset (or a local loading script or data folder), streamed
   with `datasets.load_dataset(..., streaming=True)`.
 
+`parse_spec` is the one reading of a spec: fine-tuning (`neobert.finetune.data.read_rows`) and contrastive
+training (`neobert.embed_train.data.read_pairs`) take it, and a dataset's whole records (`DatasetSource.records`),
+from here and pick their own columns.
+
 Readers yield one document (a string) at a time, so memory stays bounded whatever the corpus size; for
 `prepare`, `Source.pieces` yields documents already cut to a length, and plain text is read a bounded part of
-a line at a time, so a one-line file of any size takes no more memory than a piece (a JSON, CSV or Parquet
-record is still read whole).
+a line at a time (`neobert.data.plain_text`), so a one-line file of any size takes no more memory than a
+piece (a JSON, CSV or Parquet record is still read whole).
 Lines that are not valid UTF-8 are skipped and counted; an empty file or a missing text field is an error
 that names the file.
 """
@@ -22,7 +26,6 @@ that names the file.
 from __future__ import annotations
 
 import bz2
-import codecs
 import csv
 import glob
 import gzip
@@ -35,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from neobert.data.plain_text import cut_document, line_parts, text_pieces
 from neobert.data.shards import DataError
 
 TEXT_SUFFIXES = {".txt", ".text", ".md", ".rst"}
@@ -44,47 +48,6 @@ COMPRESSIONS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 TEXT_UNITS = ("blank_line", "line", "file")
 
 csv.field_size_limit(1 << 30)  # news articles and books exceed csv's default 128 KiB field limit
-LINE_PART_BYTES = 1 << 20  # plain text is read at most this much of a line at a time, however long the line
-
-
-class DocumentCutter:
-    """Cuts one document into pieces of at most `limit` characters, at whitespace where it can, as its text
-    arrives: the pieces cutting the whole text would give. A cut depends only on the `limit` characters before
-    it, so a piece can go as soon as more than `limit` characters of the finished document follow its start;
-    `strip_end` are the characters the finished document loses at its end (they may not count)."""
-
-    def __init__(self, limit: int, strip_end: str = ""):
-        self.limit, self.strip_end = limit, strip_end
-        self.parts: list[str] = []
-        self.size = 0
-        self.pieces = 0
-
-    def _piece(self, text: str) -> tuple[str, int]:
-        self.pieces += 1
-        return text, self.pieces - 1
-
-    def add(self, text: str) -> Iterator[tuple[str, int]]:
-        """The pieces that `text` completes, each with its number in the document (0 for the first)."""
-        self.parts.append(text)
-        self.size += len(text)
-        if self.size <= self.limit:
-            return
-        text = "".join(self.parts)
-        while len(text) > self.limit and len(text.rstrip(self.strip_end)) > self.limit:
-            cut = text.rfind(" ", self.limit // 2, self.limit)
-            cut = self.limit if cut <= 0 else cut
-            yield self._piece(text[:cut])
-            text = text[cut:]
-        self.parts, self.size = [text], len(text)
-
-    def finish(self) -> Iterator[tuple[str, int]]:
-        yield self._piece("".join(self.parts).rstrip(self.strip_end))
-
-
-def cut_document(text: str, limit: int) -> Iterator[tuple[str, int]]:
-    cutter = DocumentCutter(limit)
-    yield from cutter.add(text)
-    yield from cutter.finish()
 
 
 @dataclass(frozen=True)
@@ -222,72 +185,16 @@ class FileSource(Source):
 
 
 class TextFileSource(FileSource):
-    """Plain text, read a bounded part of a line at a time (a 200 MB one-line file took 3.2 GB before)."""
+    """Plain text, read a bounded part of a line at a time (see `neobert.data.plain_text`)."""
 
     kind = "text"
 
-    def line_parts(self) -> Iterator[tuple[str, bool]]:
-        """The decoded lines (with their line endings) in parts of at most `LINE_PART_BYTES` bytes, each with
-        whether it ends its line. A line that is not UTF-8 is skipped and counted; of a line longer than one
-        part, the parts from the undecodable one on are skipped (those before it were read already)."""
-        encoding = "utf-8-sig"  # the first line may start with a byte-order mark
-        decoder = None  # within a line longer than one part
-        with self.open_binary() as handle:
-            while raw := handle.readline(LINE_PART_BYTES):
-                ends = raw.endswith(b"\n") or len(raw) < LINE_PART_BYTES  # shorter: the line or the file ended
-                if decoder is None and ends:
-                    try:
-                        yield raw.decode(encoding), True
-                    except UnicodeDecodeError:
-                        self.counts.undecodable_lines += 1
-                    encoding = "utf-8"
-                    continue
-                if decoder is None:
-                    decoder, encoding = codecs.getincrementaldecoder(encoding)(), "utf-8"
-                    skipping = False
-                if not skipping:
-                    try:
-                        yield decoder.decode(raw, final=ends), ends
-                    except UnicodeDecodeError:
-                        self.counts.undecodable_lines += 1
-                        skipping = True
-                if skipping and ends:
-                    yield "", True
-                if ends:
-                    decoder = None
-            if decoder is not None:  # a long last line of whole parts, without a line end
-                try:
-                    yield ("" if skipping else decoder.decode(b"", final=True)), True
-                except UnicodeDecodeError:
-                    self.counts.undecodable_lines += 1
-                    yield "", True
-
     def pieces(self, limit: int) -> Iterator[tuple[str, int]]:
-        unit, found = self.options.text_unit, False
-        strip = "" if unit == "file" else "\r\n"
-        cutter: DocumentCutter | None = None  # the document being read
-        pending: list[str] = []  # parts not yet known to hold more than whitespace (file: the text so far)
-        line_has_text = False
-        for text, ends in self.line_parts():
-            if cutter is not None and (unit == "file" or line_has_text):
-                yield from cutter.add(text)
-            else:
-                pending.append(text)
-                if text.strip():
-                    line_has_text, found = True, True
-                    cutter = cutter or DocumentCutter(limit, strip)
-                    yield from cutter.add("".join(pending))
-                    pending.clear()
-            if ends:
-                # A line ends its document (line), or a blank line ends the paragraph (blank_line).
-                if unit != "file" and cutter is not None and (unit == "line" or not line_has_text):
-                    yield from cutter.finish()
-                    cutter = None
-                if unit != "file":
-                    pending.clear()
-                line_has_text = False
-        if cutter is not None:
-            yield from cutter.finish()
+        found = False
+        with self.open_binary() as handle:
+            for piece in text_pieces(line_parts(handle, self.counts), self.options.text_unit, limit):
+                found = True
+                yield piece
         if not found:
             raise self._no_text()
 
@@ -419,9 +326,11 @@ class DatasetSource(Source):
         path: Path | None = None,
         name: str | None = None,
         config: str | None = None,
+        split_flag: str | None = "--split",
     ):
         super().__init__(spec, options)
         self.path, self.name, self.config = path, name, config
+        self.split_flag = split_flag  # the option that chooses the split, named when it is missing
         self.kind = "datasets-disk" if path is not None else "datasets-hub"
 
     def describe(self) -> dict[str, Any]:
@@ -435,21 +344,30 @@ class DatasetSource(Source):
             identity["files"] = [[str(p.relative_to(self.path)), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
         return identity
 
-    def _dataset(self):
+    def _split(self):
+        """The dataset's split `options.hf_split`, every column."""
         import datasets
 
         split = self.options.hf_split
-        if self.path is not None:
-            dataset = datasets.load_from_disk(str(self.path))
-            if isinstance(dataset, datasets.DatasetDict):
-                if split not in dataset:
-                    raise DataError(f"{self.path}: no split {split!r} (splits: {', '.join(dataset)}); use --split")
-                dataset = dataset[split]
-        else:
+        if self.path is None:
             try:
-                dataset = datasets.load_dataset(self.name, self.config, split=split, streaming=True)
+                return datasets.load_dataset(self.name, self.config, split=split, streaming=True)
             except Exception as error:  # offline, unknown name, bad config: all surface as different types
                 raise DataError(f"{self.spec}: could not load the dataset ({type(error).__name__}: {error})") from error
+        try:
+            dataset = datasets.load_from_disk(str(self.path))
+        except (FileNotFoundError, ValueError) as error:  # a damaged or partly written folder
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise DataError(f"{self.path}: a folder that is not a saved `datasets` dataset ({first})") from None
+        if isinstance(dataset, datasets.DatasetDict):
+            if split not in dataset:
+                hint = f"; use {self.split_flag}" if self.split_flag else ""
+                raise DataError(f"{self.path}: no split {split!r}; it has {', '.join(dataset)}{hint}")
+            dataset = dataset[split]
+        return dataset
+
+    def _dataset(self):
+        dataset = self._split()
         names = list(dataset.column_names or [])
         if names and self.options.text_field not in names:
             raise DataError(
@@ -462,6 +380,10 @@ class DatasetSource(Source):
         if self.path is not None:
             self._dataset()
 
+    def records(self) -> Iterator[dict[str, Any]]:
+        """Whole records, every column: for readers that pick their own columns (fine-tuning, contrastive)."""
+        yield from self._split()
+
     def documents(self) -> Iterator[str]:
         dataset, field = self._dataset(), self.options.text_field
         if self.path is not None:
@@ -471,6 +393,42 @@ class DatasetSource(Source):
         else:
             rows = (record.get(field) for record in dataset)
         yield from self._with_text(self._text(text, self.spec) for text in rows)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What a data spec names, as `parse_spec` reads it: a hub dataset (`hf:NAME[:CONFIG]`), a folder saved
+    with `datasets`, another folder, a file, a glob, or nothing there."""
+
+    spec: str
+    kind: str  # "hub", "saved", "folder", "file", "glob" or "missing"
+    path: Path | None = None
+    name: str | None = None
+    config: str | None = None
+
+    def dataset(self, options: ReaderOptions, split_flag: str | None = "--split") -> DatasetSource:
+        """The dataset a "hub" or "saved" spec names; DataError for another folder."""
+        if self.kind not in ("hub", "saved"):
+            raise DataError(
+                f"{self.path or self.spec}: a folder that is not a saved `datasets` dataset "
+                "(it holds neither dataset_dict.json nor state.json with dataset_info.json)"
+            )
+        return DatasetSource(self.spec, options, self.path, self.name, self.config, split_flag)
+
+
+def parse_spec(spec: str) -> DataSpec:
+    """The one reading of a data spec (pre-training, fine-tuning and contrastive data all come through it)."""
+    if spec.startswith("hf:"):
+        name, _, config = spec[3:].partition(":")
+        if not name:
+            raise DataError(f"{spec}: expected hf:NAME or hf:NAME:CONFIG")
+        return DataSpec(spec, "hub", name=name, config=config or None)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return DataSpec(spec, "saved" if _is_saved_dataset(path) else "folder", path)
+    if path.is_file():
+        return DataSpec(spec, "file", path)
+    return DataSpec(spec, "glob" if glob.has_magic(spec) else "missing", path)
 
 
 def _is_saved_dataset(folder: Path) -> bool:
@@ -501,17 +459,11 @@ def resolve_sources(
     plain text; hidden files and folders are always left out."""
     sources: list[Source] = []
     for spec in specs:
-        if spec.startswith("hf:"):
-            name, _, config = spec[3:].partition(":")
-            if not name:
-                raise DataError(f"{spec}: expected hf:NAME or hf:NAME:CONFIG")
-            sources.append(DatasetSource(spec, options, name=name, config=config or None))
-            continue
-        path = Path(spec).expanduser()
-        if path.is_dir():
-            if _is_saved_dataset(path):
-                sources.append(DatasetSource(spec, options, path=path))
-                continue
+        parsed = parse_spec(spec)
+        if parsed.kind in ("hub", "saved"):
+            sources.append(parsed.dataset(options))
+        elif parsed.kind == "folder":
+            path = parsed.path
             visible = sorted(
                 p
                 for p in path.rglob("*")
@@ -526,9 +478,9 @@ def resolve_sources(
                     "pass --unknown-as-text to read its files as plain text"
                 )
             sources.extend(_file_source(p, options) for p in files)
-        elif path.is_file():
-            sources.append(_file_source(path, options, spec))
-        elif glob.has_magic(spec):
+        elif parsed.kind == "file":
+            sources.append(_file_source(parsed.path, options, spec))
+        elif parsed.kind == "glob":
             matches = sorted(Path(p) for p in glob.glob(os.path.expanduser(spec), recursive=True))
             files = [p for p in matches if p.is_file()]
             if not files:

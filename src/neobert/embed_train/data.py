@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from neobert.data.sources import ReaderOptions, parse_spec
 from neobert.text_files import utf8_lines
 
 
@@ -46,27 +47,15 @@ DATA_FORMS = ".jsonl files, folders saved with datasets, hf:NAME[:CONFIG] or dem
 
 
 def read_pairs(source: str | Path) -> list[Pair]:
-    """A .jsonl file, a folder saved with `datasets.Dataset.save_to_disk` or `hf:NAME[:CONFIG]` (train).
-    The word "demo" is resolved by the command (`neobert.commands.contrastive.data_words`)."""
+    """A .jsonl file, a folder saved with `datasets.Dataset.save_to_disk` or `hf:NAME[:CONFIG]` (train): the spec
+    as `neobert.data.sources.parse_spec` reads it, a dataset's records as its `DatasetSource` gives them. The
+    word "demo" is resolved by the command (`neobert.commands.contrastive.data_words`)."""
     text = str(source)
-    if text.startswith("hf:") or Path(text).is_dir():
-        import datasets
-
-        if text.startswith("hf:"):
-            name, _, config = text[3:].partition(":")
-            rows = datasets.load_dataset(name, config or None, split="train")
-        else:
-            try:
-                rows = datasets.load_from_disk(text)
-            except (FileNotFoundError, ValueError) as error:
-                first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-                raise ValueError(f"{text}: a folder that is not a saved `datasets` dataset ({first})") from None
-            if isinstance(rows, datasets.DatasetDict):
-                if "train" not in rows:
-                    raise ValueError(f"{text}: no split 'train'; it has {', '.join(rows)}")
-                rows = rows["train"]
-        return [pair_from_record(row, f"{text}[{i}]") for i, row in enumerate(rows)]
-    path = Path(text)
+    spec = parse_spec(text)
+    if spec.kind in ("hub", "saved", "folder"):
+        records = spec.dataset(ReaderOptions(hf_split="train"), split_flag=None).records()
+        return [pair_from_record(row, f"{text}[{i}]") for i, row in enumerate(records)]
+    path = spec.path if spec.kind == "file" else Path(text)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist (pairs come from {DATA_FORMS})")
     pairs = []

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 
-from neobert.embed import pool_packed
 from neobert.embed_train.data import HomogeneousBatches, Pair, check_batch_fits, read_pairs
 from neobert.embed_train.grad_cache import contrastive_step
 from neobert.embed_train.loss import TEMPERATURE, info_nce
+from neobert.pooling import pooled_packed
 from neobert.run_lock import check_output_folder, hold_beside, holding
 from neobert.train.checkpoint import verify_model_folder
 
@@ -57,17 +57,13 @@ class ContrastiveSettings:
 
 
 def packed_embedder(model: torch.nn.Module, tokenizer, max_length: int, pooling: str, device: torch.device):
-    """texts -> pooled (n, hidden) embeddings, the texts packed into one row (no padding)."""
+    """texts -> pooled (n, hidden) embeddings, the texts packed into one row (no padding), as `encode` runs them."""
 
     def embed(texts: Sequence[str]) -> torch.Tensor:
         if not texts:
             return torch.zeros(0, model_config(model).hidden_size, device=device)
         ids = tokenizer(list(texts), truncation=True, max_length=max_length, verbose=False)["input_ids"]
-        lengths = torch.tensor([len(row) for row in ids], device=device)
-        row = torch.tensor([t for doc in ids for t in doc], device=device)[None]
-        cu_seqlens = torch.nn.functional.pad(torch.cumsum(lengths, 0), (1, 0)).to(torch.int32)
-        hidden = model(input_ids=row, cu_seqlens=cu_seqlens, max_seqlen=int(lengths.max())).last_hidden_state
-        return pool_packed(hidden[0].float(), lengths, pooling)
+        return pooled_packed(model, ids, pooling, device)
 
     return embed
 

@@ -20,6 +20,7 @@ from neobert.files import write_json_atomically
 from neobert.finetune.data import Examples, encode, infer_label_space, pad_batch
 from neobert.finetune.model import load_task_model, model_folder, tokenizer_for
 from neobert.finetune.trainer import FinetuneSettings, TaskData, finetune
+from neobert.pooling import pool_padded
 
 
 @dataclass(frozen=True)
@@ -84,8 +85,7 @@ def mean_pooled(model, tokenizer, texts: list[str], max_length: int, batch_size:
     for start in range(0, len(rows), batch_size):
         batch = pad_batch(rows[start : start + batch_size], tokenizer.pad_token_id)
         hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        out.append(((hidden * mask).sum(1) / mask.sum(1)).float().numpy())
+        out.append(pool_padded(hidden, batch["attention_mask"], "mean").float().numpy())
     return np.concatenate(out)
 
 

@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from neobert.data.shards import DataError
+from neobert.data.sources import ReaderOptions, parse_spec
 from neobert.text_files import TextEncodingError, check_utf8
 
 PROBLEMS = ("auto", "single", "multi", "regression")
@@ -52,26 +54,15 @@ def _missing(value: Any) -> bool:
 
 
 def read_rows(source: str | os.PathLike, split: str = "train") -> list[dict[str, Any]]:
-    """Rows of a CSV/TSV/JSON Lines/Parquet file, a saved `datasets` folder, or `hf:NAME[:CONFIG]` (its `split`)."""
-    text = str(source)
-    if text.startswith("hf:"):
-        import datasets
-
-        name, _, config = text[3:].partition(":")
-        return list(datasets.load_dataset(name, config or None, split=split))
-    path = Path(source)
-    if path.is_dir():
-        import datasets
-
-        try:
-            loaded = datasets.load_from_disk(str(path))
-        except (FileNotFoundError, ValueError) as error:
-            raise FinetuneDataError(f"{path}: a folder that is not a saved `datasets` dataset ({error})") from error
-        if isinstance(loaded, datasets.DatasetDict):
-            if split not in loaded:
-                raise FinetuneDataError(f"{path}: no split {split!r}; it has {', '.join(loaded)}")
-            loaded = loaded[split]
-        return list(loaded)
+    """Rows of a CSV/TSV/JSON Lines/Parquet file, a saved `datasets` folder, or `hf:NAME[:CONFIG]` (its `split`):
+    the spec as `neobert.data.sources.parse_spec` reads it, a dataset's records as its `DatasetSource` gives them."""
+    try:
+        spec = parse_spec(str(source))
+        if spec.kind in ("hub", "saved", "folder"):
+            return list(spec.dataset(ReaderOptions(hf_split=split), split_flag=None).records())
+    except DataError as error:
+        raise FinetuneDataError(str(error)) from None
+    path = spec.path if spec.kind == "file" else Path(source)
     if not path.is_file():
         raise FinetuneDataError(f"{path}: no such file")
     suffix = path.suffix.lower()
