@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from neobert.train.config import BudgetSection
@@ -163,10 +163,12 @@ class RunBudget:
 
 
 def carry_clock_progress(
-    fresh: LRSchedule, saved: LRSchedule, saved_hours: float | None, budget: BudgetSection
+    fresh: LRSchedule, saved: LRSchedule, saved_config: dict[str, Any], budget: BudgetSection
 ) -> None:
-    """A resumed wall-clock run keeps its calibrated step count and its progress, rescaled if the budget
-    changed: the elapsed time is part of the checkpoint, so the schedule goes on from where the clock stands."""
+    """A resumed wall-clock run keeps its calibrated step count and its progress (`saved`, the checkpoint's
+    schedule), rescaled if the budget changed since `saved_config`: the elapsed time is part of the checkpoint,
+    so the schedule goes on from where the clock stands."""
+    saved_hours = saved_config.get("budget", {}).get("hours")
     if budget.hours is None or saved_hours is None:
         return
     scale = saved_hours / budget.hours

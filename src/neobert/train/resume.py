@@ -232,7 +232,7 @@ def _apply_current_recipe(trainer: Trainer, saved_config: dict[str, Any]) -> Non
     for group, wanted in zip(trainer.optimizer.param_groups, reference.param_groups, strict=True):
         group.update({k: v for k, v in wanted.items() if k not in ("params", "lr", "initial_lr")})
     fresh = schedule_from(train, config.total_steps())
-    carry_clock_progress(fresh, trainer.schedule, saved_config.get("budget", {}).get("hours"), config.budget)
+    carry_clock_progress(fresh, trainer.schedule, saved_config, config.budget)
     # A decay branch's start is part of its history, which no configuration restates.
     fresh.branch_step = trainer.schedule.branch_step
     fresh.check_total(fresh.total_steps)
