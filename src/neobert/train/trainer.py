@@ -148,16 +148,18 @@ class Trainer:
         self.peak = peak_flops(context.device, system.peak_flops)
 
         self.step = 0
-        self.elapsed_before = 0.0  # wall-clock seconds of earlier sessions (hours budget)
+        # Restored from a checkpoint by resume.py: the step above, the seconds of earlier sessions (budget.py
+        # counts on from them), and what the start from a checkpoint has to say.
+        self.elapsed_before = 0.0
         self.tokens_seen = 0.0
         self.metrics = MetricAccumulator(context.device, shared=("grad_norm", "steps"))
         self.lr = self.optimizer.param_groups[0]["lr"]
         self.batch_sequences, self.mlm_probability = self.ramp.full, config.data.mlm_probability  # the last step's
         self.nonfinite = torch.zeros((), device=context.device)
         self.last_good_step: int | None = None
-        self.changed_on_resume: list[str] = []
+        self.changed_on_resume: list[str] = []  # settings that differ from the checkpoint's
+        self.skipped_on_resume: list[str] = []  # damaged newer checkpoints passed over
         self.phases: list[dict[str, Any]] = []  # the branch points this run descends from (phase.py)
-        self.skipped_on_resume: list[str] = []
         self.wrapped.train()  # the sparse MLM decoder (masked rows only) runs in training mode
 
     def use_precision(self, choice: PrecisionChoice) -> None:
