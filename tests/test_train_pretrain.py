@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForMaskedLM
 
-from neobert.train import pretrain as pretrain_module
+from neobert.train import budget as budget_module
 from neobert.train.checkpoint import CheckpointError, find_latest_good, read_checkpoint
 from neobert.train.config import PRESET_ROOT, PretrainConfig, load_config
 from neobert.train.metrics import read_jsonl
@@ -75,7 +75,7 @@ def make_eval_batches(config, micro_batch, context):
 
 
 class FakeClock:
-    """The training loop's clock, moved by the test (a batch "takes" what the test says), so that a wall-clock
+    """The run's clock (train/budget.py), moved by the test (a batch "takes" what the test says), so that a wall-clock
     budget behaves the same on a busy machine as on an idle one."""
 
     def __init__(self):
@@ -88,7 +88,7 @@ class FakeClock:
 @pytest.fixture
 def fake_clock(monkeypatch) -> FakeClock:
     clock = FakeClock()
-    monkeypatch.setattr(pretrain_module, "time", clock)
+    monkeypatch.setattr(budget_module, "time", clock)
     return clock
 
 

@@ -5,8 +5,9 @@ import math
 
 import pytest
 
-from neobert.train.budget import WallClockBudget
+from neobert.train.budget import RunBudget, WallClockBudget, carry_clock_progress, check_time_left
 from neobert.train.checkpoint import read_checkpoint
+from neobert.train.config import BudgetSection
 from neobert.train.metrics import read_jsonl
 from neobert.train.optim import LRSchedule
 from neobert.train.pretrain import pretrain
@@ -72,6 +73,70 @@ def test_wall_clock_progress_follows_time_when_steps_slow_down():
 def test_wall_clock_refuses_a_non_positive_budget():
     with pytest.raises(ValueError, match="must be positive"):
         WallClockBudget(seconds=0.0, window_steps=3)
+
+
+def test_a_step_budget_ends_on_its_count_whatever_the_clock(fake_clock):  # noqa: F811
+    schedule = LRSchedule(warmup_steps=2, total_steps=6)
+    budget = RunBudget(BudgetSection(steps=6), schedule, elapsed_before=0.0, first_step=0)
+    fake_clock.now += 1e6
+    assert not budget.by_clock and budget.follow(3, several_processes=False) is None
+    assert not budget.hours_spent(3, budget.elapsed(), several_processes=False)
+    assert [budget.schedule_complete(step) for step in (5, 6)] == [False, True]
+    assert schedule.progress is None and schedule.total_steps == 6  # the clock never touched the schedule
+
+
+def test_an_hours_budget_calibrates_moves_the_schedule_and_ends_on_the_clock(fake_clock):  # noqa: F811
+    schedule = LRSchedule(warmup_steps=1, total_steps=None)
+    ten_seconds = BudgetSection(hours=10 / 3600, calibration_steps=2)
+    budget = RunBudget(ten_seconds, schedule, elapsed_before=1.0, first_step=0)  # 1 s in an earlier session
+    assert budget.by_clock and budget.elapsed() == 1.0
+    refined = []
+    for step in (1, 2, 3):  # one second a step
+        fake_clock.now += 1.0
+        refined.append(budget.follow(step, several_processes=False))
+    # Two steps' speed measured by step 3: 6 s left at 1 s a step, so 9 steps in all.
+    assert refined[:2] == [None, None] and (refined[2].estimate, refined[2].first) == (9, True)
+    assert refined[2].describe().startswith("hours budget: 1.000 s a step, so about 9 steps in all")
+    assert schedule.total_steps == 9 and schedule.progress == pytest.approx(max(4.0 / 10.0, 3 / 9), abs=1e-12)
+    assert not budget.schedule_complete(3)
+    assert not budget.hours_spent(3, 9.99, several_processes=False) and budget.hours_spent(3, 10.0, False)
+    schedule.advance(1.0, step=4)
+    assert budget.schedule_complete(4)
+
+
+def test_an_hours_budget_too_short_for_the_warmup_is_refused_at_calibration(fake_clock):  # noqa: F811
+    schedule = LRSchedule(warmup_steps=20, total_steps=None)
+    budget = RunBudget(BudgetSection(hours=10 / 3600, calibration_steps=2), schedule, 0.0, first_step=0)
+    fake_clock.now += 1.0
+    budget.follow(1, several_processes=False)
+    fake_clock.now += 1.0
+    budget.follow(2, several_processes=False)
+    fake_clock.now += 1.0
+    with pytest.raises(ValueError, match=r"budget.hours=0.00277\d* allows about 10 steps here: the decay would end"):
+        budget.follow(3, several_processes=False)
+
+
+def test_a_resumed_wall_clock_schedule_keeps_its_progress_rescaled_to_a_changed_budget():
+    saved = LRSchedule(warmup_steps=2, total_steps=40, progress=0.5, warmup_end_progress=0.1)
+
+    def carried(saved_config, budget):
+        fresh = LRSchedule(warmup_steps=2, total_steps=None)
+        carry_clock_progress(fresh, saved, saved_config, budget)
+        return fresh.total_steps, fresh.progress, fresh.warmup_end_progress
+
+    one_hour = {"budget": {"hours": 1.0}}
+    assert carried(one_hour, BudgetSection(hours=1.0)) == (40, 0.5, 0.1)
+    assert carried(one_hour, BudgetSection(hours=2.0)) == (None, 0.25, 0.05)  # re-estimated, half as far
+    assert carried({"budget": {"steps": 40}}, BudgetSection(hours=1.0)) == (None, None, None)  # no clock before
+    assert carried(one_hour, BudgetSection(steps=40)) == (None, None, None)  # no clock now
+
+
+def test_a_branch_needs_time_left_on_an_hours_budget():
+    check_time_left(BudgetSection(hours=1.0), 8, elapsed_seconds=1800.0, progress=0.5)
+    check_time_left(BudgetSection(steps=10), 8, elapsed_seconds=1e9, progress=1.0)  # a step budget: no clock
+    for elapsed, progress in ((3600.0, 0.5), (60.0, 1.0)):
+        with pytest.raises(ValueError, match=r"phase.from_checkpoint \(step 8\) .* budget.hours=1: raise the budget"):
+            check_time_left(BudgetSection(hours=1.0), 8, elapsed, progress)
 
 
 class SlowingLoader(SyntheticLoader):

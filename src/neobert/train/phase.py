@@ -94,17 +94,5 @@ def _check_branch_step(config: PretrainConfig, step: int) -> None:
         )
 
 
-def check_clock_left(config: PretrainConfig, start: PhaseStart, elapsed_seconds: float, progress: float | None) -> None:
-    """For an hours budget, a branch must start with some of it left (known only once the state is read): time,
-    and progress (which also counts steps against the calibrated estimate)."""
-    hours = config.budget.hours
-    if hours is not None and (elapsed_seconds >= hours * 3600 or (progress or 0.0) >= 1.0):
-        raise ValueError(
-            f"phase.from_checkpoint (step {start.step}) was saved {elapsed_seconds / 3600:.3g} hours and "
-            f"{progress or 0.0:.0%} of the schedule into its run, at or past the end of budget.hours={hours:g}: "
-            "raise the budget"
-        )
-
-
 def write_phase_record(output_dir: Path, phases: list[dict[str, Any]]) -> None:
     write_json_atomically(output_dir / PHASE_FILE, {"phases": phases})

@@ -1,40 +1,34 @@
 """The pre-training loop: one explicit loop over optimiser steps, from one CPU to many GPUs.
 
 It is written against a minimal loader protocol (`trainer.Loader`), so it knows nothing of files: the caller
-passes a factory that builds the loader for this process. This module decides when to stop, log, evaluate
-and save; `trainer.Trainer` does the steps.
+passes a factory that builds the loader for this process. `_run` reads top to bottom and takes every decision
+of a run in sight: where it starts, then after each step whether to stop (the schedule complete, the job's
+`stop_at_step`, a signal or the hours spent), to log, to evaluate and to save (`train.*_every`), and at the end
+its last checkpoint and evaluation. What it calls: `Trainer` (trainer.py) takes a step, saves, evaluates;
+`RunBudget` (budget.py) is the budget, the clock and the wall-clock schedule's progress; resume.py restores a
+run's state from its own checkpoint or a phase's source.
 """
 
 from __future__ import annotations
 
 import gc
-import shutil
 import signal
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
 from neobert.model.heads import NeoBERTForMaskedLM
 from neobert.train import distributed as dist_utils
-from neobert.train.budget import WallClockBudget
-from neobert.train.checkpoint import MODEL_FILE, CheckpointError, find_latest_good, load_model_weights
+from neobert.train.budget import RunBudget
+from neobert.train.checkpoint import find_latest_good
 from neobert.train.config import PretrainConfig
 from neobert.train.metrics import ConsoleProgress, MetricsLogger, mfu, plot_loss_curve
-from neobert.train.phase import PHASE_FILE, PhaseStart, check_phase_folder, plan_phase, write_phase_record
-from neobert.train.trainer import (
-    EvalFactory,
-    Loader,
-    LoaderFactory,
-    Trainer,
-    TrainingDiverged,
-    build_model,
-    initial_model,
-)
+from neobert.train.phase import PHASE_FILE, PhaseStart, check_phase_folder, write_phase_record
+from neobert.train.resume import plan_start, resume_run, start_phase
+from neobert.train.trainer import EvalFactory, Loader, LoaderFactory, Trainer, TrainingDiverged, build_model
 
 __all__ = [
     "EvalFactory",
@@ -109,7 +103,7 @@ def pretrain(
     """Train until the budget is spent. `resume=True` continues from the run's latest good checkpoint
     (starting afresh when there is none); a path resumes from that checkpoint. `stop_at_step` checkpoints
     and returns at that step without changing the schedule (a job that must end before the run does).
-    `restart` deletes the run that `system.output_dir` holds first (`clear_run`)."""
+    `restart` deletes the run that `system.output_dir` holds first (`resume.clear_run`)."""
     if restart and resume is not False:
         raise ValueError("--restart starts afresh and --resume continues: give one of them")
     context = dist_utils.init_distributed(config.system.device, config.system.backend)
@@ -117,23 +111,7 @@ def pretrain(
     try:
         check_phase_folder(config)
         with dist_utils.hold_output_folder(config.system.output_dir, context, "system.output_dir"):
-            # A phase's source is verified before any model is built; a phase resumed from its own checkpoint
-            # no longer needs it (the source run's retention may have deleted it since).
-            own_root = Path(config.system.output_dir) / "checkpoints"
-            if restart:
-                if context.is_main:
-                    clear_run(Path(config.system.output_dir))
-                dist_utils.barrier(context)
-            has_own = find_latest_good(own_root, "marker") is not None
-            if resume is False and has_own:
-                raise CheckpointError(
-                    f"{own_root} already holds checkpoints of another run: resume it, pass --restart to start "
-                    "afresh in it (this deletes that run), or choose another system.output_dir"
-                )
-            resuming_own = resume is not False and (resume is not True or has_own)
-            start = None if resuming_own else plan_phase(config, context)
-            if start is not None and start.carry == "weights" and model is None:
-                model = _model_with_weights_of(config, Path(start.source))
+            start, model = plan_start(config, resume, restart, model, context)
             trainer = Trainer(config, make_loader, make_eval_batches, context, model)
             return _run(trainer, resume, stop_at_step, start)
     finally:
@@ -148,36 +126,12 @@ def pretrain(
         dist_utils.teardown(context)
 
 
-def _model_with_weights_of(config: PretrainConfig, folder: Path) -> NeoBERTForMaskedLM:
-    model = initial_model(config)
-    try:
-        load_model_weights(model, load_file(folder / MODEL_FILE))
-    except (CheckpointError, RuntimeError) as error:
-        first_line = str(error).strip().splitlines()[0]
-        raise CheckpointError(
-            f"phase.from_checkpoint: the weights of {folder} do not fit this run's model: {first_line}"
-        ) from None
-    return model
-
-
-# What a pre-training run writes in its folder (the lock stays: it is held while the folder is cleared).
-RUN_FILES = ("config.yaml", "metrics.jsonl", "metrics.superseded.jsonl", "loss_curve.png", PHASE_FILE)
-RUN_FOLDERS = ("checkpoints", "tensorboard", "wandb")
-
-
-def clear_run(folder: Path) -> None:
-    """Forget the run in `folder` (checkpoints, metrics, configuration, phase record), and nothing else."""
-    for name in RUN_FOLDERS:
-        shutil.rmtree(folder / name, ignore_errors=True)
-    for name in RUN_FILES:
-        (folder / name).unlink(missing_ok=True)
-
-
 def _run(trainer: Trainer, resume: bool | str, stop_at_step: int | None, start: PhaseStart | None) -> PretrainResult:
-    config, context, system = trainer.config, trainer.context, trainer.config.system
-    resumed_from = trainer.resume(resume) if resume else None
+    """The run, top to bottom: its start, the step loop with every decision it takes, its end."""
+    config, context, system, train = trainer.config, trainer.context, trainer.config.system, trainer.config.train
+    resumed_from = resume_run(trainer, resume) if resume else None
     if resumed_from is None and start is not None:
-        trainer.start_phase(start)
+        start_phase(trainer, start)
     if context.is_main:
         trainer.output_dir.mkdir(parents=True, exist_ok=True)
         (trainer.output_dir / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
@@ -192,7 +146,118 @@ def _run(trainer: Trainer, resume: bool | str, stop_at_step: int | None, start: 
         resumed_at=trainer.step if resumed_from is not None or start is not None else None,
     )
     progress = ConsoleProgress(trainer.schedule.total_steps, trainer.step, system.progress_bar, not context.is_main)
-    loop = _Loop(trainer, logger, progress, stop_at_step)
+    budget = RunBudget(config.budget, trainer.schedule, trainer.elapsed_before, trainer.step)
+    log = _RunLog(trainer, logger, progress, budget)
+    _announce_start(progress, trainer, resume, resumed_from, start)
+    last_saved_step = trainer.step if trainer.last_good_step is not None else None
+    try:
+        with StopSignals() as signals:
+            while True:
+                # Stop before the next step: the schedule is complete, the job's last step is reached, or (all
+                # ranks agreeing) a signal came or the hours are spent.
+                if budget.schedule_complete(trainer.step):
+                    status = "completed"
+                    break
+                if stop_at_step is not None and trainer.step >= stop_at_step:
+                    status = "paused"
+                    break
+                agreed = _agreed_stop(trainer, budget, signals)
+                if agreed is not None:
+                    status = agreed
+                    break
+                try:
+                    trainer.train_step()
+                except StopIteration:
+                    progress.message(f"the training data ran out at step {trainer.step}")
+                    status = "data_exhausted"
+                    break
+                log.stepped()
+                if budget.by_clock:  # an hours budget sets the schedule's progress after every step
+                    refined = budget.follow(trainer.step, context.enabled)
+                    if refined is not None:
+                        progress.set_total(refined.estimate)
+                        if refined.first:
+                            progress.message(refined.describe())
+                    trainer.refresh_lr()
+                step = trainer.step
+                if step % train.log_every == 0:
+                    log.train_window()
+                if step % train.eval_every == 0:
+                    log.evaluation()
+                if step % train.checkpoint_every == 0:
+                    trainer.save(budget.elapsed())
+                    last_saved_step = step
+            # The end: a checkpoint of the last step (unless it has one), then the held-out evaluation of it.
+            checkpoint = None
+            if trainer.step != last_saved_step:
+                checkpoint = trainer.save(budget.elapsed())
+            elif trainer.last_good_step is not None:
+                checkpoint = find_latest_good(trainer.checkpoint_root)
+            if status == "completed" and log.last_eval.get("step") != trainer.step:
+                status = _final_evaluation(log, signals)
+        if log.pending_window:
+            log.train_window()
+        if status == "interrupted":
+            progress.message(f"stopped by a signal at step {trainer.step}; checkpoint saved")
+        fraction, floor = trainer.schedule.fraction_reached(trainer.step), train.lr * train.floor_fraction
+        progress.message(
+            f"schedule: {fraction:.0%} reached by step {trainer.step}, last learning rate "
+            f"{trainer.lr:.3g} (peak {train.lr:.3g}, floor {floor:.3g})"
+        )
+    finally:
+        logger.close()
+        progress.close()
+    if context.is_main and "jsonl" in system.log_sinks and (log.last_metrics or log.last_eval):
+        plot_loss_curve(trainer.output_dir / "metrics.jsonl", trainer.output_dir / "loss_curve.png")
+    return PretrainResult(
+        status,
+        trainer.step,
+        trainer.output_dir,
+        checkpoint,
+        log.last_metrics,
+        log.last_eval,
+        trainer.schedule.fraction_reached(trainer.step),
+        trainer.lr,
+        trainer.precision.as_record(),
+        trainer.phases,
+    )
+
+
+def _agreed_stop(trainer: Trainer, budget: RunBudget, signals: StopSignals) -> str | None:
+    """Stop for a signal ("interrupted") or a spent hours budget ("completed"). Ranks must agree, so with
+    several processes this is decided (one small collective) only every log_every steps."""
+    context = trainer.context
+    if context.enabled and trainer.step % trainer.config.train.log_every:
+        return None
+    flags = torch.tensor([float(signals.received is not None), budget.elapsed()], device=context.device)
+    interrupted, elapsed = dist_utils.all_reduce_max(flags, context).tolist()
+    if interrupted:
+        return "interrupted"
+    return "completed" if budget.hours_spent(trainer.step, elapsed, context.enabled) else None
+
+
+def _final_evaluation(log: _RunLog, signals: StopSignals) -> str:
+    """The last held-out evaluation; a signal now (the checkpoint is saved) stops it, not the whole run."""
+    signals.raise_at_once = True
+    try:
+        if signals.received is None:
+            log.evaluation()
+            return "completed"
+    except StopRequested:
+        pass
+    finally:
+        signals.raise_at_once = False
+    log.progress.message(f"a signal stopped the final evaluation; the checkpoint of step {log.trainer.step} is saved")
+    return "interrupted"
+
+
+def _announce_start(
+    progress: ConsoleProgress,
+    trainer: Trainer,
+    resume: bool | str,
+    resumed_from: Path | None,
+    start: PhaseStart | None,
+) -> None:
     progress.message(f"precision: {trainer.precision.name}, {trainer.precision.reason}")
     if trainer.ramp.active:
         progress.message(trainer.ramp.describe())
@@ -204,50 +269,8 @@ def _run(trainer: Trainer, resume: bool | str, stop_at_step: int | None, start: 
         progress.message(f"resumed from {resumed_from} at step {trainer.step}")
         for change in trainer.changed_on_resume:
             progress.message(f"  changed since the checkpoint: {change}")
-    if start is not None and resumed_from is None:
-        _announce_phase(progress, trainer, start)
-    try:
-        with StopSignals() as signals:
-            status = loop.run(signals)
-            checkpoint = None
-            if trainer.step != loop.last_saved_step:
-                checkpoint = trainer.save(loop.elapsed())
-            elif trainer.last_good_step is not None:
-                checkpoint = find_latest_good(trainer.checkpoint_root)
-            if status == "completed" and loop.last_eval.get("step") != trainer.step:
-                status = _final_evaluation(loop, signals)
-        if loop.pending_window:
-            loop.log_window()
-        if status == "interrupted":
-            progress.message(f"stopped by a signal at step {trainer.step}; checkpoint saved")
-        fraction, floor = (
-            trainer.schedule.fraction_reached(trainer.step),
-            config.train.lr * config.train.floor_fraction,
-        )
-        progress.message(
-            f"schedule: {fraction:.0%} reached by step {trainer.step}, last learning rate "
-            f"{trainer.lr:.3g} (peak {config.train.lr:.3g}, floor {floor:.3g})"
-        )
-    finally:
-        logger.close()
-        progress.close()
-    if context.is_main and "jsonl" in system.log_sinks and (loop.last_metrics or loop.last_eval):
-        plot_loss_curve(trainer.output_dir / "metrics.jsonl", trainer.output_dir / "loss_curve.png")
-    return PretrainResult(
-        status,
-        trainer.step,
-        trainer.output_dir,
-        checkpoint,
-        loop.last_metrics,
-        loop.last_eval,
-        trainer.schedule.fraction_reached(trainer.step),
-        trainer.lr,
-        trainer.precision.as_record(),
-        trainer.phases,
-    )
-
-
-def _announce_phase(progress: ConsoleProgress, trainer: Trainer, start: PhaseStart) -> None:
+    if start is None or resumed_from is not None:
+        return
     label = f"phase {start.name!r}" if start.name else "phase"
     progress.message(
         f"{label}: from {start.source} (step {start.step}, manifest sha256 {start.manifest_sha256[:16]}...), "
@@ -263,126 +286,27 @@ def _announce_phase(progress: ConsoleProgress, trainer: Trainer, start: PhaseSta
                 progress.message(f"  changed from the branch point: {change}")
 
 
-def _final_evaluation(loop: _Loop, signals: StopSignals) -> str:
-    """The last held-out evaluation; a signal now (the checkpoint is saved) stops it, not the whole run."""
-    signals.raise_at_once = True
-    try:
-        if signals.received is None:
-            loop.log_eval()
-            return "completed"
-    except StopRequested:
-        pass
-    finally:
-        signals.raise_at_once = False
-    loop.progress.message(f"a signal stopped the final evaluation; the checkpoint of step {loop.trainer.step} is saved")
-    return "interrupted"
+class _RunLog:
+    """What the loop logs: a window of training steps (the metrics' keys are fixed here) and a held-out
+    evaluation; the loop decides when."""
 
-
-class _Loop:
-    """The step loop's bookkeeping: when to stop, log, evaluate and save."""
-
-    def __init__(self, trainer: Trainer, logger: MetricsLogger, progress: ConsoleProgress, stop_at_step: int | None):
-        self.trainer, self.logger, self.progress, self.stop_at_step = trainer, logger, progress, stop_at_step
-        self.session_start = time.perf_counter()
-        self.window_start = self.session_start
-        hours = trainer.config.budget.hours
-        self.clock = (
-            WallClockBudget(hours * 3600, trainer.config.budget.calibration_steps, trainer.schedule.total_steps)
-            if hours is not None
-            else None
-        )
-        self.session_first_step = trainer.step
-        self.last_saved_step = trainer.step if trainer.last_good_step is not None else None
+    def __init__(self, trainer: Trainer, logger: MetricsLogger, progress: ConsoleProgress, budget: RunBudget):
+        self.trainer, self.logger, self.progress, self.budget = trainer, logger, progress, budget
+        self.window_start = budget.session_start
+        self.pending_window = False  # steps taken since the last window was logged
         self.last_metrics: dict[str, float] = {}
         self.last_eval: dict[str, float] = {}
-        self.pending_window = False
 
-    def elapsed(self) -> float:
-        return self.trainer.elapsed_before + time.perf_counter() - self.session_start
+    def stepped(self) -> None:
+        self.pending_window = True
+        self.progress.update(1, self.last_metrics and {"loss": self.last_metrics["train/loss"]})
 
-    def run(self, signals: StopSignals) -> str:
-        trainer, train = self.trainer, self.trainer.config.train
-        while True:
-            if self._schedule_complete():
-                return "completed"
-            if self.stop_at_step is not None and trainer.step >= self.stop_at_step:
-                return "paused"
-            reason = self._agreed_stop(signals)
-            if reason is not None:
-                return reason
-            try:
-                trainer.train_step()
-            except StopIteration:
-                self.progress.message(f"the training data ran out at step {trainer.step}")
-                return "data_exhausted"
-            self.pending_window = True
-            self.progress.update(1, self.last_metrics and {"loss": self.last_metrics["train/loss"]})
-            self._follow_clock()
-            step = trainer.step
-            if step % train.log_every == 0:
-                self.log_window()
-            if step % train.eval_every == 0:
-                self.log_eval()
-            if step % train.checkpoint_every == 0:
-                trainer.save(self.elapsed())
-                self.last_saved_step = step
-
-    def _agreed_stop(self, signals: StopSignals) -> str | None:
-        """Stop for a signal or a spent hours budget. Ranks must agree, so with several processes this is
-        decided (one small collective) only every log_every steps."""
-        trainer = self.trainer
-        if trainer.context.enabled and trainer.step % trainer.config.train.log_every:
-            return None
-        flags = torch.tensor([float(signals.received is not None), self.elapsed()], device=trainer.context.device)
-        interrupted, elapsed = dist_utils.all_reduce_max(flags, trainer.context).tolist()
-        if interrupted:
-            return "interrupted"
-        if self.clock is None:
-            return None
-        if trainer.context.enabled and trainer.step > self.session_first_step:
-            self.clock.observe(trainer.step, elapsed)
-        return "completed" if elapsed >= self.clock.seconds else None
-
-    def _schedule_complete(self) -> bool:
-        schedule = self.trainer.schedule
-        if self.clock is not None:
-            return schedule.progress is not None and schedule.progress >= 1.0
-        return schedule.total_steps is not None and self.trainer.step >= schedule.total_steps
-
-    def _follow_clock(self) -> None:
-        """With an hours budget, move the schedule to the budget's progress after each step. The step count
-        is estimated from the speed of the steps since the session's first (allocation, compilation) and
-        refined every `calibration_steps` steps; the learning rate follows max(step / estimate, time)."""
-        trainer, clock = self.trainer, self.clock
-        if clock is None:
-            return
-        if not trainer.context.enabled and trainer.step > self.session_first_step:
-            clock.observe(trainer.step, self.elapsed())
-        calibrating = clock.estimate is None
-        estimate = clock.refine(trainer.step)
-        if estimate is not None:
-            if calibrating:  # a later refinement only moves the progress bar: the warmup is under way
-                try:
-                    trainer.schedule.check_total(estimate)
-                except ValueError as error:
-                    budget = trainer.config.budget.hours
-                    raise ValueError(f"budget.hours={budget} allows about {estimate} steps here: {error}") from None
-            trainer.schedule.total_steps = estimate
-            self.progress.set_total(estimate)
-            if calibrating:
-                self.progress.message(
-                    f"hours budget: {clock.seconds_per_step():.3f} s a step, so about {estimate} steps in all "
-                    "(refined as the run goes; the schedule follows the clock)"
-                )
-        trainer.schedule.advance(clock.progress(trainer.step), trainer.step)
-        trainer.refresh_lr()
-
-    def log_window(self) -> None:
+    def train_window(self) -> None:
         trainer = self.trainer
         sums = trainer.metrics.read(trainer.context)
         trainer.check_finite()
-        seconds = max(time.perf_counter() - self.window_start, 1e-9)
-        self.window_start = time.perf_counter()
+        seconds = max(self.budget.now() - self.window_start, 1e-9)
+        self.window_start = self.budget.now()
         self.pending_window = False
         if not sums:
             return
@@ -399,7 +323,7 @@ class _Loop:
             "train/tokens": trainer.tokens_seen,
             "train/packing_efficiency": efficiency if efficiency is not None else sums["tokens"] / sums["slots"],
             "train/flops_per_s": sums["flops"] / seconds,
-            "time/elapsed_s": self.elapsed(),
+            "time/elapsed_s": self.budget.elapsed(),
             "train/schedule_fraction": trainer.schedule.fraction_reached(trainer.step),
             # The last step's global batch and mask rate (a batch warm-up or mask-rate schedule changes them).
             "train/batch_sequences": trainer.batch_sequences,
@@ -411,7 +335,7 @@ class _Loop:
         self.last_metrics = record
         self.logger.log(record)
 
-    def log_eval(self) -> None:
+    def evaluation(self) -> None:
         record = self.trainer.evaluate()
         if record:
             self.last_eval = record

@@ -4,13 +4,13 @@ Every step takes the global batch (`data.batch_size`, or a batch warm-up's small
 over processes and accumulation steps) and weights each micro-batch by its share of the masked tokens, so the
 gradient is that of the mean loss over the whole global batch whatever the world size or accumulation. A
 mask-rate schedule sets the loader's rate before each step from the schedule's progress. The loop that drives
-it is in pretrain.py.
+it (and decides when to log, evaluate, save and stop) is in pretrain.py; restoring its state from a checkpoint
+is in resume.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -21,7 +21,6 @@ from safetensors.torch import load_file
 
 from neobert.model.flops import model_shapes, non_embedding_parameters, training_flops
 from neobert.model.heads import NeoBERTForMaskedLM
-from neobert.run_settings import check_resumed_settings
 from neobert.train import distributed as dist_utils
 from neobert.train.checkpoint import (
     LATEST,
@@ -29,14 +28,9 @@ from neobert.train.checkpoint import (
     CheckpointError,
     RankState,
     apply_retention,
-    find_resumable,
     list_checkpoints,
-    no_good_checkpoint,
-    read_checkpoint,
     resolve_checkpoint,
-    restore_rank_state,
     save_checkpoint,
-    saved_world_size,
     unwrap_model,
 )
 from neobert.train.config import PretrainConfig, batch_split
@@ -44,7 +38,6 @@ from neobert.train.distributed import DistributedContext
 from neobert.train.evaluate import evaluate_mlm, masked_targets, model_inputs
 from neobert.train.metrics import MetricAccumulator, batch_shape_stats, peak_flops
 from neobert.train.optim import build_optimizer, build_scheduler, schedule_from
-from neobert.train.phase import PhaseStart, check_clock_left
 from neobert.train.precision import PrecisionChoice, resolve_precision
 from neobert.train.ramp import mlm_probability_at
 
@@ -102,18 +95,6 @@ def _weights_from(path: str) -> dict[str, torch.Tensor]:
     return load_file(folder / "model.safetensors")
 
 
-def config_changes(before: dict[str, Any], after: dict[str, Any], prefix: str = "") -> list[str]:
-    """`key: old -> new` for every dotted key whose value differs between two resolved configurations."""
-    changes = []
-    for key in sorted(set(before) | set(after)):
-        old, new = before.get(key), after.get(key)
-        if isinstance(old, dict) and isinstance(new, dict):
-            changes += config_changes(old, new, f"{prefix}{key}.")
-        elif old != new:
-            changes.append(f"{prefix}{key}: {old!r} -> {new!r}")
-    return changes
-
-
 class Trainer:
     def __init__(
         self,
@@ -163,162 +144,27 @@ class Trainer:
         self.precision = dist_utils.broadcast_object(
             resolve_precision(system.precision, context.device, shapes), context
         )
-        self._use_precision(self.precision)
+        self.use_precision(self.precision)
         self.peak = peak_flops(context.device, system.peak_flops)
 
         self.step = 0
-        self.elapsed_before = 0.0  # wall-clock seconds of earlier sessions (hours budget)
+        # Restored from a checkpoint by resume.py: the step above, the seconds of earlier sessions (budget.py
+        # counts on from them), and what the start from a checkpoint has to say.
+        self.elapsed_before = 0.0
         self.tokens_seen = 0.0
         self.metrics = MetricAccumulator(context.device, shared=("grad_norm", "steps"))
         self.lr = self.optimizer.param_groups[0]["lr"]
         self.batch_sequences, self.mlm_probability = self.ramp.full, config.data.mlm_probability  # the last step's
         self.nonfinite = torch.zeros((), device=context.device)
         self.last_good_step: int | None = None
-        self.changed_on_resume: list[str] = []
+        self.changed_on_resume: list[str] = []  # settings that differ from the checkpoint's
+        self.skipped_on_resume: list[str] = []  # damaged newer checkpoints passed over
         self.phases: list[dict[str, Any]] = []  # the branch points this run descends from (phase.py)
-        self.skipped_on_resume: list[str] = []
         self.wrapped.train()  # the sparse MLM decoder (masked rows only) runs in training mode
 
-    # ---- resume -----------------------------------------------------------------------------------------
-
-    def resume(self, source: str | bool) -> Path | None:
-        """Restore everything from `source` (a path) or, with True, the latest good checkpoint of this run."""
-        folder = self._verified_resume_folder(source)
-        if folder is None:
-            return None
-        self.restore(folder, resuming=True)
-        return folder
-
-    def restore(self, folder: Path, resuming: bool = False) -> None:
-        """Everything from a checkpoint folder already verified: weights, optimiser, schedule, data position,
-        RNG states, step. `resuming` this run (not starting a phase): only with its own data, model and seeds."""
-        # The same processes: each takes back its own data position and RNG states. Another number of them
-        # (elastic resume): the model and optimiser states are whole in the checkpoint and are laid out for
-        # this world here, and every rank continues the global sample order from the step boundary, which
-        # any rank's loader state records (rank 0's is read); the RNG states stay this run's own.
-        same_world = saved_world_size(folder) == self.context.world_size
-        saved = read_checkpoint(folder, rank=self.context.rank if same_world else 0, verify="marker")
-        try:
-            dist_utils.load_full_state_dicts(
-                self.wrapped, self.optimizer, saved.model_state, saved.trainer_state["optimizer"]
-            )
-        except (RuntimeError, KeyError, ValueError) as error:
-            raise CheckpointError(self._misfit(folder, error)) from None
-        if resuming:
-            check_resumed_settings(folder, config_changes(saved.config or {}, self.config.resolved()))
-        self.scheduler.load_state_dict(saved.trainer_state["scheduler"])
-        restore_rank_state(saved.rank_state, self.loader, rng=same_world)
-        if not same_world:
-            self.changed_on_resume.append(
-                f"processes: {saved.world_size} -> {self.context.world_size} (the global sample order continues "
-                "from the step boundary)"
-            )
-        self.step = saved.step
-        self.elapsed_before = float(saved.trainer_state.get("elapsed_seconds", 0.0))
-        kept = saved.trainer_state.get("precision")
-        if self.config.system.precision == "auto" and kept in ("fp32", "bf16") and kept != self.precision.name:
-            # A resumed run computes as it did before: the probe's timing may tip the other way this time.
-            self._use_precision(resolve_precision(kept, self.context.device))
-            self.precision = PrecisionChoice(self.precision.dtype, f"auto, kept from the checkpoint ({kept})")
-        self.tokens_seen = float(saved.trainer_state.get("tokens_seen", 0.0))
-        self.last_good_step = saved.step
-        self.phases = list(saved.trainer_state.get("phases", []))
-        self.changed_on_resume += config_changes(saved.config or {}, self.config.resolved())
-        self._apply_current_recipe(saved.config or {})
-
-    def _misfit(self, folder: Path, error: BaseException) -> str:
-        """One line for a checkpoint whose weights do not fit this configuration's model: the architecture
-        fields that differ, read from the checkpoint's config.json (torch's own message lists every tensor)."""
-        try:
-            saved = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            saved = {}
-        current = self.model_config.to_dict()
-        ignored = {"transformers_version", "architectures", "auto_map", "dtype", "torch_dtype", "_name_or_path"}
-        changes = [
-            f"{key}: {saved[key]!r} -> {current[key]!r}"
-            for key in sorted(set(saved) & set(current) - ignored)
-            if saved[key] != current[key]
-        ]
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        differs = "; ".join(changes[:8]) if changes else first
-        return (
-            f"{folder} holds a model of another shape than this configuration builds ({differs}); resume with "
-            "the run's own model settings, or start a new run in another system.output_dir"
-        )
-
-    def start_phase(self, start: PhaseStart) -> None:
-        """Begin this run from another run's checkpoint (verified by `plan_phase`). Carrying the state, it goes
-        on from there (a decay branch); carrying the weights, `pretrain` has already loaded them."""
-        if start.carry == "state":
-            self.restore(Path(start.source))
-            check_clock_left(self.config, start, self.elapsed_before, self.schedule.progress)
-            self.last_good_step = None  # the source's checkpoint is not one of this run's
-            if self.config.train.schedule == "wsd" and self.config.train.decay_start_step is None:
-                self.schedule.branch_step = self.step
-                self.schedule.decay_start_progress = self.schedule.progress
-                self.refresh_lr()
-                self.lr = self.optimizer.param_groups[0]["lr"]
-        self.phases = [*self.phases, start.as_record()]
-
-    def _verified_resume_folder(self, source: str | bool) -> Path | None:
-        """The checkpoint to resume from, every file checked on the main process (the others wait for its
-        answer). With True, damaged newer checkpoints are skipped and listed in `skipped_on_resume`; when
-        checkpoints exist but none verifies, nothing is deleted and the run stops."""
-        answer: tuple[str | None, list[str], str | None] = (None, [], None)
-        if self.context.is_main:
-            try:
-                if source is True:
-                    found, skipped = find_resumable(self.checkpoint_root)
-                    error = None
-                    if found is None and skipped:
-                        error = (
-                            f"{no_good_checkpoint(self.checkpoint_root, skipped)}; nothing was deleted. Put back "
-                            "a good copy of one (or --resume a checkpoint kept elsewhere), or choose another "
-                            "system.output_dir to start afresh"
-                        )
-                    answer = (str(found) if found else None, [s.describe() for s in skipped], error)
-                else:
-                    answer = (str(resolve_checkpoint(source)), [], None)
-            except CheckpointError as failure:
-                answer = (None, [], str(failure))
-        folder, self.skipped_on_resume, error = dist_utils.broadcast_object(answer, self.context)
-        if error is not None:
-            raise CheckpointError(error)
-        return Path(folder) if folder is not None else None
-
-    def _use_precision(self, choice: PrecisionChoice) -> None:
+    def use_precision(self, choice: PrecisionChoice) -> None:
         self.precision, dtype, device = choice, choice.dtype, self.context.device
         self.autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
-
-    def _apply_current_recipe(self, saved_config: dict[str, Any]) -> None:
-        """Optimiser and scheduler state dicts carry their own hyperparameters; the run's configuration wins,
-        so a run resumed with another lr, weight decay or budget uses the new values (and an unchanged one
-        continues exactly)."""
-        train, budget = self.config.train, self.config.budget
-        reference = build_optimizer(self.wrapped, **train.adamw_settings())
-        for group, wanted in zip(self.optimizer.param_groups, reference.param_groups, strict=True):
-            group.update({k: v for k, v in wanted.items() if k not in ("params", "lr", "initial_lr")})
-        fresh = schedule_from(train, self.config.total_steps())
-        saved_hours = saved_config.get("budget", {}).get("hours")
-        if budget.hours is not None and saved_hours is not None:
-            # A wall-clock run keeps its calibrated step count and its progress, rescaled if the budget changed:
-            # the elapsed time is part of the checkpoint, so the schedule goes on from where the clock stands.
-            scale = saved_hours / budget.hours
-            fresh.total_steps = self.schedule.total_steps if scale == 1 else None
-            if self.schedule.progress is not None:
-                fresh.progress = min(1.0, self.schedule.progress * scale)
-            if self.schedule.warmup_end_progress is not None:
-                fresh.warmup_end_progress = self.schedule.warmup_end_progress * scale
-            if self.schedule.decay_start_progress is not None:
-                fresh.decay_start_progress = self.schedule.decay_start_progress * scale
-        # A decay branch's start is part of its history, which no configuration restates.
-        fresh.branch_step = self.schedule.branch_step
-        fresh.check_total(fresh.total_steps)
-        vars(self.schedule).update(vars(fresh))
-        self.scheduler.base_lrs = [train.lr] * len(self.optimizer.param_groups)
-        self.refresh_lr()
-        self.lr = self.optimizer.param_groups[0]["lr"]
 
     def refresh_lr(self) -> None:
         """Set the next step's learning rate from the schedule as it stands now (a wall-clock budget moves it
