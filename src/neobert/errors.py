@@ -19,14 +19,6 @@ DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 WRITE_FAULTS = (*DISK_FULL, errno.EACCES, errno.EPERM, errno.EROFS)
 
 
-def io_failure(command: str, error: OSError, what: str | None = None) -> tuple[str, int]:
-    """The one line and exit code for an I/O fault: 4 when the disk or quota is full, as `neobert pretrain`
-    documents, else 2 (a path that cannot be read or written). `what` names the output being written, e.g.
-    "--out runs/x"; the file the fault happened on is named when the error knows it."""
-    failure = write_failure(error, what)
-    return f"neobert {command}: {failure}", failure.exit_code
-
-
 def os_error_within(error: BaseException, filename: str | None = None) -> OSError | None:
     """The OSError that a library written in Rust reports only in its message, e.g. safetensors'
     "I/O error: No space left on device (os error 28)", so that it gets the one line and exit code of an
@@ -72,7 +64,9 @@ class Interrupted(UserError):
 
 
 def write_failure(error: OSError, what: str | None = None) -> UserError:
-    """An I/O fault as the user error it is (see `io_failure`): exit 4 when the disk or quota is full, else 2."""
+    """An I/O fault as the user error it is: exit 4 when the disk or quota is full, as `neobert pretrain`
+    documents, else 2 (a path that cannot be read or written). `what` names the output being written, e.g.
+    "--out runs/x"; the file the fault happened on is named when the error knows it."""
     reason = error.strerror or str(error)
     where = f"{error.filename}: " if error.filename else ""
     doing = f"cannot write {what}: " if what else ""
