@@ -62,7 +62,7 @@ def test_utf16_files_are_named_by_every_reader(model_dir, tmp_path, capsys):
     capsys.readouterr()  # its progress bars
     texts = utf16(tmp_path / "texts.txt", "one\ntwo\n")
     # Before: "no text found".
-    assert main(["encode", "--model", str(model), "--input", str(texts), "--output", str(tmp_path / "v.npy")]) == 2
+    assert main(["encode", "--model", str(model), "--input", str(texts), "--out", str(tmp_path / "v.npy")]) == 2
     assert f"{texts}: the file is UTF-16" in one_line_error(capsys)
     scoring = ["evaluate", "--model", str(model_dir), "--pseudo-perplexity", str(texts), "--out", str(tmp_path / "ev")]
     assert main(scoring) == 2
@@ -75,7 +75,7 @@ def test_utf16_files_are_named_by_every_reader(model_dir, tmp_path, capsys):
 
     no_mark = tmp_path / "no-mark.txt"
     no_mark.write_bytes("one\ntwo\n".encode("utf-16-le"))
-    assert main(["encode", "--model", str(model), "--input", str(no_mark), "--output", str(tmp_path / "v.npy")]) == 2
+    assert main(["encode", "--model", str(model), "--input", str(no_mark), "--out", str(tmp_path / "v.npy")]) == 2
     assert f"{no_mark}: line 1 holds NUL bytes" in one_line_error(capsys)
 
     glue = write_glue_folder(tmp_path / "glue")
@@ -208,7 +208,7 @@ def test_an_out_that_is_a_file_is_refused_by_every_writer_and_kept(model_dir, tm
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps({"query": f"q{i}", "positive": f"p{i}"}) + "\n" for i in range(4)))
     contrastive = ["contrastive", "--model", str(model), "--data", str(pairs), "--batch-size", "4", "--restart"]
-    export = ["export", str(model), "--overwrite"]
+    export = ["export", "--model", str(model), "--restart"]
     # Before: a traceback (finetune, glue), or (contrastive --restart, export --overwrite) after all the work.
     for command in (finetune, glue, contrastive, export):
         assert main([*command, "--out", str(notes)]) == 2
@@ -265,7 +265,7 @@ def test_encode_max_length_0_is_refused_not_taken_as_the_default(tmp_path, capsy
     capsys.readouterr()  # its progress bars
     texts = tmp_path / "texts.txt"
     texts.write_text("one\n")
-    command = ["encode", "--model", str(model), "--input", str(texts), "--output", str(tmp_path / "v.npy")]
+    command = ["encode", "--model", str(model), "--input", str(texts), "--out", str(tmp_path / "v.npy")]
     assert main([*command, "--max-length", "0"]) == 2
     assert "max_length must leave room for [CLS] and [SEP], got 0" in one_line_error(capsys)
 
@@ -338,13 +338,13 @@ def test_encode_output_naming_a_folder_is_refused_before_encoding(tmp_path, caps
     capsys.readouterr()  # its progress bars
     texts = tmp_path / "texts.txt"
     texts.write_text("one\ntwo\n")
-    monkeypatch.setattr(neobert.embed, "encode", lambda *a, **k: pytest.fail("encoded before checking --output"))
+    monkeypatch.setattr(neobert.embed, "encode", lambda *a, **k: pytest.fail("encoded before checking --out"))
     # Before: every text encoded, then IsADirectoryError.
-    assert main(["encode", "--model", str(model), "--input", str(texts), "--output", str(tmp_path)]) == 2
-    assert f"--output {tmp_path} is a folder; name the .npy file to write" in one_line_error(capsys)
+    assert main(["encode", "--model", str(model), "--input", str(texts), "--out", str(tmp_path)]) == 2
+    assert f"--out {tmp_path} is a folder; name the .npy file to write" in one_line_error(capsys)
     blocker = tmp_path / "blocker"
     blocker.write_text("")
-    assert main(["encode", "--model", str(model), "--input", str(texts), "--output", str(blocker / "v.npy")]) == 2
+    assert main(["encode", "--model", str(model), "--input", str(texts), "--out", str(blocker / "v.npy")]) == 2
     assert f"{blocker} is a file, not a folder" in one_line_error(capsys)
 
 
@@ -366,11 +366,11 @@ def test_encode_on_a_full_disk_is_one_line_and_leaves_no_temporary(tmp_path, cap
 
     monkeypatch.setattr(np, "save", full_disk)
     # Before: an OSError traceback, and a partial temporary left beside the output.
-    command = ["encode", "--model", str(model), "--input", str(texts), "--output", str(out / "v.npy")]
+    command = ["encode", "--model", str(model), "--input", str(texts), "--out", str(out / "v.npy")]
     assert main(command) == 4
     err = capsys.readouterr().err  # after the model's loading bar (the encoding ran), one line
     assert "Traceback" not in err
-    assert err.splitlines()[-1] == f"neobert encode: cannot write --output {out / 'v.npy'}: No space left on device"
+    assert err.splitlines()[-1] == f"neobert encode: cannot write --out {out / 'v.npy'}: No space left on device"
     assert list(out.iterdir()) == []
 
 
@@ -385,7 +385,7 @@ def test_a_full_disk_during_export_onnx_leaves_no_folder_that_blocks_a_rerun(tmp
     monkeypatch.setattr(torch.onnx, "export", no_space)
     capsys.readouterr()
     # Before: an OSError traceback, and a copied folder that made the rerun fail with "exists and is not empty".
-    assert main(["export-onnx", str(model), "--out", str(out)]) == 4
+    assert main(["export-onnx", "--model", str(model), "--out", str(out)]) == 4
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert (
@@ -395,7 +395,7 @@ def test_a_full_disk_during_export_onnx_leaves_no_folder_that_blocks_a_rerun(tmp
     assert not out.exists()
 
     exported = tmp_path / "exported-with-onnx"
-    assert main(["export", str(model), "--out", str(exported), "--onnx"]) == 4
+    assert main(["export", "--model", str(model), "--out", str(exported), "--onnx"]) == 4
     assert capsys.readouterr().err.splitlines()[-1].startswith(f"neobert export: cannot write --out {exported}:")
     assert not exported.exists()  # the same command can run again, without --overwrite
 
@@ -426,7 +426,7 @@ def test_encode_names_the_line_of_bad_json(tmp_path, capsys):
     capsys.readouterr()  # its progress bars
     texts = tmp_path / "texts.jsonl"
     texts.write_text('{"text": "one"}\n{"text": \n')
-    assert main(["encode", "--model", str(model), "--input", str(texts), "--output", str(tmp_path / "v.npy")]) == 2
+    assert main(["encode", "--model", str(model), "--input", str(texts), "--out", str(tmp_path / "v.npy")]) == 2
     assert f"{texts}:2: not JSON" in one_line_error(capsys)
 
 

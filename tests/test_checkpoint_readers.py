@@ -33,16 +33,16 @@ MESSAGE = "model.safetensors does not match its checksum (the file is damaged)"
 
 def test_export_refuses_a_damaged_checkpoint_and_writes_nothing(damaged, tmp_path, capsys):
     good, bad = damaged
-    assert main(["export", str(bad), "--out", str(tmp_path / "x")]) == 3
+    assert main(["export", "--model", str(bad), "--out", str(tmp_path / "x")]) == 3
     error = capsys.readouterr().err
     assert error.startswith(f"neobert export: {bad}: {MESSAGE}") and error.count("\n") == 1
     assert not (tmp_path / "x").exists() and list(tmp_path.iterdir()) == []
-    assert main(["export", str(good), "--out", str(tmp_path / "x")]) == 0  # the intact one exports
+    assert main(["export", "--model", str(good), "--out", str(tmp_path / "x")]) == 0  # the intact one exports
 
 
 def test_export_onnx_refuses_a_damaged_checkpoint(damaged, tmp_path, capsys):
     _, bad = damaged
-    assert main(["export-onnx", str(bad), "--out", str(tmp_path / "onnx")]) == 3
+    assert main(["export-onnx", "--model", str(bad), "--out", str(tmp_path / "onnx")]) == 3
     assert MESSAGE in capsys.readouterr().err and not (tmp_path / "onnx").exists()
 
 

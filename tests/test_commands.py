@@ -64,7 +64,7 @@ def test_pretrain_resume_and_export(corpus, tmp_path, tokenizer):
     assert any("eval/loss" in r for r in records) and (out / "loss_curve.png").is_file()
 
     exported = tmp_path / "exported"
-    assert main(["export", str(out / "checkpoints" / "latest"), "--out", str(exported)]) == 0
+    assert main(["export", "--model", str(out / "checkpoints" / "latest"), "--out", str(exported)]) == 0
     config = json.loads((exported / "config.json").read_text())
     assert config["auto_map"]["AutoModelForMaskedLM"] == "modeling_neobert.NeoBERTForMaskedLM"
     checkpoint = AutoModelForMaskedLM.from_pretrained(out / "checkpoints" / "latest").eval()
@@ -82,7 +82,7 @@ def test_pretrain_resume_and_export(corpus, tmp_path, tokenizer):
         mask = batch["attention_mask"][..., None].float()
         expected = (hidden * mask).sum(1) / mask.sum(1)
     torch.testing.assert_close(vectors.cpu(), expected, atol=1e-5, rtol=1e-4)
-    assert main(["export", str(out / "checkpoints" / "latest"), "--out", str(exported)]) == 2  # no overwrite
+    assert main(["export", "--model", str(out / "checkpoints" / "latest"), "--out", str(exported)]) == 2  # no overwrite
 
     # Held-out MLM of the checkpoint on the corpus's held-out split: the command's figures, and the loop's
     # last evaluation, each recomputed here densely (eval mode, full logits) on the batches each one reads.

@@ -31,7 +31,7 @@ def test_encode_on_such_a_folder_fails_with_one_line(tmp_path, capsys):
     (folder / "config.json").write_text(json.dumps(settings))
     (tmp_path / "texts.txt").write_text("hello\n")
     out = tmp_path / "vectors.npy"
-    assert main(["encode", "--model", str(folder), "--input", str(tmp_path / "texts.txt"), "--output", str(out)]) == 2
+    assert main(["encode", "--model", str(folder), "--input", str(tmp_path / "texts.txt"), "--out", str(out)]) == 2
     assert "config.json does not state num_hidden_layers" in capsys.readouterr().err and not out.exists()
 
 

@@ -15,7 +15,7 @@ onnxruntime = pytest.importorskip("onnxruntime")
 def test_onnx_matches_pytorch_and_backs_encode(tmp_path):
     folder = exported_model(tmp_path)
     out = tmp_path / "onnx"
-    assert main(["export-onnx", str(folder), "--out", str(out)]) == 0
+    assert main(["export-onnx", "--model", str(folder), "--out", str(out)]) == 0
     from neobert.onnx_export import onnx_session
 
     session = onnx_session(out)
@@ -35,9 +35,9 @@ def test_onnx_matches_pytorch_and_backs_encode(tmp_path):
     np.testing.assert_allclose(
         encode(out, texts, backend="onnx", show_progress=False), encode(folder, texts, show_progress=False), atol=1e-4
     )
-    with pytest.raises(FileNotFoundError, match="export-onnx"):
+    with pytest.raises(FileNotFoundError, match="export --model .* --onnx"):
         encode(folder, texts, backend="onnx", show_progress=False)
-    assert main(["export-onnx", str(tmp_path / "absent")]) == 2
+    assert main(["export", "--model", str(tmp_path / "absent"), "--onnx"]) == 2
 
 
 def assert_per_output_channel(int8_graph, float_graph) -> None:
@@ -67,7 +67,7 @@ def assert_per_output_channel(int8_graph, float_graph) -> None:
 def test_export_with_onnx_writes_both_graphs_next_to_the_model(tmp_path):
     folder = exported_model(tmp_path)
     out = tmp_path / "with-onnx"
-    assert main(["export", str(folder), "--out", str(out), "--onnx", "--int8"]) == 0
+    assert main(["export", "--model", str(folder), "--out", str(out), "--onnx", "--int8"]) == 0
     texts = ["hello world", "", "a longer text about something rather different " * 4]
     reference = encode(folder, texts, show_progress=False)
     np.testing.assert_allclose(encode(out, texts, backend="onnx", show_progress=False), reference, atol=1e-4)
@@ -79,9 +79,9 @@ def test_int8_onnx_is_quantised_close_to_float32_and_backs_encode(tmp_path):
     import onnx
 
     folder = exported_model(tmp_path)
-    assert main(["export", str(folder), "--out", str(tmp_path / "x"), "--int8"]) == 2  # --int8 needs --onnx
+    assert main(["export", "--model", str(folder), "--out", str(tmp_path / "x"), "--int8"]) == 2  # --int8 needs --onnx
     out = tmp_path / "onnx"
-    assert main(["export-onnx", str(folder), "--out", str(out), "--int8"]) == 0
+    assert main(["export-onnx", "--model", str(folder), "--out", str(out), "--int8"]) == 0
     graph = onnx.load(str(out / "onnx" / "model_qint8.onnx")).graph
     integer_ops = [node.op_type for node in graph.node if node.op_type in ("MatMulInteger", "DynamicQuantizeMatMul")]
     float_matmuls = [node for node in graph.node if node.op_type == "MatMul"]

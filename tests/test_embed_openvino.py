@@ -102,7 +102,7 @@ def test_missing_openvino_is_named(onnx_folder, monkeypatch, tmp_path, capsys):
     texts.write_text("hello\n")
     out = tmp_path / "vectors.npy"
     code = main(
-        ["encode", "--model", str(onnx_folder), "--input", str(texts), "--output", str(out)] + ["--backend", "openvino"]
+        ["encode", "--model", str(onnx_folder), "--input", str(texts), "--out", str(out)] + ["--backend", "openvino"]
     )
     assert code == 2 and not out.exists()
     assert "neobert[openvino]" in capsys.readouterr().err

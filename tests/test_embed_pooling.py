@@ -54,7 +54,7 @@ def test_encode_command_uses_the_folders_pooling(folders, theirs, tmp_path):
     source = tmp_path / "docs.jsonl"
     source.write_text("\n".join(json.dumps({"text": t}) for t in TEXTS) + "\n")
     out = tmp_path / "docs.npy"
-    command = ["encode", "--model", str(folders["cls"]), "--input", str(source), "--output", str(out), "--no-normalize"]
+    command = ["encode", "--model", str(folders["cls"]), "--input", str(source), "--out", str(out), "--no-normalize"]
     assert main(command) == 0
     np.testing.assert_allclose(np.load(out), theirs["cls"], atol=1e-5, rtol=0)
     assert main([*command, "--pooling", "max"]) == 0

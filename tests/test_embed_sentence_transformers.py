@@ -43,15 +43,15 @@ def test_encode_command(folder, tmp_path, capsys):
     source = tmp_path / "docs.jsonl"
     source.write_text("\n".join(json.dumps({"text": t}) for t in TEXTS) + "\n")
     out = tmp_path / "out" / "docs.npy"
-    assert main(["encode", "--model", str(folder), "--input", str(source), "--output", str(out)]) == 0
+    assert main(["encode", "--model", str(folder), "--input", str(source), "--out", str(out)]) == 0
     np.testing.assert_allclose(np.load(out), encode(folder, TEXTS, show_progress=False), atol=1e-6)
     lines = tmp_path / "docs.txt"
     lines.write_text("one\ntwo\n")
-    command = ["encode", "--model", str(folder), "--input", str(lines), "--output", str(out)]
+    command = ["encode", "--model", str(folder), "--input", str(lines), "--out", str(out)]
     assert main([*command, "--pooling", "cls"]) == 0
     assert np.load(out).shape == (2, 64)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"body": "no text field"}\n')
-    assert main(["encode", "--model", str(folder), "--input", str(bad), "--output", str(out)]) == 2
+    assert main(["encode", "--model", str(folder), "--input", str(bad), "--out", str(out)]) == 2
     assert "bad.jsonl:1" in capsys.readouterr().err
-    assert main(["encode", "--model", str(folder), "--input", str(lines), "--output", str(out), "--pooling", "x"]) == 2
+    assert main(["encode", "--model", str(folder), "--input", str(lines), "--out", str(out), "--pooling", "x"]) == 2

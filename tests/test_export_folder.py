@@ -40,7 +40,7 @@ def test_a_plain_save_carries_no_code(raw):
 
 def test_export_without_code_points_at_no_code(raw, tmp_path):
     out = tmp_path / "bare"
-    assert main(["export", str(raw), "--out", str(out), "--without-code"]) == 0
+    assert main(["export", "--model", str(raw), "--out", str(out), "--without-code"]) == 0
     assert not has_code(out) and not set(CODE_KEYS) & set(settings(out))
     assert type(AutoModelForMaskedLM.from_pretrained(out)) is NeoBERTForMaskedLM
 

@@ -49,7 +49,10 @@ def tei_pooling(folder) -> str:
 def test_export_onnx_folder_serves_as_text_embeddings_inference_reads_it(tmp_path, pooling):
     exported_model(tmp_path, pooling=pooling)
     out = tmp_path / "served"
-    assert main(["export", str(tmp_path / "raw"), "--out", str(out), "--pooling", pooling, "--onnx", "--int8"]) == 0
+    assert (
+        main(["export", "--model", str(tmp_path / "raw"), "--out", str(out), "--pooling", pooling, "--onnx", "--int8"])
+        == 0
+    )
     for name in ("onnx/model.onnx", "onnx/model_qint8.onnx", "tokenizer.json", "modules.json"):
         assert (out / name).is_file(), name
     assert not (out / "model.onnx").exists()
@@ -81,7 +84,7 @@ def test_export_onnx_folder_serves_as_text_embeddings_inference_reads_it(tmp_pat
 
 def test_a_folder_of_the_older_layout_still_backs_encode(tmp_path):
     folder = exported_model(tmp_path)
-    assert main(["export-onnx", str(folder), "--int8"]) == 0
+    assert main(["export", "--model", str(folder), "--onnx", "--int8"]) == 0
     reference = encode(folder, TEXTS, backend="onnx", show_progress=False)
     int8 = encode(folder, TEXTS, backend="onnx-int8", show_progress=False)
     # An export made before the serving layout: the graphs at the top of the folder.
@@ -97,8 +100,8 @@ def test_written_graphs_and_vectors_follow_the_umask(tmp_path):
     texts.write_text("hello\nworld\n")
     previous = os.umask(0o027)
     try:
-        assert main(["export-onnx", str(folder), "--out", str(tmp_path / "onnx-out"), "--int8"]) == 0
-        assert main(["encode", "--model", str(folder), "--input", str(texts), "--output", str(tmp_path / "v.npy")]) == 0
+        assert main(["export-onnx", "--model", str(folder), "--out", str(tmp_path / "onnx-out"), "--int8"]) == 0
+        assert main(["encode", "--model", str(folder), "--input", str(texts), "--out", str(tmp_path / "v.npy")]) == 0
     finally:
         os.umask(previous)
     for path in (

@@ -170,7 +170,7 @@ def test_the_library_refuses_a_folder_of_another_code_format(folders, tmp_path, 
 
 def test_re_exporting_an_older_folder_gives_it_the_current_code(folders, tmp_path):
     older = with_code_version(folders["masked_lm"][0], tmp_path / "older", CODE_FORMAT_VERSION - 1)
-    assert main(["export", str(older), "--out", str(tmp_path / "new")]) == 0
+    assert main(["export", "--model", str(older), "--out", str(tmp_path / "new")]) == 0
     assert json.loads((tmp_path / "new" / "config.json").read_text())["neobert_code_version"] == CODE_FORMAT_VERSION
     assert (tmp_path / "new" / MODEL_FILE).read_text() == generate()[MODEL_FILE]
     original = AutoModelForMaskedLM.from_pretrained(folders["masked_lm"][0]).state_dict()

@@ -27,7 +27,7 @@ def test_a_full_disk_while_export_writes_the_weights_is_exit_4_in_one_line(tmp_p
     monkeypatch.setattr(PreTrainedModel, "save_pretrained", no_space)
     out = tmp_path / "exported"
     capsys.readouterr()
-    assert main(["export", str(model), "--out", str(out)]) == 4
+    assert main(["export", "--model", str(model), "--out", str(out)]) == 4
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1] == f"neobert export: cannot write --out {out}: {out}: No space left on device"

@@ -37,10 +37,10 @@ def test_a_second_writer_of_an_output_in_use_is_refused_naming_the_holder(tmp_pa
     try:
         assert holder.stdout.readline().strip() == "held"
         commands = {
-            "export": ["export", str(model), "--out", str(exported)],
-            "export --overwrite": ["export", str(model), "--out", str(exported), "--overwrite"],
-            "export-onnx": ["export-onnx", str(model), "--out", str(embedder)],
-            "export-onnx into the model": ["export-onnx", str(model)],
+            "export": ["export", "--model", str(model), "--out", str(exported)],
+            "export --restart": ["export", "--model", str(model), "--out", str(exported), "--restart"],
+            "export --onnx": ["export", "--model", str(model), "--out", str(embedder), "--onnx"],
+            "export --onnx into the model": ["export", "--model", str(model), "--onnx"],
             "contrastive": ["contrastive", "--model", str(model), "--data", str(tmp_path / "p.jsonl")]
             + ["--out", str(embedder), "--restart"],
             "glue": ["glue", "--model", str(model), "--data", str(tmp_path / "glue-data"), "--out", str(glue_out)]

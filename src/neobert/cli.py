@@ -8,9 +8,19 @@ import argparse
 import importlib
 import sys
 
-from neobert.errors import EXIT_CHECKPOINT, EXIT_DISK_FULL, WRITE_FAULTS, CheckpointError, io_failure
+from neobert.commands.options import CONVENTION, CommandParser
+from neobert.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_DISK_FULL,
+    EXIT_DIVERGED,
+    EXIT_INTERRUPTED,
+    WRITE_FAULTS,
+    UserError,
+    write_failure,
+)
 
-# name -> (module, one-line help). Each module defines `add_arguments(parser)` and `run(args) -> int`.
+# name -> (module, one-line help). Each module defines `add_arguments(parser)` and `run(args) -> int`, and may
+# name the built-in exceptions that are the user's to fix in `USER_ERRORS` (see `exit_code_of`).
 COMMANDS: dict[str, tuple[str, str]] = {
     "smoke": ("neobert.commands.smoke", "build a tiny model, fill a mask, save and reload it (seconds)"),
     "demo": ("neobert.commands.demo", "prepare the demo corpus, pre-train ~10 min, evaluate, probe, report"),
@@ -21,7 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "glue": ("neobert.commands.glue", "the paper's GLUE protocol: grid, early stopping, MNLI transfer, table"),
     "evaluate": ("neobert.commands.evaluate", "pseudo-perplexity by length, held-out MLM, offline task suite"),
     "encode": ("neobert.commands.encode", "embed texts (.txt / .jsonl) into a .npy array"),
-    "export-onnx": ("neobert.commands.export_onnx", "the encoder as ONNX (dynamic batch and length)"),
+    "export-onnx": ("neobert.commands.export_onnx", "deprecated: use `export --onnx` (ONNX of a model folder)"),
     "mteb": ("neobert.commands.mteb", "run MTEB (v2) tasks on an embedder through mteb's evaluator"),
     "contrastive": ("neobert.commands.contrastive", "contrastive fine-tuning (InfoNCE) into a sentence embedder"),
     "ablate": ("neobert.commands.ablate", "the paper's ablation ladder (Table 2) at small scale, seeds, table"),
@@ -58,10 +68,13 @@ def package_version() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="neobert", description="NeoBERT: model, pre-training, evaluation", formatter_class=HelpFormatter
+        prog="neobert",
+        description="NeoBERT: model, pre-training, evaluation",
+        epilog=f"Conventions: {CONVENTION}.",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=CommandParser)
     for name, (module_name, help_text) in COMMANDS.items():
         command = sub.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter)
         command.set_defaults(_module=module_name)
@@ -69,23 +82,52 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Errors of library modules that predate `UserError`, with their exit codes (README, "Pre-training") and the
+# form of their line. Found through sys.modules: a module never loaded raised nothing, and looking needs no import.
+LIBRARY_ERRORS: tuple[tuple[str, str, int, str], ...] = (
+    ("neobert.train.checkpoint", "DiskFullError", EXIT_DISK_FULL, "{error}"),  # before its base, CheckpointError
+    ("neobert.train.trainer", "TrainingDiverged", EXIT_DIVERGED, "{error}"),
+    ("neobert.ablate", "LadderInterrupted", EXIT_INTERRUPTED, "{error}; the same command resumes it"),
+    ("neobert.openvino_backend", "OpenVINOMissing", EXIT_BAD_INPUT, "{error}"),
+    ("neobert.finetune.model", "ModelFolderError", EXIT_BAD_INPUT, "{error}"),
+)
+
+
+def exit_code_of(error: BaseException, module) -> tuple[int, str] | None:
+    """The exit code and message of an error the user can act on; None for a bug (it stays a traceback).
+    One place for every command: library errors above, then `UserError` and its kinds, then the built-in
+    exceptions the command names in `USER_ERRORS` (e.g. ValueError for a bad value read from a file), then
+    I/O faults a user can fix (a full disk: 4; no permission: 2)."""
+    for module_name, class_name, code, form in LIBRARY_ERRORS:
+        known = getattr(sys.modules.get(module_name), class_name, None)
+        if known is not None and isinstance(error, known):
+            return code, form.format(error=error)
+    if isinstance(error, UserError):
+        return error.exit_code, str(error)
+    if isinstance(error, getattr(module, "USER_ERRORS", ())):
+        return EXIT_BAD_INPUT, str(error)
+    if isinstance(error, OSError) and error.errno in WRITE_FAULTS:
+        failure = write_failure(error)
+        return failure.exit_code, str(failure)
+    if isinstance(error, KeyboardInterrupt) and hasattr(module, "ON_INTERRUPT"):
+        return EXIT_INTERRUPTED, module.ON_INTERRUPT
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from neobert.runtime import tune_cpu_allocator
 
     tune_cpu_allocator()
+    module = importlib.import_module(args._module)
     try:
-        return int(importlib.import_module(args._module).run(args) or 0)
-    except CheckpointError as error:  # whichever command read the checkpoint: the same line, the same code
-        print(f"neobert {args.command}: {error}", file=sys.stderr)
-        from neobert.train.checkpoint import DiskFullError  # loaded already: the error came from there
-
-        return EXIT_DISK_FULL if isinstance(error, DiskFullError) else EXIT_CHECKPOINT
-    except OSError as error:
-        if error.errno not in WRITE_FAULTS:
+        return int(module.run(args) or 0)
+    except (Exception, KeyboardInterrupt) as error:
+        known = exit_code_of(error, module)
+        if known is None:
             raise
-        line, code = io_failure(args.command, error)
-        print(line, file=sys.stderr)
+        code, message = known
+        print(f"neobert {args.command}: {message}", file=sys.stderr)
         return code
 
 

@@ -238,7 +238,7 @@ def encode(
     texts with a warning. `output_dim` keeps the first dimensions (Matryoshka-style), renormalised when
     `normalize`. `precision`: float32, int8 or binary (see `quantize`). `packed=False` pads instead; the
     vectors agree to float rounding either way and whatever `batch_size`. `backend`: "torch", or "onnx" /
-    "onnx-int8" for a folder holding onnx/model.onnx / onnx/model_qint8.onnx (`neobert export-onnx [--int8]`; an
+    "onnx-int8" for a folder holding onnx/model.onnx / onnx/model_qint8.onnx (`neobert export --onnx [--int8]`; an
     older export's model.onnx / model_int8.onnx is read too), or "openvino" / "openvino-int8" for the same
     graphs compiled by OpenVINO (`pip install 'neobert[openvino]'`, see `neobert.openvino_backend`); the
     ONNX and OpenVINO backends pad their length-sorted batches.

@@ -42,7 +42,7 @@ def export_model(
     verify_model_folder(source)
     check_output_folder(out, "--out")  # a file in the way is the user's, --overwrite or not: refused, never deleted
     if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
+        raise FileExistsError(f"{out} exists; pass overwrite=True (--restart) to replace it")
     # The source's own code format does not matter: the folder gets the current code.
     settings, _ = NeoBERTConfig.get_config_dict(source)
     settings.pop("neobert_code_version", None)

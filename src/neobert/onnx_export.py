@@ -192,7 +192,7 @@ def quantize_onnx(folder: str | Path) -> Path:
     folder = Path(folder)
     source = folder / ONNX_FILE
     if not source.is_file():
-        raise FileNotFoundError(f"{source} does not exist; write it with `neobert export-onnx {folder}`")
+        raise FileNotFoundError(f"{source} does not exist; write it with `neobert export --model {folder} --onnx`")
     with tempfile.NamedTemporaryFile(dir=source.parent, prefix=".model_qint8.", suffix=".onnx", delete=False) as tmp:
         pass
     root = logging.getLogger()
@@ -223,7 +223,7 @@ def onnx_session(folder: str | Path, threads: int | None = None, backend: str = 
     path = onnx_path(folder, backend)
     if not path.is_file():
         flag = " --int8" if backend == "onnx-int8" else ""
-        raise FileNotFoundError(f"{path} does not exist; write it with `neobert export-onnx {folder}{flag}`")
+        raise FileNotFoundError(f"{path} does not exist; write it with `neobert export --model {folder} --onnx{flag}`")
     options = onnxruntime.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads

@@ -58,7 +58,7 @@ def openvino_session(folder: str | Path, backend: str = "openvino", threads: int
         flag = " --int8" if backend == "openvino-int8" else ""
         raise FileNotFoundError(
             f"{path} does not exist; the {backend} backend reads the exported ONNX graph: write it with "
-            f"`neobert export {folder} --out DIR --onnx{flag}` or `neobert export-onnx {folder}{flag}`"
+            f"`neobert export --model {folder} --onnx{flag}` (or with --out DIR, into a new folder)"
         )
     openvino = import_openvino()
     stat = path.stat()

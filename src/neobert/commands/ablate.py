@@ -5,12 +5,14 @@ and a PNG."""
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+
+USER_ERRORS = (ValueError,)  # an unknown row, a bad override (see neobert.cli.exit_code_of)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from neobert.ablate import EXTRA_ROWS, ROW_NAMES
+    from neobert.commands.options import add_restart_option
 
     extra = ",".join(row.name for row in EXTRA_ROWS)
     parser.add_argument("overrides", nargs="*", metavar="OVERRIDE", help="dotted overrides for every row")
@@ -24,27 +26,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", default="runs/ablate", help="results folder (a ladder of the same settings resumes there)"
     )
-    parser.add_argument("--restart", action="store_true", help="delete the ladder in --out and start afresh")
+    add_restart_option(parser, "delete the ladder in --out and start afresh")
     parser.add_argument("--no-probe", action="store_true", help="skip the frozen-embedding linear probe")
 
 
 def run(args: argparse.Namespace) -> int:
-    from neobert.ablate import LadderInterrupted, LadderSettings, format_table, run_ladder, select_rows
+    from neobert.ablate import LadderSettings, format_table, run_ladder, select_rows
     from neobert.commands.demo import prepare_demo_corpus
     from neobert.commands.pretrain import split_items
+    from neobert.errors import UsageError
 
     paths, overrides = split_items(args.overrides)
     if paths:
-        print(f"neobert ablate takes only key=value overrides, not {paths}", file=sys.stderr)
-        return 2
+        raise UsageError(f"takes only key=value overrides, not {paths}")
     if args.seeds < 1:
-        print(f"neobert ablate: --seeds must be at least 1, got {args.seeds}", file=sys.stderr)
-        return 2
-    try:
-        rows = select_rows(args.rows.split(",") if args.rows else None)
-    except ValueError as error:
-        print(f"neobert ablate: {error}", file=sys.stderr)
-        return 2
+        raise UsageError(f"--seeds must be at least 1, got {args.seeds}")
+    rows = select_rows(args.rows.split(",") if args.rows else None)
     corpus = Path(args.corpus) if args.corpus else prepare_demo_corpus()
     settings = LadderSettings(
         corpus=str(corpus),
@@ -57,14 +54,7 @@ def run(args: argparse.Namespace) -> int:
         probe_test=40 if args.quick else 300,
         extra=tuple(overrides),
     )
-    try:
-        report = run_ladder(rows, settings, restart=args.restart)
-    except LadderInterrupted as error:
-        print(f"neobert ablate: {error}; the same command resumes it", file=sys.stderr)
-        return 130
-    except ValueError as error:
-        print(f"neobert ablate: {error}", file=sys.stderr)
-        return 2
+    report = run_ladder(rows, settings, restart=args.restart)  # interrupted: exit 130, see neobert.cli
     print(format_table(rows, report["summary"]))
     print(f"\nresults: {Path(args.out) / 'results.json'}\ntable: {Path(args.out) / 'ablations.md'}")
     return 0

@@ -5,13 +5,16 @@ fine-tuning (InfoNCE, in-batch and hard negatives) into a sentence-transformers 
 from __future__ import annotations
 
 import argparse
-import sys
+
+# Bad pairs, settings or folders (see neobert.cli.exit_code_of).
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from neobert.commands.export import add_prompt_option
+    from neobert.commands.options import add_model_option, add_out_option, add_restart_option
 
-    parser.add_argument("--model", required=True, help="a NeoBERT folder (e.g. what `neobert export` wrote)")
+    add_model_option(parser, "a NeoBERT folder (e.g. what `neobert export` wrote)")
     parser.add_argument(
         "--data",
         required=True,
@@ -19,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="pairs: .jsonl files, saved `datasets` folders, hf:NAME[:CONFIG], or demo (headline -> article "
         "pairs from the demo corpus, none of them in the retrieval-offline suite); one dataset each",
     )
-    parser.add_argument("--out", required=True, help="folder to write the embedder to")
+    add_out_option(parser, "folder to write the embedder to", required=True)
     parser.add_argument("--steps", type=int, default=2000, help="optimiser steps")
     parser.add_argument("--batch-size", type=int, default=32, help="pairs per process and step")
     parser.add_argument("--lr", type=float, default=2e-5, help="peak learning rate")
@@ -36,13 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         'prompt stored with the model; "query" and "document" prompts are also used in training, '
         'e.g. --prompt "query=query: " --prompt "document=passage: "',
     )
-    parser.add_argument(
-        "--restart",
-        "--overwrite",
-        dest="overwrite",
-        action="store_true",
-        help="replace what --out holds (an earlier embedder) with this run's; --overwrite is the older name",
-    )
+    add_restart_option(parser, "replace what --out holds (an earlier embedder) with this run's", ("--overwrite",))
 
 
 def data_words() -> dict:
@@ -55,31 +52,26 @@ def data_words() -> dict:
 def run(args: argparse.Namespace) -> int:
     from neobert.commands.export import parse_prompts
     from neobert.embed_train.train import ContrastiveSettings, train_contrastive
+    from neobert.errors import UsageError
 
-    try:
-        settings = ContrastiveSettings(
-            steps=args.steps,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            temperature=args.temperature,
-            alpha=args.alpha,
-            chunk_size=args.grad_cache,
-            max_length=args.max_length,
-            pooling=args.pooling,
-            warmup_steps=args.warmup_steps,
-            seed=args.seed,
-            device=args.device,
-        )
-        if args.steps < 1:
-            raise ValueError(f"--steps must be positive, got {args.steps}")
-        if args.pooling not in ("mean", "cls", "max"):
-            raise ValueError(f"unknown pooling {args.pooling!r}; choose mean, cls or max")
-        prompts = parse_prompts(args.prompt)
-        out = train_contrastive(
-            args.model, args.data, args.out, settings, prompts or None, args.overwrite, data_words()
-        )
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
-        print(f"neobert contrastive: {error}", file=sys.stderr)
-        return 2
+    settings = ContrastiveSettings(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        temperature=args.temperature,
+        alpha=args.alpha,
+        chunk_size=args.grad_cache,
+        max_length=args.max_length,
+        pooling=args.pooling,
+        warmup_steps=args.warmup_steps,
+        seed=args.seed,
+        device=args.device,
+    )
+    if args.steps < 1:
+        raise UsageError(f"--steps must be positive, got {args.steps}")
+    if args.pooling not in ("mean", "cls", "max"):
+        raise UsageError(f"unknown pooling {args.pooling!r}; choose mean, cls or max")
+    prompts = parse_prompts(args.prompt)
+    out = train_contrastive(args.model, args.data, args.out, settings, prompts or None, args.restart, data_words())
     print(f"wrote {out}")
     return 0

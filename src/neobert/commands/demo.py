@@ -10,7 +10,6 @@ import argparse
 import math
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -18,13 +17,18 @@ from pathlib import Path
 from neobert.commands.pretrain import split_items
 from neobert.files import write_json_atomically
 
+# A bad override or corpus: exit 2, as `neobert pretrain` (see neobert.cli.exit_code_of for the other codes).
+USER_ERRORS = (ValueError, FileNotFoundError)
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from neobert.commands.options import add_out_option
+
     parser.add_argument(
         "overrides", nargs="*", metavar="OVERRIDE", help="dotted overrides of the demo preset, e.g. budget.hours=0.05"
     )
     parser.add_argument("--corpus", default=None, help="prepared corpus folder (default: the cached demo corpus)")
-    parser.add_argument("--out", default=None, help="run folder (default: runs/demo-<date>-<time>)")
+    add_out_option(parser, "run folder (default: runs/demo-<date>-<time>)", default=None)
     parser.add_argument(
         "--recipe",
         choices=("auto", "standard", "short"),
@@ -41,48 +45,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from neobert.errors import UsageError
     from neobert.train.config import load_config, preset_path
 
     paths, overrides = split_items(args.overrides)
     if paths:
-        print(f"neobert demo takes only key=value overrides, not {paths}", file=sys.stderr)
-        return 2
+        raise UsageError(f"takes only key=value overrides, not {paths}")
     started = time.time()
     corpus = Path(args.corpus) if args.corpus else prepare_demo_corpus()
     out = args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}"
     settings = [f"data.path={corpus}", f"system.output_dir={out}", *overrides]
-    try:
-        config = load_config([preset_path("demo")], settings)
-    except ValueError as error:
-        print(f"neobert demo: {error}", file=sys.stderr)
-        return 2
-    from neobert.commands.pretrain import EXIT_BAD_INPUT, EXIT_DISK_FULL, EXIT_DIVERGED
-
+    config = load_config([preset_path("demo")], settings)
     # Timing the standard preset's steps reads the corpus: the same bad input as training itself.
-    try:
-        recipe = choose_recipe(args.recipe, config, settings)
-        if recipe["preset"] != "demo":
-            config = load_config([preset_path(recipe["preset"])], settings)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"neobert demo: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    recipe = choose_recipe(args.recipe, config, settings)
+    if recipe["preset"] != "demo":
+        config = load_config([preset_path(recipe["preset"])], settings)
     print(f"recipe: {recipe['preset']} ({recipe['reason']})")
-    from neobert.train.checkpoint import DiskFullError
     from neobert.train.data import make_eval_batches, make_loader
-    from neobert.train.pretrain import TrainingDiverged, pretrain
+    from neobert.train.pretrain import pretrain
 
-    # The same exit codes as `neobert pretrain` (a damaged checkpoint is mapped in cli.py).
-    try:
-        result = pretrain(config, make_loader, make_eval_batches)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"neobert demo: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except DiskFullError as error:
-        print(f"neobert demo: {error}", file=sys.stderr)
-        return EXIT_DISK_FULL
-    except TrainingDiverged as error:
-        print(f"neobert demo: {error}", file=sys.stderr)
-        return EXIT_DIVERGED
+    # The same exit codes as `neobert pretrain`: a full disk 4, a diverged loss 5 (neobert.cli maps them).
+    result = pretrain(config, make_loader, make_eval_batches)
     report = summarise(config, result, corpus, time.time() - started)
     report["recipe"] = recipe
     if not args.no_probe and result.checkpoint is not None:

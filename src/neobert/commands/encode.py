@@ -1,20 +1,23 @@
-"""`neobert encode --model DIR --input docs.jsonl|txt --output docs.npy`: one embedding per text, in order."""
+"""`neobert encode --model DIR --input docs.jsonl|txt --out docs.npy`: one embedding per text, in order."""
 
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import os
-import sys
 import tempfile
 from pathlib import Path
 
+# Bad texts, options or model folders (see neobert.cli.exit_code_of; a missing openvino is mapped there too).
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError)
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="a model folder (e.g. what `neobert export` wrote)")
+    from neobert.commands.options import add_model_option, add_out_option
+
+    add_model_option(parser, "a model folder (e.g. what `neobert export` wrote)")
     parser.add_argument("--input", required=True, help="texts: .txt (one per line) or .jsonl (see --text-field)")
-    parser.add_argument("--output", required=True, help=".npy file to write, shape (texts, dim)")
+    add_out_option(parser, ".npy file to write, shape (texts, dim)", ("--output",), required=True)
     parser.add_argument("--text-field", default="text", help="the JSON Lines field holding the text")
     parser.add_argument(
         "--pooling",
@@ -61,12 +64,12 @@ def read_texts(path: Path, text_field: str) -> list[str]:
 def check_output(path: Path) -> None:
     """Before any encoding: the vectors must have somewhere to go."""
     if path.is_dir():
-        raise ValueError(f"--output {path} is a folder; name the .npy file to write")
+        raise ValueError(f"--out {path} is a folder; name the .npy file to write")
     parent = next((p for p in path.absolute().parents if p.exists()), None)
     if parent is not None and not parent.is_dir():
-        raise ValueError(f"--output {path}: {parent} is a file, not a folder")
+        raise ValueError(f"--out {path}: {parent} is a file, not a folder")
     if parent is not None and not os.access(parent, os.W_OK):
-        raise ValueError(f"--output {path}: {parent} is not writable")
+        raise ValueError(f"--out {path}: {parent} is not writable")
 
 
 def save_npy_atomically(path: Path, array) -> None:
@@ -88,32 +91,26 @@ def save_npy_atomically(path: Path, array) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from neobert.embed import encode
-    from neobert.openvino_backend import OpenVINOMissing
+    from neobert.errors import write_failure
 
+    check_output(Path(args.out))
+    texts = read_texts(Path(args.input), args.text_field)
+    vectors = encode(
+        args.model,
+        texts,
+        pooling=args.pooling,
+        normalize=not args.no_normalize,
+        prompt=args.prompt,
+        prompt_name=args.prompt_name,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        output_dim=args.output_dim,
+        precision=args.precision,
+        backend=args.backend,
+    )
     try:
-        check_output(Path(args.output))
-        texts = read_texts(Path(args.input), args.text_field)
-        vectors = encode(
-            args.model,
-            texts,
-            pooling=args.pooling,
-            normalize=not args.no_normalize,
-            prompt=args.prompt,
-            prompt_name=args.prompt_name,
-            batch_size=args.batch_size,
-            max_length=args.max_length,
-            output_dim=args.output_dim,
-            precision=args.precision,
-            backend=args.backend,
-        )
-    except (ValueError, TypeError, FileNotFoundError, OpenVINOMissing, json.JSONDecodeError) as error:
-        print(f"neobert encode: {error}", file=sys.stderr)
-        return 2
-    try:
-        save_npy_atomically(Path(args.output), vectors)
-    except OSError as error:
-        # The same codes as `neobert pretrain`: 4 for a full disk, 2 for a path that cannot be written.
-        print(f"neobert encode: cannot write --output {args.output}: {error.strerror or error}", file=sys.stderr)
-        return 4 if error.errno in (errno.ENOSPC, errno.EDQUOT) else 2
-    print(f"wrote {args.output}: {vectors.shape[0]} vectors of {vectors.shape[-1]} ({vectors.dtype})")
+        save_npy_atomically(Path(args.out), vectors)
+    except OSError as error:  # any fault writing the vectors: 4 for a full disk, else 2 (as `neobert pretrain`)
+        raise write_failure(error, f"--out {args.out}") from error
+    print(f"wrote {args.out}: {vectors.shape[0]} vectors of {vectors.shape[-1]} ({vectors.dtype})")
     return 0

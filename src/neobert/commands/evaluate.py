@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+
+USER_ERRORS = (ValueError, FileNotFoundError)  # a missing text file, a bad length (see neobert.cli.exit_code_of)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -111,46 +112,34 @@ def check_numbers(args: argparse.Namespace) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from neobert.errors import UsageError
     from neobert.files import write_json_atomically
-    from neobert.finetune.model import ModelFolderError, model_folder
+    from neobert.finetune.model import model_folder
 
-    try:
-        folder = model_folder(args.model)
-    except ModelFolderError as error:
-        print(f"neobert evaluate: {error}", file=sys.stderr)
-        return 2
+    folder = model_folder(args.model)
     if not (args.pseudo_perplexity or args.mlm_data or args.suite):
-        print(
-            "neobert evaluate: choose --pseudo-perplexity FILE, --mlm-data FOLDER or --suite offline|retrieval-offline",
-            file=sys.stderr,
-        )
-        return 2
+        raise UsageError("choose --pseudo-perplexity FILE, --mlm-data FOLDER or --suite offline|retrieval-offline")
     problem = check_numbers(args)
     if problem:
-        print(f"neobert evaluate: {problem}", file=sys.stderr)
-        return 2
+        raise UsageError(problem)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report: dict = {"model": str(folder)}
-    try:
-        if args.pseudo_perplexity:
-            report["pseudo_perplexity"] = _pseudo_perplexity(args, folder, out)
-        if args.mlm_data:
-            report["mlm"] = _mlm(args, folder)
-        if args.suite == "retrieval-offline":
-            from neobert.eval.retrieval_offline import run_retrieval_suite
+    if args.pseudo_perplexity:
+        report["pseudo_perplexity"] = _pseudo_perplexity(args, folder, out)
+    if args.mlm_data:
+        report["mlm"] = _mlm(args, folder)
+    if args.suite == "retrieval-offline":
+        from neobert.eval.retrieval_offline import run_retrieval_suite
 
-            report["retrieval_offline"] = run_retrieval_suite(
-                [str(folder), *args.compare], include_baseline=not args.no_baseline
-            )
-        elif args.suite == "offline":
-            from neobert.eval.offline_suite import SuiteBudget, run_suite
+        report["retrieval_offline"] = run_retrieval_suite(
+            [str(folder), *args.compare], include_baseline=not args.no_baseline
+        )
+    elif args.suite == "offline":
+        from neobert.eval.offline_suite import SuiteBudget, run_suite
 
-            budget = SuiteBudget(steps=args.budget_steps, max_train=args.max_train, max_test=args.max_test)
-            report["offline_suite"] = run_suite([folder, *args.compare], out / "offline", budget, not args.no_baseline)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"neobert evaluate: {error}", file=sys.stderr)
-        return 2
+        budget = SuiteBudget(steps=args.budget_steps, max_train=args.max_train, max_test=args.max_test)
+        report["offline_suite"] = run_suite([folder, *args.compare], out / "offline", budget, not args.no_baseline)
     write_json_atomically(out / "evaluate.json", report)
     if "retrieval_offline" in report:  # the other evaluations print their tables as they finish
         print(retrieval_table(report["retrieval_offline"]))

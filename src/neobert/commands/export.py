@@ -1,19 +1,30 @@
-"""`neobert export CHECKPOINT --out FOLDER`: a folder for transformers (with or without neobert installed),
+"""`neobert export --model CHECKPOINT --out FOLDER`: a folder for transformers (with or without neobert installed),
 sentence-transformers and the official remote code."""
 
 from __future__ import annotations
 
 import argparse
 import shutil
-import sys
+
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError)  # see neobert.cli.exit_code_of
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", help="a checkpoint folder (e.g. runs/x/checkpoints/latest) or a model folder")
-    parser.add_argument("--out", required=True, help="folder to write")
-    parser.add_argument("--pooling", default="mean", help="sentence-transformers pooling: mean, cls or max")
+    from neobert.commands.options import add_model_option, add_out_option, add_restart_option
+
+    add_model_option(
+        parser, "a checkpoint folder (e.g. runs/x/checkpoints/latest) or a model folder", positional_too=True
+    )
+    add_out_option(
+        parser,
+        "folder to write (required but with --onnx, which without it adds onnx/ to the --model folder itself)",
+        default=None,
+    )
+    parser.add_argument(
+        "--pooling", default=None, help="sentence-transformers pooling: mean, cls or max (default: mean)"
+    )
     parser.add_argument("--tokenizer", default=None, help="tokenizer name or folder (default: bert-base-uncased)")
-    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    add_restart_option(parser, "replace --out if it exists", ("--overwrite",))
     parser.add_argument(
         "--without-code",
         action="store_true",
@@ -51,21 +62,23 @@ def parse_prompts(items: list[str]) -> dict[str, str]:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from neobert.errors import io_failure
+    from neobert.errors import UsageError, write_failure
     from neobert.export import export_model
 
+    if args.int8 and not args.onnx:
+        raise UsageError("--int8 quantises the ONNX export: add --onnx")
+    if args.out is None:
+        return _onnx_in_place(args)
+    prompts = parse_prompts(args.prompt)
     existed = Path(args.out).exists()
     out = None
     try:
-        if args.int8 and not args.onnx:
-            raise ValueError("--int8 quantises the ONNX export: add --onnx")
-        prompts = parse_prompts(args.prompt)
         out = export_model(
-            args.source,
+            args.model,
             args.out,
-            args.pooling,
+            args.pooling or "mean",
             args.tokenizer,
-            args.overwrite,
+            args.restart,
             prompts or None,
             with_code=not args.without_code,
         )
@@ -73,15 +86,40 @@ def run(args: argparse.Namespace) -> int:
             from neobert.onnx_export import export_onnx
 
             export_onnx(out, int8=args.int8)
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
-        print(f"neobert export: {error}", file=sys.stderr)
-        return 2
+    except (FileNotFoundError, FileExistsError):
+        raise  # a bad input or an existing --out: exit 2, nothing written to remove
     except OSError as error:
         if out is not None and not existed:
             # The folder is complete but its ONNX step failed: remove it, so the same command can run again.
             shutil.rmtree(out, ignore_errors=True)
-        line, code = io_failure("export", error, f"--out {args.out}")
-        print(line, file=sys.stderr)
-        return code
+        raise write_failure(error, f"--out {args.out}") from error
     print(f"wrote {out}")
+    return 0
+
+
+def _onnx_in_place(args: argparse.Namespace) -> int:
+    """`--onnx` without `--out`: onnx/ added to the --model folder itself, with the pooling it stores."""
+    from neobert.errors import UsageError
+
+    if not args.onnx:
+        raise UsageError("--out is required (only --onnx may leave it out, to add onnx/ to the --model folder)")
+    shaping = ("--pooling", "--tokenizer", "--restart", "--prompt", "--without-code")
+    given = [flag for flag in shaping if getattr(args, flag[2:].replace("-", "_"))]
+    if given:
+        raise UsageError(f"{', '.join(given)} shape a new folder: give --out")
+    return write_onnx(args.model, None, args.int8)
+
+
+def write_onnx(model: str, out: str | None, int8: bool) -> int:
+    """ONNX of a model folder, into `out` (the folder's files copied there too) or into the folder itself."""
+    from neobert.errors import write_failure
+    from neobert.onnx_export import ONNX_INT8_FILE, export_onnx
+
+    try:
+        path = export_onnx(model, out, int8=int8)
+    except (FileNotFoundError, FileExistsError):
+        raise  # a bad input or an occupied --out: exit 2
+    except OSError as error:
+        raise write_failure(error, f"--out {out or model}") from error
+    print(f"wrote {path}" + (f" and {path.parent.parent / ONNX_INT8_FILE}" if int8 else ""))
     return 0

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
+
+# Bad data, settings, or an --out held by another run (see neobert.cli.exit_code_of; a missing model too).
+USER_ERRORS = (ValueError,)
 
 
 def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,20 +61,16 @@ def settings_from(args: argparse.Namespace, **overrides):
 
 
 def run(args: argparse.Namespace) -> int:
-    from neobert.finetune.data import Columns, FinetuneDataError
-    from neobert.finetune.model import ModelFolderError, load_task_model
+    from neobert.finetune.data import Columns
+    from neobert.finetune.model import load_task_model
     from neobert.finetune.run import FinetuneRequest, prepare
     from neobert.finetune.trainer import finetune
-    from neobert.run_lock import FolderInUse, check_output_folder
-    from neobert.run_settings import RunMismatch, model_digest
+    from neobert.run_lock import check_output_folder
+    from neobert.run_settings import model_digest
 
-    try:
-        settings = settings_from(
-            args, lr=args.lr, batch_size=args.batch_size, weight_decay=args.weight_decay, metric=args.metric
-        )
-    except ValueError as error:
-        print(f"neobert finetune: {error}", file=sys.stderr)
-        return 2
+    settings = settings_from(
+        args, lr=args.lr, batch_size=args.batch_size, weight_decay=args.weight_decay, metric=args.metric
+    )
     request = FinetuneRequest(
         model=args.model,
         train=args.train,
@@ -86,25 +84,17 @@ def run(args: argparse.Namespace) -> int:
         validation_split=args.validation_split,
         settings=settings,
     )
-    try:
-        check_output_folder(args.out, "--out")
-        folder, data = prepare(request)
-    except (FinetuneDataError, ModelFolderError, ValueError) as error:
-        print(f"neobert finetune: {error}", file=sys.stderr)
-        return 2
-    try:
-        result = finetune(
-            lambda: load_task_model(folder, data.space, settings.classifier_dropout),
-            data,
-            settings,
-            args.out,
-            extra_results={"model": str(folder), "task": args.task, "train": str(args.train)},
-            restart=args.restart,
-            origin={"model": model_digest(folder)},
-        )
-    except (FolderInUse, RunMismatch, ValueError) as error:
-        print(f"neobert finetune: {error}", file=sys.stderr)
-        return 2
+    check_output_folder(args.out, "--out")
+    folder, data = prepare(request)
+    result = finetune(
+        lambda: load_task_model(folder, data.space, settings.classifier_dropout),
+        data,
+        settings,
+        args.out,
+        extra_results={"model": str(folder), "task": args.task, "train": str(args.train)},
+        restart=args.restart,
+        origin={"model": model_digest(folder)},
+    )
     print(f"best {result.best_metric:.4f} at step {result.best_step} of {result.steps}: {result.best_metrics}")
     print(f"wrote {result.results_file} and the best model in {result.model_dir}")
     return 0

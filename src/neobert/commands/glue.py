@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from neobert.commands.finetune import add_settings_arguments, settings_from
+
+# Bad data, a bad grid, an unknown task (see neobert.cli.exit_code_of; a missing model too).
+USER_ERRORS = (ValueError,)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,29 +35,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from neobert.finetune.data import FinetuneDataError
+    from neobert.errors import UsageError
     from neobert.finetune.glue import GRIDS, run_glue
     from neobert.finetune.glue_data import resolve_tasks
-    from neobert.finetune.model import ModelFolderError
     from neobert.run_lock import check_output_folder
 
-    try:
-        check_output_folder(args.out, "--out")
-        tasks = resolve_tasks(args.tasks)
-        if args.grid not in GRIDS:
-            raise ValueError(f"--grid must be one of {', '.join(GRIDS)}, got {args.grid!r}")
-        grid = GRIDS[args.grid]
-        if args.lrs:
-            grid = replace(grid, lrs=tuple(float(v) for v in args.lrs.split(",")))
-        if args.batch_sizes:
-            grid = replace(grid, batch_sizes=tuple(int(v) for v in args.batch_sizes.split(",")))
-        if args.weight_decays:
-            grid = replace(grid, weight_decays=tuple(float(v) for v in args.weight_decays.split(",")))
-        report = run_glue(
-            args.model, args.data, tasks, grid, settings_from(args), args.out, args.mnli_model, restart=args.restart
-        )
-    except (FinetuneDataError, ModelFolderError, ValueError) as error:
-        print(f"neobert glue: {error}", file=sys.stderr)
-        return 2
+    check_output_folder(args.out, "--out")
+    tasks = resolve_tasks(args.tasks)
+    if args.grid not in GRIDS:
+        raise UsageError(f"--grid must be one of {', '.join(GRIDS)}, got {args.grid!r}")
+    grid = GRIDS[args.grid]
+    if args.lrs:
+        grid = replace(grid, lrs=tuple(float(v) for v in args.lrs.split(",")))
+    if args.batch_sizes:
+        grid = replace(grid, batch_sizes=tuple(int(v) for v in args.batch_sizes.split(",")))
+    if args.weight_decays:
+        grid = replace(grid, weight_decays=tuple(float(v) for v in args.weight_decays.split(",")))
+    report = run_glue(
+        args.model, args.data, tasks, grid, settings_from(args), args.out, args.mnli_model, restart=args.restart
+    )
     print(report["table"])
     return 0

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
+
+# An unknown task, a bad model folder (see neobert.cli.exit_code_of).
+USER_ERRORS = (KeyError, ValueError, FileNotFoundError)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,31 +24,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from neobert.errors import UsageError, UserError
+
     if args.pooling not in (None, "mean", "cls", "max"):
-        print(f"neobert mteb: --pooling must be mean, cls or max, got {args.pooling!r}", file=sys.stderr)
-        return 2
+        raise UsageError(f"--pooling must be mean, cls or max, got {args.pooling!r}")
     if args.batch_size < 1:
-        print(f"neobert mteb: --batch-size must be at least 1, got {args.batch_size}", file=sys.stderr)
-        return 2
+        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     import mteb
 
     from neobert.eval.mteb_encoder import NeoBERTEncoder
 
     names = [name.strip() for name in args.tasks.split(",") if name.strip()]
-    try:
-        tasks = mteb.get_tasks(tasks=names)
-        encoder = NeoBERTEncoder(
-            args.model, pooling=args.pooling, batch_size=args.batch_size, use_default_prompts=not args.no_prompts
-        )
-    except (KeyError, ValueError, FileNotFoundError) as error:
-        print(f"neobert mteb: {error}", file=sys.stderr)
-        return 2
+    tasks = mteb.get_tasks(tasks=names)
+    encoder = NeoBERTEncoder(
+        args.model, pooling=args.pooling, batch_size=args.batch_size, use_default_prompts=not args.no_prompts
+    )
     cache = mteb.ResultCache(args.out) if args.out else None
     try:
         results = mteb.evaluate(encoder, tasks, cache=cache)
-    except Exception as error:  # dataset downloads fail offline; say so instead of a deep traceback
-        print(f"neobert mteb: evaluation failed: {type(error).__name__}: {error}", file=sys.stderr)
-        return 1
+    except Exception as error:  # dataset downloads fail offline; say so instead of a deep traceback (exit 1)
+        raise UserError(f"evaluation failed: {type(error).__name__}: {error}", exit_code=1) from error
     from neobert.eval.score_table import score_table
 
     summary = {result.task_name: result.get_score() for result in results.task_results}

@@ -7,8 +7,15 @@ import argparse
 import sys
 from pathlib import Path
 
+# A bad setting or input (DataError is one); Ctrl-C stops the workers and keeps the finished blocks (exit 130).
+# Both mapped by neobert.cli.exit_code_of.
+USER_ERRORS = (ValueError,)
+ON_INTERRUPT = "interrupted; run the same command again to resume"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from neobert.commands.options import add_restart_option
+
     parser.add_argument(
         "sources",
         nargs="*",
@@ -49,11 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--shard-tokens", type=int, default=1 << 25, help="training tokens per shard")
     parser.add_argument("--tokenizer", default=None, help="tokenizer name or folder (default: bert-base-uncased)")
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace a corpus prepared from other inputs or settings in --out",
-    )
+    add_restart_option(parser, "replace a corpus prepared from other inputs or settings in --out", ("--overwrite",))
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     cluster = parser.add_argument_group("cluster form (docs/data.md, 'Preparing on a cluster')")
     cluster.add_argument(
@@ -76,22 +79,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from neobert.data.prepare import PrepareConfig, prepare
-    from neobert.data.shards import DataError
     from neobert.data.sources import ReaderOptions, resolve_sources
+    from neobert.errors import UsageError
     from neobert.tokenizer import load_tokenizer
 
     if args.join:
         return _join(args)
     if args.demo == bool(args.sources):
-        print("give either SOURCE... or --demo", file=sys.stderr)
-        return 2
+        raise UsageError("give either SOURCE... or --demo")
     if args.tasks < 0 or (args.tasks and args.demo):
-        print("--tasks takes a positive count of tasks over SOURCE files (not --demo)", file=sys.stderr)
-        return 2
+        raise UsageError("--tasks takes a positive count of tasks over SOURCE files (not --demo)")
     misfit = _check_numbers(args)
     if misfit:
-        print(f"neobert prepare: {misfit}", file=sys.stderr)
-        return 2
+        raise UsageError(misfit)
     reader = ReaderOptions(text_field=args.text_field, text_unit=args.text_unit, hf_split=args.split)
     config = PrepareConfig(
         max_length=args.max_length,
@@ -100,35 +100,25 @@ def run(args: argparse.Namespace) -> int:
         shard_tokens=args.shard_tokens,
         reader=reader,
         progress=not args.no_progress,
-        overwrite=args.overwrite,
+        overwrite=args.restart,
     )
-    try:
-        if args.demo:
-            from neobert.data.demo_corpus import demo_source
+    if args.demo:
+        from neobert.data.demo_corpus import demo_source
 
-            sources = [demo_source(progress=not args.no_progress)]
-        else:
-            skipped: list[Path] = []
-            sources = resolve_sources(args.sources, reader, args.unknown_as_text, skipped)
-            if skipped:
-                examples = ", ".join(p.name for p in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
-                print(
-                    f"note: left out {len(skipped)} file(s) without a known suffix ({examples}); pass "
-                    "--unknown-as-text to read them as plain text",
-                    file=sys.stderr,
-                )
-        if args.tasks:
-            return _run_tasks(args, sources, load_tokenizer(args.tokenizer), config)
-        summary = prepare(sources, args.out, load_tokenizer(args.tokenizer), config)
-    except DataError as error:
-        print(f"neobert prepare: {error}", file=sys.stderr)
-        return 2
-    except ValueError as error:  # a setting out of range (--max-length, --heldout-fraction, ...)
-        print(f"neobert prepare: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:  # Ctrl-C: the workers are stopped; finished blocks are kept
-        print("neobert prepare: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+        sources = [demo_source(progress=not args.no_progress)]
+    else:
+        skipped: list[Path] = []
+        sources = resolve_sources(args.sources, reader, args.unknown_as_text, skipped)
+        if skipped:
+            examples = ", ".join(p.name for p in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+            print(
+                f"note: left out {len(skipped)} file(s) without a known suffix ({examples}); pass "
+                "--unknown-as-text to read them as plain text",
+                file=sys.stderr,
+            )
+    if args.tasks:
+        return _run_tasks(args, sources, load_tokenizer(args.tokenizer), config)
+    summary = prepare(sources, args.out, load_tokenizer(args.tokenizer), config)
     print(summary.describe())
     if args.demo:
         print(_demo_table(summary.manifest["sources"][0].get("datasets", {})))
@@ -151,13 +141,13 @@ def _check_numbers(args: argparse.Namespace) -> str | None:
 def _run_tasks(args: argparse.Namespace, sources: list, tokenizer, config) -> int:
     from neobert.data.cluster_executors import SlurmOptions, run_local, submit_slurm
     from neobert.data.cluster_prepare import make_plan, write_plan
+    from neobert.errors import UsageError
 
     out = Path(args.out)
     plan = make_plan(sources, tokenizer, config, args.tasks)
     if args.executor == "slurm" and not args.slurm_partition:
-        print("--executor slurm needs --slurm-partition", file=sys.stderr)
-        return 2
-    write_plan(out, plan, overwrite=args.overwrite)
+        raise UsageError("--executor slurm needs --slurm-partition")
+    write_plan(out, plan, overwrite=args.restart)
     if args.executor == "local":
         print(run_local(out, plan, args.parallel_tasks).describe())
         return 0
@@ -174,16 +164,11 @@ def _run_tasks(args: argparse.Namespace, sources: list, tokenizer, config) -> in
 
 def _join(args: argparse.Namespace) -> int:
     from neobert.data.cluster_prepare import join
-    from neobert.data.shards import DataError
+    from neobert.errors import UsageError
 
     if args.sources or args.demo or args.tasks:
-        print("--join takes only --out (the folder of a `--tasks` preparation)", file=sys.stderr)
-        return 2
-    try:
-        summary = join(args.out)
-    except DataError as error:
-        print(f"neobert prepare: {error}", file=sys.stderr)
-        return 2
+        raise UsageError("--join takes only --out (the folder of a `--tasks` preparation)")
+    summary = join(args.out)
     print(summary.describe())
     return 0
 

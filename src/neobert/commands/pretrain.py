@@ -7,8 +7,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
+
+# A bad configuration or corpus: exit 2. The other exit codes (README, "Pre-training"), mapped by
+# neobert.cli.exit_code_of: 0 done, or stopped by a signal with its checkpoint saved; 3 no checkpoint to resume
+# from verifies (or the one named is damaged); 4 the disk filled up while saving (the previous checkpoint is
+# kept); 5 the loss became NaN or infinite.
+USER_ERRORS = (ValueError, FileNotFoundError)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,6 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--restart", action="store_true", help="delete the run in system.output_dir first and start afresh"
     )
+    parser.epilog = "--resume continues the run; --restart replaces it (the convention of every command)"
 
 
 def split_items(items: list[str]) -> tuple[list[str], list[str]]:
@@ -43,35 +49,19 @@ def split_items(items: list[str]) -> tuple[list[str], list[str]]:
     return [p if Path(p).exists() or p.endswith((".yaml", ".yml")) else str(preset_path(p)) for p in paths], overrides
 
 
-# Exit codes (README, "Pre-training"): 0 done, or stopped by a signal with its checkpoint saved; 2 a bad
-# configuration or corpus; 3 no checkpoint to resume from verifies (or the one named is damaged); 4 the disk
-# filled up while saving (the previous checkpoint is kept); 5 the loss became NaN or infinite.
-EXIT_BAD_INPUT, EXIT_CHECKPOINT, EXIT_DISK_FULL, EXIT_DIVERGED = 2, 3, 4, 5
-
-
 def run(args: argparse.Namespace) -> int:
-    from neobert.train.checkpoint import CheckpointError, DiskFullError
     from neobert.train.config import load_config
     from neobert.train.data import make_eval_batches, make_loader
-    from neobert.train.pretrain import TrainingDiverged, pretrain
+    from neobert.train.pretrain import pretrain
 
     if isinstance(args.resume, str) and "=" in args.resume:
         # `--resume` takes an optional checkpoint, so argparse hands it the override that follows it; a
         # checkpoint path with "=" in it is not worth that trap: the item is an override, and the run resumes.
         args.items.append(args.resume)
         args.resume = True
-    try:
-        paths, overrides = split_items(args.items)
-        config = load_config(paths, overrides)
-        result = pretrain(config, make_loader, make_eval_batches, args.resume, args.stop_at_step, restart=args.restart)
-    except (ValueError, FileNotFoundError) as error:
-        return _fail(error, EXIT_BAD_INPUT)
-    except DiskFullError as error:
-        return _fail(error, EXIT_DISK_FULL)
-    except CheckpointError as error:
-        return _fail(error, EXIT_CHECKPOINT)
-    except TrainingDiverged as error:
-        return _fail(error, EXIT_DIVERGED)
+    paths, overrides = split_items(args.items)
+    config = load_config(paths, overrides)
+    result = pretrain(config, make_loader, make_eval_batches, args.resume, args.stop_at_step, restart=args.restart)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun, one summary: rank 0's
     print(f"{result.status} at step {result.step}; checkpoint: {result.checkpoint}")
@@ -85,8 +75,3 @@ def run(args: argparse.Namespace) -> int:
         if name != "step":
             print(f"  {name}: {value:.4f}")
     return 0
-
-
-def _fail(error: BaseException, code: int) -> int:
-    print(f"neobert pretrain: {error}", file=sys.stderr)
-    return code

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 
@@ -18,19 +17,18 @@ def run(args: argparse.Namespace) -> int:
     from transformers import AutoModelForMaskedLM
 
     from neobert import NeoBERTConfig, NeoBERTForMaskedLM, load_tokenizer
+    from neobert.errors import UsageError
 
     torch.manual_seed(0)
     tokenizer = load_tokenizer()
     try:
         config = NeoBERTConfig.from_preset(args.preset)
     except ValueError as error:
-        print(f"neobert smoke: --preset: {error}", file=sys.stderr)
-        return 2
+        raise UsageError(f"--preset: {error}") from error  # named: the preset is the only input here
     model = NeoBERTForMaskedLM(config).eval()
     batch = tokenizer([args.text], return_tensors="pt")
     if tokenizer.mask_token_id not in batch["input_ids"][0].tolist():
-        print(f"neobert smoke: --text must contain {tokenizer.mask_token}", file=sys.stderr)
-        return 2
+        raise UsageError(f"--text must contain {tokenizer.mask_token}")
     start = time.perf_counter()
     with torch.inference_mode():
         logits = model(**batch).logits

@@ -325,7 +325,7 @@ def replace_other_preparation(
     if not overwrite:
         raise DataError(
             f"{out}: holds a corpus prepared from {what} (differs in: {', '.join(differing)}); choose another "
-            "--out, or pass --overwrite to replace it"
+            "--out, or pass --restart to replace it"
         )
     for name in folders:
         shutil.rmtree(out / name, ignore_errors=True)
