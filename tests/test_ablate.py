@@ -77,7 +77,7 @@ def test_rows_are_the_papers_steps_under_one_held_out_rule(corpus, tmp_path):
         )
         for c in configs.values()
     }
-    assert rule == {(128, "pack", 0.2, "all", 32, 0, 20, 800 * 32 * 128, "fp32")}
+    assert rule == {(128, "pack", 0.2, "all", 32, 0, 20, 1000 * 32 * 128, "fp32")}
 
 
 def _rows(names):
@@ -111,12 +111,12 @@ def test_the_batch_warmup_row_starts_at_a_quarter_and_trains_on_the_base_rows_to
     row = dict(_rows(["batch_warmup"]))["batch_warmup"]
     assert row.needs == ("data.batch_warmup_tokens", "data.batch_warmup_start") and row.compare_to == "m5"
     base = ablate.row_config(dict(_rows(["m5"]))["m5"], settings(corpus, tmp_path), seed=0)
-    # 12.5% of 800 steps of 32 x 128 token slots: 100 full batches' worth; the run set by tokens, not steps
+    # 12.5% of 1,000 steps of 32 x 128 token slots: 125 full batches' worth; the run set by tokens, not steps
     assert ablate.batch_warmup_overrides(base, row.batch_warmup_share) == [
         "data.batch_warmup_start=8",
-        "data.batch_warmup_tokens=409600",
+        "data.batch_warmup_tokens=512000",
         "budget.steps=null",
-        "budget.tokens=3276800",
+        "budget.tokens=4096000",
     ]
     if ablate.unknown_keys(row):  # before the batch-size warm-up lands, the ladder names what it misses
         with pytest.raises(ValueError, match="row batch_warmup needs data.batch_warmup_tokens"):
@@ -124,8 +124,8 @@ def test_the_batch_warmup_row_starts_at_a_quarter_and_trains_on_the_base_rows_to
         assert not (tmp_path / "ladder").exists()
     else:
         config = ablate.row_config(row, settings(corpus, tmp_path), seed=0)
-        assert (config.data.batch_warmup_start, config.data.batch_warmup_tokens) == (8, 409600)
-        assert (config.budget.steps, config.budget.tokens) == (None, 800 * 32 * 128)
+        assert (config.data.batch_warmup_start, config.data.batch_warmup_tokens) == (8, 512000)
+        assert (config.budget.steps, config.budget.tokens) == (None, 1000 * 32 * 128)
 
 
 def test_a_row_with_keys_this_build_lacks_is_named_before_anything_trains(corpus, tmp_path, capsys, monkeypatch):
