@@ -39,7 +39,7 @@ from neobert.train.checkpoint import (
     saved_world_size,
     unwrap_model,
 )
-from neobert.train.config import PretrainConfig, batch_split
+from neobert.train.config import PretrainConfig, batch_split, in_current_keys
 from neobert.train.distributed import DistributedContext
 from neobert.train.evaluate import evaluate_mlm, masked_targets, model_inputs
 from neobert.train.metrics import MetricAccumulator, batch_shape_stats, peak_flops
@@ -198,6 +198,7 @@ class Trainer:
         # any rank's loader state records (rank 0's is read); the RNG states stay this run's own.
         same_world = saved_world_size(folder) == self.context.world_size
         saved = read_checkpoint(folder, rank=self.context.rank if same_world else 0, verify="marker")
+        saved.config = in_current_keys(saved.config or {})  # a run saved with keys since renamed is the same run
         try:
             dist_utils.load_full_state_dicts(
                 self.wrapped, self.optimizer, saved.model_state, saved.trainer_state["optimizer"]
