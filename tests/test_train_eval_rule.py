@@ -241,3 +241,14 @@ def test_a_loader_state_saved_in_the_old_words_resumes_where_it_stood(corpus):
     other = load_config([], [f"data.path={corpus}", *AS_TRAINING, "data.sequence=pack"])
     with pytest.raises(DataError, match="differs in: config"):
         build_loader(loader_config(other, "train", 4), 0, 1).load_state_dict(OLD_STATE)
+
+
+def test_the_data_section_the_held_out_rule_and_the_loader_share_their_names():
+    from dataclasses import fields
+
+    from neobert.data.loader import LoaderConfig
+    from neobert.train.config import SAMPLE_SETTINGS, DataSection, HeldOutSection
+
+    names = set(SAMPLE_SETTINGS)
+    assert names <= {f.name for f in fields(DataSection)} and names <= {f.name for f in fields(LoaderConfig)}
+    assert {f.name for f in fields(HeldOutSection)} == names | {"batch_size"}

@@ -23,6 +23,7 @@ are the same after a resume and do not depend on ranks, accumulation or data wor
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Iterator
@@ -99,7 +100,7 @@ class LoaderConfig:
             raise ValueError("batch_size, block_documents and window_blocks must be positive")
         _ = self.masking  # a bad rate or mode is named now, not at the first batch
 
-    @property
+    @functools.cached_property
     def masking(self) -> MaskingConfig:
         return MaskingConfig(self.mlm_probability, self.mask_mode, self.mlm_identity_probability)
 
