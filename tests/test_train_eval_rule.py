@@ -11,9 +11,10 @@ import torch
 from data_helpers import prepare_files, sample_texts, write_jsonl
 from neobert.data.loader import build_loader
 from neobert.data.shards import DataError
-from neobert.train.config import DeprecatedKey, load_config
+from neobert.train.config import load_config
 from neobert.train.data import loader_config, make_eval_batches
 from neobert.train.distributed import DistributedContext
+from neobert.train.held_out import DeprecatedKey
 
 FIXED = [
     "data.eval.max_length=64",
@@ -247,7 +248,8 @@ def test_the_data_section_the_held_out_rule_and_the_loader_share_their_names():
     from dataclasses import fields
 
     from neobert.data.loader import LoaderConfig
-    from neobert.train.config import SAMPLE_SETTINGS, DataSection, HeldOutSection
+    from neobert.train.config import DataSection
+    from neobert.train.held_out import SAMPLE_SETTINGS, HeldOutSection
 
     names = set(SAMPLE_SETTINGS)
     assert names <= {f.name for f in fields(DataSection)} and names <= {f.name for f in fields(LoaderConfig)}

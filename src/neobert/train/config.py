@@ -11,8 +11,7 @@ from __future__ import annotations
 import copy
 import math
 import os
-import warnings
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +20,7 @@ import yaml
 from neobert.config import PRESETS, NeoBERTConfig
 from neobert.data.loader import LengthBucket
 from neobert.model.attention import BACKENDS as ATTENTION_BACKENDS
+from neobert.train.held_out import HeldOutSection, current_override_keys, in_current_keys
 from neobert.train.optim import schedule_from
 from neobert.train.ramp import BatchRamp, check_mlm_schedule, ramp_from
 from neobert.train.ramp import BatchSplitError as BatchSplitError  # at home in ramp.py; importers of config keep it
@@ -59,47 +59,6 @@ class ModelSection:
         config = NeoBERTConfig.from_preset(self.preset, **self.overrides)
         config._attn_implementation = self.attention
         return config
-
-
-class DeprecatedKey(DeprecationWarning):
-    """A config key that still works under an older name; the message names the key to write instead."""
-
-
-# Python hides a DeprecationWarning raised outside __main__; a user's config file is where this one belongs.
-warnings.simplefilter("default", DeprecatedKey)
-
-# The settings that say what a sample is and how it is masked, under the same names in `data`, in the held-out
-# rule `data.eval` and in the loader's own config (data/loader.py's LoaderConfig).
-SAMPLE_SETTINGS = ("sequence", "max_length", "mlm_probability", "mask_mode", "mlm_identity_probability", "seed")
-
-
-@dataclass
-class HeldOutSection:
-    """`data.eval`, the held-out rule: kept apart from the training recipe so that runs trained with other mask
-    rates, lengths, sequences, batch sizes or seeds are scored on the same masked positions. Each setting means
-    what the training setting of the same name means; unset (None), it is the training value (batch_size:
-    this rank's micro-batch)."""
-
-    sequence: Literal["truncate", "pack", "pack_naive"] | None = None
-    max_length: int | None = None
-    mlm_probability: float | None = None
-    mask_mode: Literal["all", "bert"] | None = None
-    mlm_identity_probability: float | None = None
-    seed: int | None = None
-    batch_size: int | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("max_length", "batch_size"):
-            if getattr(self, name) is not None and getattr(self, name) <= 0:
-                raise ValueError(f"data.eval.{name} must be positive, got {getattr(self, name)}")
-        if self.mlm_probability is not None and not 0 < self.mlm_probability < 1:
-            raise ValueError(f"data.eval.mlm_probability must lie in (0, 1), got {self.mlm_probability}")
-
-    def over(self, training: DataSection) -> HeldOutSection:
-        """This rule with its unset sample settings taken from the training ones (batch_size stays as it is:
-        the micro-batch it falls back to is known at run time)."""
-        unset = {name: getattr(training, name) for name in SAMPLE_SETTINGS if getattr(self, name) is None}
-        return replace(self, **unset)
 
 
 @dataclass
@@ -413,40 +372,6 @@ def _deep_merge(base: dict, update: dict) -> dict:
     return merged
 
 
-# The held-out rule's keys before it became the `data.eval` section: data.eval_sequence, data.eval_seed, ...
-_FLAT_HELD_OUT_KEYS = tuple(f"eval_{f.name}" for f in fields(HeldOutSection))
-
-
-def in_current_keys(tree: dict[str, Any], source: str | None = None) -> dict[str, Any]:
-    """`tree` (changed in place) with keys that moved under their current names: `data.eval_<name>`, the
-    held-out rule before it became the `data.eval` section, is `data.eval.<name>`. With a `source` (a config
-    file: the user's own words), a DeprecatedKey warning names the keys to write; a run folder's saved config
-    is read silently."""
-    data = tree.get("data")
-    if not isinstance(data, dict):
-        return tree
-    moved = {key.removeprefix("eval_"): data.pop(key) for key in _FLAT_HELD_OUT_KEYS if key in data}
-    if not moved:
-        return tree
-    if source is not None:
-        old_keys, new_keys = (", ".join(f"data.eval{sep}{name}" for name in moved) for sep in ("_", "."))
-        warnings.warn(
-            f"{source}: {old_keys} {'is' if len(moved) == 1 else 'are'} deprecated; write {new_keys} "
-            "(the same settings, in the data.eval section)",
-            DeprecatedKey,
-            stacklevel=3,
-        )
-    section = dict(data["eval"]) if isinstance(data.get("eval"), dict) else {}
-    for name, value in moved.items():
-        if name in section and section[name] != value:
-            raise ValueError(
-                f"{source or 'config'}: data.eval_{name} and data.eval.{name} disagree; keep data.eval.{name}"
-            )
-        section[name] = value
-    data["eval"] = section
-    return tree
-
-
 def read_yaml(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A YAML config with its `inherit:` chain resolved (parents first, this file on top)."""
     path = Path(path).resolve()
@@ -477,14 +402,7 @@ def apply_override(tree: dict[str, Any], assignment: str) -> None:
         raise ValueError(f"override {assignment!r} must look like section.key=value")
     dotted, raw = assignment.split("=", 1)
     keys = dotted.strip().split(".")
-    if len(keys) == 2 and keys[0] == "data" and keys[1] in _FLAT_HELD_OUT_KEYS:
-        name = keys[1].removeprefix("eval_")
-        warnings.warn(
-            f"override {assignment!r}: data.eval_{name} is deprecated; write data.eval.{name} (the same setting)",
-            DeprecatedKey,
-            stacklevel=3,
-        )
-        keys = ["data", "eval", name]
+    keys = current_override_keys(keys, assignment)
     if len(keys) < 2 or not all(keys):
         raise ValueError(f"override {assignment!r} must name a section and a key, e.g. train.lr=6e-4")
     try:

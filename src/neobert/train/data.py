@@ -9,8 +9,9 @@ from typing import Any
 from neobert.data.loader import LoaderConfig, build_loader
 from neobert.data.workers import MultiWorkerLoader
 from neobert.tokenizer import load_tokenizer
-from neobert.train.config import SAMPLE_SETTINGS, PretrainConfig
+from neobert.train.config import PretrainConfig
 from neobert.train.distributed import DistributedContext
+from neobert.train.held_out import SAMPLE_SETTINGS
 
 # The held-out order's granularity, fixed here rather than read from DataSection's defaults, so that a change
 # of the training order's defaults cannot move the held-out sequences and masks that every run is scored on.

@@ -39,9 +39,10 @@ from neobert.train.checkpoint import (
     saved_world_size,
     unwrap_model,
 )
-from neobert.train.config import PretrainConfig, batch_split, in_current_keys
+from neobert.train.config import PretrainConfig, batch_split
 from neobert.train.distributed import DistributedContext
 from neobert.train.evaluate import evaluate_mlm, masked_targets, model_inputs
+from neobert.train.held_out import in_current_keys
 from neobert.train.metrics import MetricAccumulator, batch_shape_stats, peak_flops
 from neobert.train.optim import build_optimizer, build_scheduler, schedule_from
 from neobert.train.phase import PhaseStart, check_clock_left
