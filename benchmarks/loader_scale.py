@@ -106,7 +106,7 @@ def measure(corpus: Path, ranks: int, blocks: str | None = None) -> dict[str, fl
     order = {}
     if blocks:
         order = dict(zip(("block_documents", "window_blocks"), map(int, blocks.split(",")), strict=True))
-    config = LoaderConfig(str(corpus), scheme="pack", layout="packed", batch_size=BATCH, verify="size", seed=1, **order)
+    config = LoaderConfig(str(corpus), sequence="pack", batch_size=BATCH, verify="size", seed=1, **order)
     start = time.perf_counter()
     loader = build_loader(config, rank=0, world_size=ranks)
     next(loader)

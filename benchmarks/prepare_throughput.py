@@ -178,10 +178,8 @@ def loader_against_training(corpus: Path, steps: int, max_length: int, timed_bat
     torch.set_num_threads(os.cpu_count() or 1)
     results = []
     settings = {
-        f"pack 8 x {max_length}": dict(scheme="pack", layout="packed", batch_size=8, max_length=max_length),
-        f"truncate+pad 8 x <={max_length} (official)": dict(
-            scheme="truncate", layout="padded", batch_size=8, max_length=max_length
-        ),
+        f"pack 8 x {max_length}": dict(sequence="pack", batch_size=8, max_length=max_length),
+        f"truncate+pad 8 x <={max_length} (official)": dict(sequence="truncate", batch_size=8, max_length=max_length),
     }
     for name, setting in settings.items():
         loader = PretrainingLoader(LoaderConfig(str(corpus), **setting))

@@ -65,12 +65,12 @@ def test_rows_are_the_papers_steps_under_one_held_out_rule(corpus, tmp_path):
     # the same token slots per run and the same held-out sequences and masked positions for every row
     rule = {
         (
-            c.data.eval_max_length,
-            c.data.eval_sequence,
-            c.data.eval_mlm_probability,
-            c.data.eval_mask_mode,
-            c.data.eval_batch_size,
-            c.data.eval_seed,
+            c.data.eval.max_length,
+            c.data.eval.sequence,
+            c.data.eval.mlm_probability,
+            c.data.eval.mask_mode,
+            c.data.eval.batch_size,
+            c.data.eval.seed,
             c.data.eval_batches,
             c.budget.total_steps(c.tokens_per_step) * c.tokens_per_step,
             c.system.precision,

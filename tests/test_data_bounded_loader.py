@@ -32,7 +32,7 @@ def corpus_dir(tmp_path_factory):
     return folder / "out"
 
 
-PACK = dict(scheme="pack", layout="packed", batch_size=3, block_documents=6, window_blocks=4, seed=5)
+PACK = dict(sequence="pack", batch_size=3, block_documents=6, window_blocks=4, seed=5)
 
 
 @pytest.mark.parametrize("size", [1, 2, 7, 64, 1000, 4099])
@@ -65,7 +65,7 @@ def test_the_loader_holds_no_array_over_the_corpus(tmp_path):
     for documents in (10_000, 200_000):
         root = tmp_path / str(documents)
         write_corpus(root, documents, shard_tokens=1 << 24)
-        config = LoaderConfig(str(root), scheme="pack", layout="packed", batch_size=4, max_length=256, verify="size")
+        config = LoaderConfig(str(root), sequence="pack", batch_size=4, max_length=256, verify="size")
         tracemalloc.start()
         loader = PretrainingLoader(config, rank=3, world_size=4)
         for _ in range(3):

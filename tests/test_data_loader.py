@@ -50,15 +50,18 @@ def take(loader, count: int) -> list[dict]:
 
 
 CONFIGS = {
-    "truncate-padded": dict(scheme="truncate", layout="padded", batch_size=8),
-    "truncate-packed": dict(scheme="truncate", layout="packed", batch_size=8),
-    "pack": dict(scheme="pack", layout="packed", batch_size=3, block_documents=8, window_blocks=4),
+    "truncate-padded": dict(sequence="truncate", batch_size=8),
+    "pack": dict(sequence="pack", batch_size=3, block_documents=8, window_blocks=4),
 }
 
 
-@pytest.mark.parametrize("name", CONFIGS)
+# Naive packing's rows are the packs of `pack` laid out otherwise: the same order and state.
+WITH_NAIVE_PACKING = {**CONFIGS, "pack_naive": {**CONFIGS["pack"], "sequence": "pack_naive"}}
+
+
+@pytest.mark.parametrize("name", WITH_NAIVE_PACKING)
 def test_state_round_trip_gives_the_same_next_batches_across_epochs(corpus_dir, name):
-    config = LoaderConfig(str(corpus_dir), seed=4, **CONFIGS[name])
+    config = LoaderConfig(str(corpus_dir), seed=4, **WITH_NAIVE_PACKING[name])
     loader = PretrainingLoader(config, rank=1, world_size=2)
     take(loader, 23)  # past the first epoch boundary for every scheme here
     state = json.loads(json.dumps(loader.state_dict()))  # survives a checkpoint file
@@ -93,7 +96,7 @@ def test_rank_split_covers_every_sequence_once_per_epoch(corpus_dir, name):
         reference.update(tuple(s) for s in sequences_of(batch))
     assert seen == reference
     lengths = TokenCorpus(corpus_dir).document_lengths()
-    assert sum(reference.values()) == len(sequence_units(lengths, CONFIGS[name]["scheme"], 128))
+    assert sum(reference.values()) == len(sequence_units(lengths, CONFIGS[name]["sequence"], 128))
 
 
 def test_drop_last_and_heldout_split(corpus_dir):
@@ -107,8 +110,7 @@ def test_drop_last_and_heldout_split(corpus_dir):
 def test_mixture_draws_buckets_with_their_probabilities_and_filters_lengths(corpus_dir):
     config = LoaderConfig(
         str(corpus_dir),
-        scheme="pack",
-        layout="packed",
+        sequence="pack",
         batch_size=2,
         max_length=128,
         length_mixture=(LengthBucket(0.2, 0), LengthBucket(0.8, 300)),
@@ -140,8 +142,7 @@ def test_phase2_mixture_is_plain_configuration():
     config = LoaderConfig.from_dict(
         {
             "path": "data/demo",
-            "scheme": "pack",
-            "layout": "packed",
+            "sequence": "pack",
             "max_length": 4096,
             "batch_size": 8,
             "length_mixture": [
@@ -149,7 +150,8 @@ def test_phase2_mixture_is_plain_configuration():
                 {"probability": 0.4, "min_document_tokens": 1024},
                 {"probability": 0.4, "min_document_tokens": 2048},
             ],
-            "masking": {"rate": 0.2, "strategy": "all_mask"},
+            "mlm_probability": 0.2,
+            "mask_mode": "all",
         }
     )
     assert config.length_mixture == PHASE2_LENGTH_MIXTURE
@@ -171,15 +173,13 @@ def test_state_from_another_setup_is_refused(corpus_dir):
 
 
 def test_too_few_long_documents_for_a_bucket_is_named(corpus_dir):
-    config = LoaderConfig(str(corpus_dir), scheme="pack", layout="packed", min_document_tokens=10**6)
+    config = LoaderConfig(str(corpus_dir), sequence="pack", min_document_tokens=10**6)
     with pytest.raises(DataError, match="at least 1000000 tokens"):
         PretrainingLoader(config)
 
 
 def test_dataloader_workers_give_the_same_batches_and_resume_state(corpus_dir):
-    config = LoaderConfig(
-        str(corpus_dir), scheme="pack", layout="packed", batch_size=3, block_documents=8, window_blocks=4, seed=9
-    )
+    config = LoaderConfig(str(corpus_dir), sequence="pack", batch_size=3, block_documents=8, window_blocks=4, seed=9)
     reference = PretrainingLoader(config)
     expected = take(reference, 10)
     multi = MultiWorkerLoader(PretrainingLoader(config), num_workers=2)

@@ -49,7 +49,7 @@ def test_all_mask_rate_and_rules():
 
 def test_bert_80_10_10():
     ids = batch_of_text(128)
-    config = MaskingConfig(rate=0.15, strategy="80_10_10")
+    config = MaskingConfig(mlm_probability=0.15, mask_mode="bert")
     masked, labels = mask_rows(ids, config, seed=1, stream=2)
     selected = labels != IGNORE_INDEX
     assert not selected[torch.isin(ids, torch.tensor(SPECIALS))].any()
@@ -71,17 +71,17 @@ def test_same_seed_same_masks_different_stream_different_masks():
 
 
 def test_bad_settings_are_refused():
-    with pytest.raises(ValueError, match="rate"):
-        MaskingConfig(rate=0.0)
-    with pytest.raises(ValueError, match="strategy"):
-        MaskingConfig(strategy="90_5_5")
+    with pytest.raises(ValueError, match="mlm_probability"):
+        MaskingConfig(mlm_probability=0.0)
+    with pytest.raises(ValueError, match="mask_mode"):
+        MaskingConfig(mask_mode="80_10_10")
 
 
-@pytest.mark.parametrize("strategy", ["all_mask", "80_10_10"])
-def test_identity_scoring_adds_unchanged_scored_tokens_and_leaves_the_selection_as_it_was(strategy):
+@pytest.mark.parametrize("mode", ["all", "bert"])
+def test_identity_scoring_adds_unchanged_scored_tokens_and_leaves_the_selection_as_it_was(mode):
     ids = batch_of_text()
-    plain = mask_rows(ids, MaskingConfig(0.2, strategy), seed=4, stream=1)
-    widened = mask_rows(ids, MaskingConfig(0.2, strategy, 0.1), seed=4, stream=1)
+    plain = mask_rows(ids, MaskingConfig(0.2, mode), seed=4, stream=1)
+    widened = mask_rows(ids, MaskingConfig(0.2, mode, 0.1), seed=4, stream=1)
     # the inputs are exactly those of plain masking: identity positions stay as they are
     assert torch.equal(widened[0], plain[0])
     selected, scored = plain[1] != IGNORE_INDEX, widened[1] != IGNORE_INDEX
@@ -95,7 +95,7 @@ def test_identity_scoring_adds_unchanged_scored_tokens_and_leaves_the_selection_
 
 def test_identity_scoring_draws_follow_the_rule():
     ids = batch_of_text(4).reshape(-1)
-    config = MaskingConfig(0.2, "80_10_10", 0.1)
+    config = MaskingConfig(0.2, "bert", 0.1)
     draws = sequence_draws(3, 0, 7, ids.numel(), config, VOCAB)
     masked, labels = mask_with_draws(ids, config, SPECIALS, MASK, draws)
     eligible = ~torch.isin(ids, torch.tensor(SPECIALS))
@@ -108,7 +108,9 @@ def test_identity_scoring_draws_follow_the_rule():
 
 
 def test_an_identity_rate_that_leaves_no_room_is_refused():
-    with pytest.raises(ValueError, match=r"identity rate must lie in \[0, 1 - rate\) = \[0, 0.8\)"):
-        MaskingConfig(rate=0.2, identity_rate=0.8)
-    with pytest.raises(ValueError, match="identity rate"):
-        MaskingConfig(rate=0.2, identity_rate=-0.1)
+    with pytest.raises(
+        ValueError, match=r"mlm_identity_probability must lie in \[0, 1 - mlm_probability\) = \[0, 0.8\)"
+    ):
+        MaskingConfig(mlm_probability=0.2, mlm_identity_probability=0.8)
+    with pytest.raises(ValueError, match="mlm_identity_probability"):
+        MaskingConfig(mlm_probability=0.2, mlm_identity_probability=-0.1)

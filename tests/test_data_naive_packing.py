@@ -1,4 +1,4 @@
-"""Naive packing (layout "rows", the paper's M6 first try): the same packs as packing proper, each laid in one
+"""Naive packing (`sequence="pack_naive"`, the paper's M6 first try): the same packs as packing proper, each laid in one
 row where documents attend to each other."""
 
 import pytest
@@ -7,7 +7,6 @@ import torch
 from data_helpers import prepare_files, sample_texts, write_jsonl
 from neobert import NeoBERTConfig, NeoBERTModel
 from neobert.data.loader import LoaderConfig, PretrainingLoader
-from neobert.data.masking import MaskingConfig
 
 
 @pytest.fixture(scope="module")
@@ -23,16 +22,15 @@ def originals(batch) -> torch.Tensor:
     return torch.where(batch["labels"] != -100, batch["labels"], batch["input_ids"])
 
 
-def loader(corpus_dir, layout):
-    masking = MaskingConfig(rate=0.2, strategy="all_mask")
+def loader(corpus_dir, sequence):
     config = LoaderConfig(
-        str(corpus_dir), scheme="pack", layout=layout, max_length=64, batch_size=4, seed=2, masking=masking
+        str(corpus_dir), sequence=sequence, max_length=64, batch_size=4, seed=2, mlm_probability=0.2, mask_mode="all"
     )
     return PretrainingLoader(config)
 
 
 def test_rows_hold_the_packs_of_packing_proper(corpus_dir):
-    packed, rows = loader(corpus_dir, "packed"), loader(corpus_dir, "rows")
+    packed, rows = loader(corpus_dir, "pack"), loader(corpus_dir, "pack_naive")
     for _ in range(5):
         flat, laid = next(packed), next(rows)
         assert laid["input_ids"].shape[0] == 4 and laid["input_ids"].shape[1] <= 64
@@ -47,7 +45,7 @@ def test_rows_hold_the_packs_of_packing_proper(corpus_dir):
 
 
 def test_documents_in_a_row_see_each_other(corpus_dir):
-    rows = loader(corpus_dir, "rows")
+    rows = loader(corpus_dir, "pack_naive")
     shared = [(b, i) for b in (next(rows) for _ in range(10)) for i in range(4) if (originals(b)[i] == 101).sum() >= 2]
     batch, row = shared[0]
     ids = originals(batch)[row : row + 1]
@@ -65,6 +63,6 @@ def test_documents_in_a_row_see_each_other(corpus_dir):
     assert (after[0, second:] - together[0, second:]).abs().max() > 1e-3  # the second document noticed
 
 
-def test_rows_need_the_pack_scheme():
-    with pytest.raises(ValueError, match="layout 'rows' lays packs in rows: it needs scheme 'pack'"):
-        LoaderConfig("x", scheme="truncate", layout="rows")
+def test_an_unknown_sequence_is_named():
+    with pytest.raises(ValueError, match=r"sequence must be one of \('truncate', 'pack', 'pack_naive'\), not 'rows'"):
+        LoaderConfig("x", sequence="rows")

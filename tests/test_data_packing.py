@@ -84,9 +84,7 @@ def sequences_of(batch) -> list[list[int]]:
 
 def test_one_epoch_of_packs_holds_every_document_token_exactly_once(corpus_dir):
     corpus = TokenCorpus(corpus_dir)
-    config = LoaderConfig(
-        str(corpus_dir), scheme="pack", layout="packed", batch_size=4, epochs=1, block_documents=16, window_blocks=4
-    )
+    config = LoaderConfig(str(corpus_dir), sequence="pack", batch_size=4, epochs=1, block_documents=16, window_blocks=4)
     loader = PretrainingLoader(config)
     pieces = []
     for batch in loader:
@@ -121,7 +119,7 @@ def test_packed_batches_keep_documents_apart_in_the_model(corpus_dir):
 
     torch.manual_seed(0)
     model = neobert.NeoBERTForMaskedLM(neobert.NeoBERTConfig.from_preset("tiny")).eval()
-    config = LoaderConfig(str(corpus_dir), scheme="pack", layout="packed", batch_size=2, max_length=64)
+    config = LoaderConfig(str(corpus_dir), sequence="pack", batch_size=2, max_length=64)
     batch = next(PretrainingLoader(config))
     with torch.no_grad():
         packed = model(

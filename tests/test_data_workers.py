@@ -15,7 +15,6 @@ import torch
 
 from data_helpers import prepare_files, sample_texts, write_jsonl
 from neobert.data.loader import LengthBucket, LoaderConfig, PretrainingLoader, build_loader
-from neobert.data.masking import MaskingConfig
 from neobert.data.shards import DataError
 from neobert.data.workers import MultiWorkerLoader
 from test_data_loader import same_batches, take
@@ -28,14 +27,15 @@ pytestmark = [
 # Packed like the demo (BERT's 80/10/10 with identity scoring, whose draws are three arrays), and padded.
 CONFIGS = {
     "pack": dict(
-        scheme="pack",
-        layout="packed",
+        sequence="pack",
         batch_size=3,
         block_documents=8,
         window_blocks=4,
-        masking=MaskingConfig(rate=0.2, strategy="80_10_10", identity_rate=0.1),
+        mlm_probability=0.2,
+        mask_mode="bert",
+        mlm_identity_probability=0.1,
     ),
-    "truncate-padded": dict(scheme="truncate", layout="padded", batch_size=8, block_documents=8, window_blocks=2),
+    "truncate-padded": dict(sequence="truncate", batch_size=8, block_documents=8, window_blocks=2),
 }
 RATES = [0.3] * 5 + [0.15] * 7 + [0.25] * 6
 

@@ -73,9 +73,7 @@ def train_losses(out: Path) -> dict[int, float]:
 def global_batches(corpus: Path, world: int, micro: int, steps: int) -> list[Counter]:
     """Per step, the (sequence, labels) pairs of the whole global batch of 8 sequences."""
     accumulation = 8 // world // micro
-    config = LoaderConfig(
-        str(corpus), scheme="pack", layout="packed", batch_size=micro, seed=3, block_documents=10, window_blocks=4
-    )
+    config = LoaderConfig(str(corpus), sequence="pack", batch_size=micro, seed=3, block_documents=10, window_blocks=4)
     loaders = [PretrainingLoader(config, rank, world) for rank in range(world)]
     out = []
     for _ in range(steps):

@@ -132,7 +132,7 @@ def test_each_step_takes_its_planned_batch_at_its_scheduled_mask_rate(corpus, tm
     for step, (size, rate) in enumerate(zip(SIZES, RATES, strict=True)):
         mine = recorded.batches[first : first + size // 2]
         assert recorded.rates[first : first + size // 2] == [rate] * (size // 2)
-        reference = PretrainingLoader(replace(plain, masking=replace(plain.masking, rate=rate)))
+        reference = PretrainingLoader(replace(plain, mlm_probability=rate))
         reference.skip(first)
         for batch in mine:
             expected = next(reference)

@@ -122,7 +122,7 @@ QUICK = (
     "train.log_every=4",
     "data.batch_size=8",
     "data.eval_batches=2",
-    "data.eval_batch_size=8",
+    "data.eval.batch_size=8",
 )
 QUICK_DEEP = "model.overrides={hidden_size: 48, num_hidden_layers: 4, num_attention_heads: 2, intermediate_size: 192, max_length: 512}"  # noqa: E501
 

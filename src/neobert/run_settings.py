@@ -107,7 +107,8 @@ CHANGEABLE_ON_RESUME = (
     "budget.",
     "system.",
     "phase.",
-    "data.eval_",
+    "data.eval_",  # data.eval_batches, data.eval_split
+    "data.eval.",  # the held-out rule
     "model.attention:",
     "model.activation_checkpointing:",
     "model.init_from:",

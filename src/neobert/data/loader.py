@@ -4,8 +4,8 @@ There is one global order of samples, the same for every rank and process count,
 not grow with the corpus (`order.py`): per epoch, blocks of `block_documents` consecutive documents are
 visited in a seeded permutation and taken `window_blocks` at a time; a window's sequence units (truncated
 documents or chunks, see `sequences.py`) are computed from the shards' memory-mapped offsets and shuffled
-with a seed derived from (seed, epoch, window). A sample is a unit, or under `pack` a pack of a window's
-units (best fit decreasing into budgets of `max_length` tokens, the packs shuffled). The order is cut into
+with a seed derived from (seed, epoch, window). A sample is a unit, or under `pack` and `pack_naive` a pack of
+a window's units (best fit decreasing into budgets of `max_length` tokens, the packs shuffled). The order is cut into
 chunks of `batch_size` samples, dealt out in turn: rank r of w takes chunks r, r + w, r + 2w, ... So with a
 global batch of G samples, step s trains on samples s*G .. (s+1)*G - 1 whatever the world size, micro-batch
 and accumulation, and each sample is seen exactly once per epoch across ranks. The loader is endless by
@@ -23,10 +23,11 @@ are the same after a resume and do not depend on ranks, accumulation or data wor
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -36,7 +37,7 @@ from neobert.data.masking import IGNORE_INDEX, MaskingConfig, mask_with_draws, s
 from neobert.data.mixture import MixtureLoader
 from neobert.data.order import BlockOrder
 from neobert.data.sequences import (
-    SCHEMES,
+    SEQUENCES,
     SPECIALS_PER_SEQUENCE,
     TokenCorpus,
     layout_packed,
@@ -48,8 +49,6 @@ from neobert.data.sequences import (
 from neobert.data.shards import DataError
 from neobert.data.tokenization import TokenizerSpec
 
-# "rows": each pack is one row with full attention (cross-document, the naive packing of M6).
-LAYOUTS = ("padded", "packed", "rows")
 STATE_VERSION = 3
 
 
@@ -68,12 +67,17 @@ PHASE2_LENGTH_MIXTURE = (LengthBucket(0.2, 0), LengthBucket(0.4, 1024), LengthBu
 
 @dataclass(frozen=True)
 class LoaderConfig:
+    """A loader's settings. Those that the pre-training config's `data` section also has carry its names and
+    meanings (sequence, max_length, mlm_probability, mask_mode, mlm_identity_probability, seed,
+    block_documents, window_blocks), so `train/data.py` hands them over as they are."""
+
     path: str
     split: str = "train"
-    scheme: str = "truncate"  # "truncate" (the paper's) or "pack"
-    layout: str = "padded"  # "padded" (B, L) + attention_mask, or "packed" (one row + cu_seqlens); pack needs packed
+    # "truncate" (the paper's): padded rows (B, L) + attention_mask. "pack": one row of packs + cu_seqlens.
+    # "pack_naive": a pack per padded row, its documents attending to each other (sequences.py).
+    sequence: str = "truncate"
     max_length: int | None = None  # None: the corpus's --max-length
-    batch_size: int = 32  # sequences (truncate) or packs of max_length tokens (pack) per batch
+    batch_size: int = 32  # this rank's sequences (truncate) or packs of max_length tokens (pack) per batch
     pad_to_multiple_of: int = 8
     # The order: blocks of consecutive documents of one shard, visited in a seeded permutation, and windows
     # of blocks whose units are shuffled and packed together (see order.py).
@@ -81,30 +85,34 @@ class LoaderConfig:
     window_blocks: int = 16
     min_document_tokens: int = 0
     length_mixture: tuple[LengthBucket, ...] = ()  # non-empty: each batch draws one bucket (phase 2)
-    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    mlm_probability: float = 0.2
+    mask_mode: str = "all"  # "all": every selected token becomes [MASK]; "bert": 80/10/10 (masking.py)
+    mlm_identity_probability: float = 0.0
     seed: int = 0
     epochs: int | None = None  # None: endless
     drop_last: bool = False  # with finite epochs: drop the final partial batch
     verify: str = "first_use"  # shard checksums: on a shard's first use (see shards.open_shard), "full", "size"
 
     def __post_init__(self) -> None:
-        if self.scheme not in SCHEMES:
-            raise ValueError(f"scheme must be one of {SCHEMES}, not {self.scheme!r}")
-        if self.layout not in LAYOUTS:
-            raise ValueError(f"layout must be one of {LAYOUTS}, not {self.layout!r}")
-        if self.scheme == "pack" and self.layout == "padded":
-            raise ValueError("scheme 'pack' puts several documents in a row: use layout 'packed' (or 'rows')")
-        if self.layout == "rows" and self.scheme != "pack":
-            raise ValueError("layout 'rows' lays packs in rows: it needs scheme 'pack'")
+        if self.sequence not in SEQUENCES:
+            raise ValueError(f"sequence must be one of {SEQUENCES}, not {self.sequence!r}")
         if min(self.batch_size, self.block_documents, self.window_blocks) < 1:
             raise ValueError("batch_size, block_documents and window_blocks must be positive")
+        _ = self.masking  # a bad rate or mode is named now, not at the first batch
+
+    @functools.cached_property
+    def masking(self) -> MaskingConfig:
+        return MaskingConfig(self.mlm_probability, self.mask_mode, self.mlm_identity_probability)
+
+    @property
+    def packs(self) -> bool:
+        """Whether samples are packs of documents (`pack`, `pack_naive`) rather than single documents."""
+        return self.sequence != "truncate"
 
     @classmethod
     def from_dict(cls, payload: dict[str, Any]) -> LoaderConfig:
-        """From plain data (a YAML preset): nested masking and length-mixture entries become dataclasses."""
+        """From plain data (a YAML preset): length-mixture entries become dataclasses."""
         payload = dict(payload)
-        if isinstance(payload.get("masking"), dict):
-            payload["masking"] = MaskingConfig(**payload["masking"])
         mixture = payload.get("length_mixture") or ()
         payload["length_mixture"] = tuple(
             LengthBucket(**item) if isinstance(item, dict) else LengthBucket(*item) for item in mixture
@@ -167,13 +175,13 @@ class PretrainingLoader:
         parts = []
         for block in blocks:
             starts, lengths = self.corpus.spans(block.shard, block.first, block.count)
-            units = sequence_units(lengths, self.config.scheme, self.max_length, self.config.min_document_tokens)
+            units = sequence_units(lengths, self.config.sequence, self.max_length, self.config.min_document_tokens)
             parts.append(
                 np.stack([np.full(len(units), block.shard), starts[units.doc] + units.start, units.length], axis=1)
             )
         rng = np.random.default_rng(np.random.SeedSequence([self.config.seed, self.stream, epoch, window]))
         units = np.concatenate(parts).astype(np.int64)[rng.permutation(sum(len(part) for part in parts))]
-        if self.config.scheme == "truncate":
+        if not self.config.packs:
             samples = [units[i : i + 1] for i in range(len(units))]
         else:
             packs = pack_best_fit(units[:, 2] + SPECIALS_PER_SEQUENCE, self.max_length)
@@ -265,11 +273,11 @@ class PretrainingLoader:
         )
         ids = self.corpus.special_ids
         input_ids, labels = mask_with_draws(torch.from_numpy(flat), self.masking, self.never_mask, ids["mask"], draws)
-        if self.config.layout == "packed":
+        if self.config.sequence == "pack":
             batch = layout_packed(input_ids, cu)
             batch["labels"] = labels.unsqueeze(0)
-            slots = samples * self.max_length if self.config.scheme == "pack" else input_ids.numel()
-        elif self.config.layout == "rows":  # a pack's sequences in one row, attending to each other
+            slots = samples * self.max_length
+        elif self.config.sequence == "pack_naive":  # a pack's sequences in one row, attending to each other
             batch = {}
             batch["input_ids"], batch["attention_mask"] = pad_rows(
                 input_ids, bounds, ids["pad"], self.config.pad_to_multiple_of
@@ -293,7 +301,7 @@ class PretrainingLoader:
 
     def set_mlm_probability(self, rate: float) -> None:
         """Mask the next batches at `rate`; a sample's draws do not depend on it, so the masks stay nested."""
-        self.masking = replace(self.config.masking, rate=rate)
+        self.masking = replace(self.config.masking, mlm_probability=rate)
 
     @property
     def packing_efficiency(self) -> float:
@@ -360,7 +368,7 @@ class PretrainingLoader:
                 f"loader state version {state.get('version')!r}; this neobert reads {STATE_VERSION} (states of "
                 "earlier versions follow another sample order and cannot be continued)"
             )
-        mine, theirs = self._identity(), state["identity"]
+        mine, theirs = self._identity(), _in_current_words(state["identity"])
         if mine != theirs:
             differing = sorted(key for key in mine if mine[key] != theirs.get(key))
             raise DataError(
@@ -386,6 +394,28 @@ class PretrainingLoader:
                 "accumulation and world size whose global batch divides it"
             )
         self.set_position({**boundary, "chunks": taken // self.config.batch_size})
+
+
+def _in_current_words(identity: dict[str, Any]) -> dict[str, Any]:
+    """A saved identity with the loader settings named as now. States saved before the loader took the
+    pre-training config's words name the same order and masks with `scheme`, `layout` and a nested `masking`;
+    they still resume."""
+    config = identity.get("config", {})
+    if "scheme" not in config:
+        return identity
+    config = dict(config)
+    scheme, layout, masking = config.pop("scheme"), config.pop("layout"), config.pop("masking")
+    sequence = "truncate" if scheme == "truncate" else "pack_naive" if layout == "rows" else "pack"
+    # Keep a combination the current words cannot say (truncated documents laid out in one row) different.
+    if scheme == "truncate" and layout != "padded":
+        sequence = f"truncate ({layout})"
+    config.update(
+        sequence=sequence,
+        mlm_probability=masking["rate"],
+        mask_mode={"all_mask": "all", "80_10_10": "bert"}.get(masking["strategy"], masking["strategy"]),
+        mlm_identity_probability=masking.get("identity_rate", 0.0),
+    )
+    return {**identity, "config": config}
 
 
 def build_loader(

@@ -1,10 +1,13 @@
 """From stored documents to model sequences: the corpus view, sequence units, packing and collation.
 
-Two schemes (spec B.3):
-- `truncate`, the paper's: one document per sequence, cut to `max_length` (its tail is lost);
+Three ways to make sequences (`data.sequence`, spec B.3):
+- `truncate`, the paper's: one document per sequence, cut to `max_length` (its tail is lost); a batch is
+  rows padded to the longest;
 - `pack`: a document longer than a sequence is split into chunks of `max_length` tokens and a shorter last
   one (nothing is lost); chunks are packed into budgets of `max_length` tokens, and a batch of packs
-  is one row with `cu_seqlens`, so the model never lets one document attend to another.
+  is one row with `cu_seqlens`, so the model never lets one document attend to another;
+- `pack_naive`: the same packs, each laid in a padded row where its documents attend to each other (the
+  paper's first packing, M6).
 Every sequence (a truncated document or a chunk) is `[CLS] content [SEP]`.
 """
 
@@ -30,7 +33,7 @@ from neobert.data.shards import (
 )
 from neobert.data.verified import VerifiedRecord, file_stamp
 
-SCHEMES = ("truncate", "pack")
+SEQUENCES = ("truncate", "pack", "pack_naive")
 SPECIALS_PER_SEQUENCE = 2  # [CLS] and [SEP]
 
 
@@ -186,17 +189,18 @@ class Units:
         return len(self.doc)
 
 
-def sequence_units(lengths: np.ndarray, scheme: str, max_length: int, min_document_tokens: int = 0) -> Units:
-    """The units of a corpus for a scheme. `min_document_tokens` keeps only documents at least that long
-    ([CLS] and [SEP] counted, as the released phase-2 filter counts them)."""
-    if scheme not in SCHEMES:
-        raise ValueError(f"scheme must be one of {SCHEMES}, not {scheme!r}")
+def sequence_units(lengths: np.ndarray, sequence: str, max_length: int, min_document_tokens: int = 0) -> Units:
+    """The units of a corpus for a way of making sequences (both packings cut the same chunks).
+    `min_document_tokens` keeps only documents at least that long ([CLS] and [SEP] counted, as the released
+    phase-2 filter counts them)."""
+    if sequence not in SEQUENCES:
+        raise ValueError(f"sequence must be one of {SEQUENCES}, not {sequence!r}")
     capacity = max_length - SPECIALS_PER_SEQUENCE
     if capacity < 1:
         raise ValueError(f"max_length must exceed {SPECIALS_PER_SEQUENCE}, got {max_length}")
     docs = np.flatnonzero((lengths > 0) & (lengths + SPECIALS_PER_SEQUENCE >= min_document_tokens))
     doc_lengths = lengths[docs]
-    if scheme == "truncate":
+    if sequence == "truncate":
         return Units(docs, np.zeros(len(docs), dtype=np.int64), np.minimum(doc_lengths, capacity))
     pieces = -(-doc_lengths // capacity)  # ceil
     unit_doc = np.repeat(docs, pieces)

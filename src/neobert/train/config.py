@@ -20,6 +20,7 @@ import yaml
 from neobert.config import PRESETS, NeoBERTConfig
 from neobert.data.loader import LengthBucket
 from neobert.model.attention import BACKENDS as ATTENTION_BACKENDS
+from neobert.train.held_out import HeldOutSection, current_override_keys, in_current_keys
 from neobert.train.optim import schedule_from
 from neobert.train.ramp import BatchRamp, check_mlm_schedule, ramp_from
 from neobert.train.ramp import BatchSplitError as BatchSplitError  # at home in ramp.py; importers of config keep it
@@ -74,7 +75,7 @@ class DataSection:
     sequence: Literal["truncate", "pack", "pack_naive"] = "truncate"
     mlm_probability: float = 0.2
     # The mask rate by training progress, [[progress, probability], ...] from progress 0.0, piecewise constant
-    # (train/ramp.py); empty: mlm_probability throughout. The held-out rule (eval_*) is not affected.
+    # (train/ramp.py); empty: mlm_probability throughout. The held-out rule (data.eval) is not affected.
     mlm_schedule: list[tuple[float, float]] = field(default_factory=list)
     # "all": every selected token becomes [MASK] (the paper); "bert": 80% [MASK], 10% random, 10% kept.
     mask_mode: Literal["all", "bert"] = "all"
@@ -92,16 +93,8 @@ class DataSection:
     batch_warmup_start: int | None = None
     length_mixture: list[LengthBucket] = field(default_factory=list)
     eval_batches: int = 20
-    # The held-out rule, kept apart from the training recipe so that runs trained with other mask rates,
-    # lengths, sequence schemes, batch sizes or seeds are scored on the same masked positions. None: as in
-    # training (eval_batch_size None: this rank's micro-batch).
-    eval_max_length: int | None = None
-    eval_sequence: Literal["truncate", "pack", "pack_naive"] | None = None
-    eval_mlm_probability: float | None = None
-    eval_mask_mode: Literal["all", "bert"] | None = None
-    eval_mlm_identity_probability: float | None = None
-    eval_batch_size: int | None = None
-    eval_seed: int | None = None
+    # The held-out rule; unset, the held-out batches follow the training settings (HeldOutSection).
+    eval: HeldOutSection = field(default_factory=HeldOutSection)
     seed: int = 0
     # The order's granularity (data/order.py): runs of `block_documents` consecutive documents, taken
     # `window_blocks` at a time into one shuffled window, so a window of 2,048 documents comes from 256
@@ -122,19 +115,11 @@ class DataSection:
             raise ValueError(f"data.micro_batch_size must be positive, got {self.micro_batch_size}")
         if self.eval_batches < 0:
             raise ValueError(f"data.eval_batches must be non-negative, got {self.eval_batches}")
-        for name in ("eval_max_length", "eval_batch_size"):
-            if getattr(self, name) is not None and getattr(self, name) <= 0:
-                raise ValueError(f"data.{name} must be positive, got {getattr(self, name)}")
-        if self.eval_mlm_probability is not None and not 0 < self.eval_mlm_probability < 1:
-            raise ValueError(f"data.eval_mlm_probability must lie in (0, 1), got {self.eval_mlm_probability}")
-        for prefix in ("", "eval_"):
-            identity = getattr(self, f"{prefix}mlm_identity_probability")
-            rate = getattr(self, f"{prefix}mlm_probability")
-            rate = self.mlm_probability if rate is None else rate
-            if identity is not None and not 0 <= identity < 1 - rate:
+        for prefix, rule in (("", self), ("eval.", self.eval.over(self))):
+            if not 0 <= rule.mlm_identity_probability < 1 - rule.mlm_probability:
                 raise ValueError(
-                    f"data.{prefix}mlm_identity_probability must lie in [0, 1 - {prefix}mlm_probability) = "
-                    f"[0, {1 - rate:g}), got {identity}"
+                    f"data.{prefix}mlm_identity_probability must lie in [0, 1 - mlm_probability) = "
+                    f"[0, {1 - rule.mlm_probability:g}), got {rule.mlm_identity_probability}"
                 )
         if self.batch_unit == "tokens" and self.batch_size % self.max_length:
             raise ValueError(
@@ -404,6 +389,7 @@ def read_yaml(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[str
             raise ValueError(f"config file {path}: YAML syntax error{where}: {problem}") from None
     if not isinstance(content, dict):
         raise ValueError(f"config file {path.name} must hold a mapping at the top level")
+    content = in_current_keys(content, f"config file {path.name}")
     parent = content.pop("inherit", None)
     if parent is None:
         return content
@@ -416,6 +402,7 @@ def apply_override(tree: dict[str, Any], assignment: str) -> None:
         raise ValueError(f"override {assignment!r} must look like section.key=value")
     dotted, raw = assignment.split("=", 1)
     keys = dotted.strip().split(".")
+    keys = current_override_keys(keys, assignment)
     if len(keys) < 2 or not all(keys):
         raise ValueError(f"override {assignment!r} must name a section and a key, e.g. train.lr=6e-4")
     try:

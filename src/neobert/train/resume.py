@@ -37,6 +37,7 @@ from neobert.train.checkpoint import (
 )
 from neobert.train.config import PretrainConfig
 from neobert.train.distributed import DistributedContext
+from neobert.train.held_out import in_current_keys
 from neobert.train.optim import build_optimizer, schedule_from
 from neobert.train.phase import PHASE_FILE, PhaseStart, plan_phase
 from neobert.train.precision import PrecisionChoice, resolve_precision
@@ -131,6 +132,7 @@ def restore(trainer: Trainer, folder: Path, resuming: bool = False) -> None:
     context, config = trainer.context, trainer.config
     same_world = saved_world_size(folder) == context.world_size
     saved = read_checkpoint(folder, rank=context.rank if same_world else 0, verify="marker")
+    saved.config = in_current_keys(saved.config or {})  # a run saved with keys since renamed is the same run
     try:
         dist_utils.load_full_state_dicts(
             trainer.wrapped, trainer.optimizer, saved.model_state, saved.trainer_state["optimizer"]
