@@ -1,6 +1,6 @@
 """Embedding throughput (texts/s) on real short texts of varied length, in one run:
 `neobert.embed.encode` (length-sorted, packed; padded; ONNX int8 through onnxruntime; the exported ONNX
-graphs, fp32 and int8, compiled by OpenVINO when it is installed) against
+graphs compiled by OpenVINO when it is installed: fp32, bf16 where the CPU has bf16 units, and int8) against
 `SentenceTransformer.encode` with our model and with transformers' ModernBertModel (base config), all
 randomly initialised, on the CPU. The PyTorch routes run in fp32 (`rows`, with the ONNX and OpenVINO routes) and
 under bf16 autocast (`rows_bf16`, with each one's speed over its fp32 row); each reports the share of that
@@ -43,14 +43,16 @@ from bench_common import (
 REFERENCE = "SentenceTransformer(NeoBERT)"
 ONNX_ROUTE = "neobert.encode (ONNX int8)"  # int8 through onnxruntime: timed with the fp32 rows, not in bf16
 OPENVINO_ROUTE = "neobert.encode (OpenVINO fp32)"
+OPENVINO_BF16_ROUTE = "neobert.encode (OpenVINO bf16)"
 OPENVINO_INT8_ROUTE = "neobert.encode (OpenVINO int8)"
 INT8_ROUTES = (ONNX_ROUTE, OPENVINO_INT8_ROUTE)
 # Routes outside PyTorch: bf16 autocast does not reach them, so they are timed with the fp32 rows only.
-RUNTIME_ROUTES = (ONNX_ROUTE, OPENVINO_ROUTE, OPENVINO_INT8_ROUTE)
+RUNTIME_ROUTES = (ONNX_ROUTE, OPENVINO_ROUTE, OPENVINO_BF16_ROUTE, OPENVINO_INT8_ROUTE)
 # Each route's key in `cosine_to_float32`.
 COSINE_KEYS = {
     ONNX_ROUTE: "onnx_int8",
     OPENVINO_ROUTE: "openvino",
+    OPENVINO_BF16_ROUTE: "openvino_bf16",
     OPENVINO_INT8_ROUTE: "openvino_int8",
     "neobert.encode (packed)": None,
     "neobert.encode (padded)": None,
@@ -117,7 +119,8 @@ def non_embedding_params(model: torch.nn.Module, embedding_prefix: str) -> int:
 
 
 def time_routes(routes: dict, precision: str, texts: int, flops: dict[str, float], peak: float, repeats: int) -> dict:
-    """`flops`: each route's real-token matrix-product FLOPs (attention left out); none for the int8 routes."""
+    """`flops`: each route's real-token matrix-product FLOPs (attention left out); none for the int8 routes,
+    nor for OpenVINO's bf16 route, timed with the fp32 rows (whose peak is fp32's)."""
     rows = {}
     for name, fn in routes.items():
 
@@ -126,7 +129,8 @@ def time_routes(routes: dict, precision: str, texts: int, flops: dict[str, float
                 fn()
 
         timing = time_calls(call, repeats, warmup=1)
-        row = {"precision": "int8" if name in INT8_ROUTES else precision, **timing}
+        own = "int8" if name in INT8_ROUTES else "bf16" if name == OPENVINO_BF16_ROUTE else precision
+        row = {"precision": own, **timing}
         row["texts_per_s"] = texts / timing["median_s"]
         if name in flops:
             row["gflops"] = flops[name] / timing["median_s"] / 1e9
@@ -214,7 +218,12 @@ def render(report: dict) -> str:
         lines.append([f"{label} bound at peak", precision, f"{b['texts_per_s']:.1f}", over, "100%", "", "", ""])
     setup, cosine = report["setup"], report["cosine_to_float32"]
     load = f"load average {setup['load_average_before'][0]:.2f} before, {setup['load_average_after'][0]:.2f} after"
-    cosines = ", ".join(f"{name} {value:.6f}" for name, value in cosine.items() if name.endswith("_min"))
+    cosines = ", ".join(
+        f"{name.removesuffix('_min')} {value:.6f}"
+        + (f" (mean {cosine[mean]:.6f})" if (mean := name.replace("_min", "_mean")) in cosine else "")
+        for name, value in cosine.items()
+        if name.endswith("_min")
+    )
     return "\n".join(
         [
             *table(header, lines),
@@ -233,17 +242,17 @@ def render(report: dict) -> str:
 
 
 def cosines_to(exact: np.ndarray, routes: dict) -> dict:
-    """Each route's smallest (and for int8 mean) cosine to the float32 vectors; `bf16_*` under autocast."""
+    """Each route's smallest and mean cosine to the float32 vectors (and SentenceTransformer's largest
+    difference); `bf16_*` under autocast."""
     cosine = {}
     for name, fn in routes.items():
         with computing_in("bf16" if name.startswith("bf16") else "fp32"):
             vectors = fn()
         values = (vectors * exact).sum(1)
         cosine[f"{name}_min"] = float(np.min(values))
+        cosine[f"{name}_mean"] = float(np.mean(values))
         if name == "sentence_transformers":
             cosine[f"{name}_max_abs_diff"] = float(np.max(np.abs(vectors - exact)))
-        if name in ("onnx_int8", "openvino_int8"):
-            cosine[f"{name}_mean"] = float(np.mean(values))
     return cosine
 
 
@@ -282,9 +291,10 @@ def main(argv: list[str] | None = None) -> dict:
         folder = neobert_folder(Path(scratch), args.preset)
         export_onnx(folder, int8=True)
         embedder, int8 = load_embedder(folder), load_embedder(folder, backend="onnx-int8")
-        openvino_fp32 = openvino_int8 = None
+        openvino_fp32 = openvino_bf16 = openvino_int8 = None
         if openvino is not None:
             openvino_fp32 = load_embedder(folder, backend="openvino")
+            openvino_bf16 = load_embedder(folder, backend="openvino-bf16")
             openvino_int8 = load_embedder(folder, backend="openvino-int8")
         ours_st = SentenceTransformer(str(folder), device="cpu")
         modernbert_st = modernbert_sentence_transformer(Path(scratch), args.quick)
@@ -295,6 +305,7 @@ def main(argv: list[str] | None = None) -> dict:
             **(
                 {
                     OPENVINO_ROUTE: lambda: encode(openvino_fp32, texts, **common),
+                    OPENVINO_BF16_ROUTE: lambda: encode(openvino_bf16, texts, **common),
                     OPENVINO_INT8_ROUTE: lambda: encode(openvino_int8, texts, **common),
                 }
                 if openvino is not None
@@ -306,7 +317,7 @@ def main(argv: list[str] | None = None) -> dict:
         neobert_params = non_embedding_params(embedder.model, "encoder.")
         modernbert_params = non_embedding_params(modernbert_st[0].auto_model, "embeddings.")
         neobert_flops = 2 * neobert_params * token_count
-        flops = {name: neobert_flops for name in routes if name not in INT8_ROUTES}
+        flops = {name: neobert_flops for name in routes if name not in (*INT8_ROUTES, OPENVINO_BF16_ROUTE)}
         flops["SentenceTransformer(ModernBertModel)"] = 2 * modernbert_params * token_count
         report["rows"], report["rows_bf16"] = {}, {}
         with torch.inference_mode():
@@ -321,6 +332,7 @@ def main(argv: list[str] | None = None) -> dict:
                 others["onnx_int8"] = lambda: encode(int8, texts, **common)
                 if openvino is not None:
                     others["openvino"] = lambda: encode(openvino_fp32, texts, **common)
+                    others["openvino_bf16"] = lambda: encode(openvino_bf16, texts, **common)
                     others["openvino_int8"] = lambda: encode(openvino_int8, texts, **common)
                 others["sentence_transformers"] = lambda: ours_st.encode(texts, **st_common)
             if "bf16" in chosen:

@@ -75,12 +75,30 @@ def test_int8_is_close_to_float32(onnx_folder):
     assert not np.array_equal(int8, encode(onnx_folder, TEXTS, backend="openvino", show_progress=False))
 
 
+def test_bf16_is_close_to_float32_and_computes_in_bf16_where_the_cpu_can(onnx_folder):
+    import openvino
+
+    exact = encode(onnx_folder, TEXTS, show_progress=False)
+    bf16 = encode(onnx_folder, TEXTS, backend="openvino-bf16", batch_size=2, show_progress=False)
+    assert bf16.shape == exact.shape
+    assert (bf16 * exact).sum(1).min() > 0.999
+    compiled = load_embedder(onnx_folder, "openvino-bf16").onnx_session.compiled
+    cpu_has_bf16 = "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    expected = openvino.Type.bf16 if cpu_has_bf16 else openvino.Type.f32
+    assert compiled.get_property("INFERENCE_PRECISION_HINT") == expected
+    if cpu_has_bf16:
+        assert not np.allclose(bf16, encode(onnx_folder, TEXTS, backend="openvino", show_progress=False), atol=1e-6)
+
+
 def test_one_compilation_per_graph(onnx_folder):
     first, second = load_embedder(onnx_folder, "openvino"), load_embedder(onnx_folder, "openvino")
     assert first.onnx_session.compiled is second.onnx_session.compiled
     int8 = load_embedder(onnx_folder, "openvino-int8")
     assert int8.onnx_session.compiled is not first.onnx_session.compiled
     assert int8.onnx_session.path.name == "model_qint8.onnx"
+    bf16 = load_embedder(onnx_folder, "openvino-bf16")  # the same file, another precision
+    assert bf16.onnx_session.compiled is not first.onnx_session.compiled
+    assert bf16.onnx_session.compiled is load_embedder(onnx_folder, "openvino-bf16").onnx_session.compiled
 
 
 def test_missing_graph_names_the_export_command(tmp_path):

@@ -25,7 +25,7 @@ from neobert.openvino_backend import openvino_session
 from neobert.pooling import POOLINGS, pool_padded, pooled_packed
 
 PRECISIONS = ("float32", "int8", "binary")
-BACKENDS = ("torch", "onnx", "onnx-int8", "openvino", "openvino-int8")
+BACKENDS = ("torch", "onnx", "onnx-int8", "openvino", "openvino-bf16", "openvino-int8")
 ST_CONFIG = "config_sentence_transformers.json"
 ST_MODULES = "modules.json"
 # Older sentence-transformers write one flag per mode instead of `pooling_mode`.
@@ -239,8 +239,8 @@ def encode(
     `normalize`. `precision`: float32, int8 or binary (see `quantize`). `packed=False` pads instead; the
     vectors agree to float rounding either way and whatever `batch_size`. `backend`: "torch", or "onnx" /
     "onnx-int8" for a folder holding onnx/model.onnx / onnx/model_qint8.onnx (`neobert export --onnx [--int8]`; an
-    older export's model.onnx / model_int8.onnx is read too), or "openvino" / "openvino-int8" for the same
-    graphs compiled by OpenVINO (`pip install 'neobert[openvino]'`, see `neobert.openvino_backend`); the
+    older export's model.onnx / model_int8.onnx is read too), or "openvino" / "openvino-bf16" / "openvino-int8"
+    for the same graphs compiled by OpenVINO (`pip install 'neobert[openvino]'`, see `neobert.openvino_backend`); the
     ONNX and OpenVINO backends pad their length-sorted batches.
     """
     if pooling is not None and pooling not in POOLINGS:

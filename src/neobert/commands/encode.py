@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backend",
         default="torch",
-        help="torch, onnx, onnx-int8, openvino or openvino-int8 (the last four need onnx/model.onnx / "
+        help="torch, onnx, onnx-int8, openvino, openvino-bf16 or openvino-int8 (all but torch need onnx/model.onnx / "
         "onnx/model_qint8.onnx in --model, see export --onnx; openvino needs pip install 'neobert[openvino]')",
     )
 
