@@ -60,7 +60,7 @@ BEST_ROUTE_SPEEDUP, BEST_ROUTE_COSINE = 3.0, 0.999  # issue 19: the best CPU rou
 
 def short_texts(count: int) -> list[str]:
     """Reserved health-news tweets and news headlines (never pre-trained on), interleaved."""
-    from neobert.data.demo_corpus import evaluation_records
+    from neobert.demo.corpus import evaluation_records
 
     tweets = [r["text"] for r in evaluation_records("health_tweets") if r["text"].strip()]
     titles = [r["title"] for r in evaluation_records("news_articles") if r.get("title", "").strip()]

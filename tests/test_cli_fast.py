@@ -200,7 +200,7 @@ def test_score_table_aligns_names_and_numbers():
 
 
 def test_evaluate_retrieval_suite_prints_its_scores_as_a_table(model_folder, tmp_path, capsys, monkeypatch):
-    import neobert.eval.retrieval_offline as retrieval
+    import neobert.demo.retrieval_offline as retrieval
 
     monkeypatch.setattr(
         retrieval, "headline_article_pairs", lambda records=None, max_articles=None: (["a b", "c d"], ["a b", "c d"])
