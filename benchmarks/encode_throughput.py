@@ -70,7 +70,7 @@ def short_texts(count: int) -> list[str]:
 
 def neobert_folder(root: Path, preset: str) -> Path:
     import neobert
-    from neobert.export import export_model
+    from neobert.export.folder import export_model
 
     torch.manual_seed(0)
     raw = root / "neobert-raw"
@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> dict:
     from sentence_transformers import SentenceTransformer
 
     from neobert.embed import encode, load_embedder
-    from neobert.onnx_export import export_onnx
+    from neobert.export.onnx_export import export_onnx
 
     try:
         import openvino  # noqa: F401

@@ -80,11 +80,11 @@ def test_importing_the_package_imports_nothing_heavy_and_keeps_every_public_name
 
 @pytest.mark.parametrize(
     "first",
-    ["import neobert", "import neobert.config", "import neobert.export", "import neobert.model.encoder"],
+    ["import neobert", "import neobert.config", "import neobert.export.folder", "import neobert.model.encoder"],
 )
 def test_whichever_import_comes_first_registers_the_model_type(first):
     # `neobert export` once met a folder's remote code instead of the registered classes: transformers was
-    # first imported by neobert.export itself.
+    # first imported by neobert.export.folder itself.
     program = f"""
         {first}
         from transformers import AutoConfig, AutoModel

@@ -14,7 +14,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from neobert.onnx_files import onnx_path
+from neobert.export.onnx_files import onnx_path
 
 OPENVINO_BACKENDS = {"openvino": "onnx", "openvino-int8": "onnx-int8"}  # the ONNX graph each one reads
 _CACHE_SIZE = 4
