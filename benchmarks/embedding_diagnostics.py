@@ -68,8 +68,8 @@ def top3_share(vectors: np.ndarray) -> float:
 def main() -> None:
     from sklearn.linear_model import LogisticRegression
 
-    from neobert.eval.offline_suite import TASKS, SuiteBudget, task_examples
-    from neobert.eval.retrieval_offline import headline_article_pairs, retrieval_metrics
+    from neobert.demo.offline_suite import TASKS, SuiteBudget, task_examples
+    from neobert.demo.retrieval_offline import headline_article_pairs, retrieval_metrics
     from neobert.tokenizer import load_tokenizer
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

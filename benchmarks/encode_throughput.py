@@ -62,7 +62,7 @@ BEST_ROUTE_SPEEDUP, BEST_ROUTE_COSINE = 3.0, 0.999  # issue 19: the best CPU rou
 
 def short_texts(count: int) -> list[str]:
     """Reserved health-news tweets and news headlines (never pre-trained on), interleaved."""
-    from neobert.data.demo_corpus import evaluation_records
+    from neobert.demo.corpus import evaluation_records
 
     tweets = [r["text"] for r in evaluation_records("health_tweets") if r["text"].strip()]
     titles = [r["title"] for r in evaluation_records("news_articles") if r.get("title", "").strip()]
@@ -72,7 +72,7 @@ def short_texts(count: int) -> list[str]:
 
 def neobert_folder(root: Path, preset: str) -> Path:
     import neobert
-    from neobert.export import export_model
+    from neobert.export.folder import export_model
 
     torch.manual_seed(0)
     raw = root / "neobert-raw"
@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> dict:
     from sentence_transformers import SentenceTransformer
 
     from neobert.embed import encode, load_embedder
-    from neobert.onnx_export import export_onnx
+    from neobert.export.onnx_export import export_onnx
 
     try:
         import openvino  # noqa: F401

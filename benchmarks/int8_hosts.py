@@ -54,7 +54,7 @@ def build(root: Path, preset: str) -> Path:
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from encode_throughput import neobert_folder
-    from neobert.onnx_export import export_onnx
+    from neobert.export.onnx_export import export_onnx
 
     folder = neobert_folder(root, preset)
     export_onnx(folder, int8=True)

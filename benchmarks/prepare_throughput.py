@@ -137,7 +137,7 @@ def measure(route: str, source: Path, workers: int, max_length: int) -> dict:
 
 def demo_text(folder: Path) -> tuple[Path, int, int, float]:
     """The demo corpus's pre-training documents as JSON Lines (the common input of both routes)."""
-    from neobert.data import demo_corpus
+    from neobert.demo import corpus as demo_corpus
 
     started = time.perf_counter()
     archives = demo_corpus.fetch_archives()

@@ -6,7 +6,7 @@ import torch
 
 from conftest import small_config
 from neobert import NeoBERTForMaskedLM, load_tokenizer
-from neobert.export import export_model
+from neobert.export.folder import export_model
 
 
 def exported_model(folder: Path, prompts: dict[str, str] | None = None, seed: int = 0, pooling: str = "mean") -> Path:

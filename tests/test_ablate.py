@@ -8,9 +8,8 @@ import statistics
 import pytest
 
 from data_helpers import prepare_files, sample_texts, write_jsonl
-from neobert import ablate
 from neobert.cli import main
-from neobert.eval import offline_suite
+from neobert.demo import ablate, offline_suite
 from neobert.finetune.data import Examples
 from neobert.model.flops import non_embedding_parameters
 

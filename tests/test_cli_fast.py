@@ -80,11 +80,11 @@ def test_importing_the_package_imports_nothing_heavy_and_keeps_every_public_name
 
 @pytest.mark.parametrize(
     "first",
-    ["import neobert", "import neobert.config", "import neobert.export", "import neobert.model.encoder"],
+    ["import neobert", "import neobert.config", "import neobert.export.folder", "import neobert.model.encoder"],
 )
 def test_whichever_import_comes_first_registers_the_model_type(first):
     # `neobert export` once met a folder's remote code instead of the registered classes: transformers was
-    # first imported by neobert.export itself.
+    # first imported by neobert.export.folder itself.
     program = f"""
         {first}
         from transformers import AutoConfig, AutoModel
@@ -200,7 +200,7 @@ def test_score_table_aligns_names_and_numbers():
 
 
 def test_evaluate_retrieval_suite_prints_its_scores_as_a_table(model_folder, tmp_path, capsys, monkeypatch):
-    import neobert.eval.retrieval_offline as retrieval
+    import neobert.demo.retrieval_offline as retrieval
 
     monkeypatch.setattr(
         retrieval, "headline_article_pairs", lambda records=None, max_articles=None: (["a b", "c d"], ["a b", "c d"])

@@ -8,10 +8,10 @@ import pytest
 
 from data_helpers import tokenizer
 from demo_fixtures import LONG_RESERVED_SENTENCE, SHORT_RESERVED_SENTENCE, SHORT_RESERVED_TWEET, make_archives
-from neobert.data import demo_corpus
-from neobert.data.contamination import ContaminationGuard, normalise
 from neobert.data.prepare import PrepareConfig, prepare
 from neobert.data.sequences import TokenCorpus
+from neobert.demo import corpus as demo_corpus
+from neobert.demo.contamination import ContaminationGuard, normalise
 
 
 def decoded_documents(folder) -> list[str]:

@@ -12,12 +12,12 @@ import pytest
 from demo_fixtures import make_archives
 from neobert.cli import main
 from neobert.commands.contrastive import data_words
-from neobert.data import demo_corpus
-from neobert.data.contamination import normalise
+from neobert.demo import corpus as demo_corpus
+from neobert.demo.contamination import normalise
+from neobert.demo.pairs import demo_pairs
+from neobert.demo.retrieval_offline import headline_article_pairs
 from neobert.embed_train.data import Pair, read_pairs
-from neobert.embed_train.demo_pairs import demo_pairs
 from neobert.embed_train.train import load_datasets
-from neobert.eval.retrieval_offline import headline_article_pairs
 
 
 def assert_disjoint(pairs: list[Pair], archives) -> None:

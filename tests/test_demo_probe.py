@@ -10,7 +10,7 @@ from transformers import AutoModel
 
 from data_helpers import prepare_files, sample_texts, write_jsonl
 from neobert.cli import main
-from neobert.eval import offline_suite, retrieval_offline
+from neobert.demo import offline_suite, retrieval_offline
 from neobert.finetune.data import Examples
 from neobert.tokenizer import load_tokenizer
 from neobert.train.config import load_config, preset_path

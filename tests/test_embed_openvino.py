@@ -27,7 +27,7 @@ TEXTS = [
 @pytest.fixture(scope="module")
 def onnx_folder(tmp_path_factory):
     """A tiny random model stored with max pooling (not encode's default), exported with both graphs."""
-    from neobert.onnx_export import export_onnx
+    from neobert.export.onnx_export import export_onnx
 
     folder = exported_model(tmp_path_factory.mktemp("openvino"), pooling="max")
     export_onnx(folder, int8=True)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from embed_helpers import exported_model
-from neobert.eval.retrieval_offline import BASELINE, headline_article_pairs, retrieval_metrics, run_retrieval_suite
+from neobert.demo.retrieval_offline import BASELINE, headline_article_pairs, retrieval_metrics, run_retrieval_suite
 
 
 def test_metrics_by_hand():

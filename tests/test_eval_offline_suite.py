@@ -9,7 +9,7 @@ import torch
 
 from neobert import NeoBERTConfig, NeoBERTForMaskedLM, load_tokenizer
 from neobert.cli import main
-from neobert.eval.offline_suite import TASKS, SuiteBudget, task_examples
+from neobert.demo.offline_suite import TASKS, SuiteBudget, task_examples
 
 
 def probe_accuracy_by_hand(folder, train, test) -> float:

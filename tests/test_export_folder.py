@@ -12,8 +12,8 @@ from conftest import small_config
 from neobert import NeoBERTForMaskedLM
 from neobert.cli import main
 from neobert.config import CODE_FORMAT_VERSION
-from neobert.export import export_model
-from neobert.remote_code import CONFIG_FILE, MODEL_FILE, generate
+from neobert.export.folder import export_model
+from neobert.model.remote_code import CONFIG_FILE, MODEL_FILE, generate
 
 CODE_KEYS = ("auto_map", "neobert_code_version")
 

@@ -14,7 +14,7 @@ from transformers import AutoModelForQuestionAnswering
 import neobert
 import neobert.model
 from conftest import random_ids, small_config
-from neobert import lora
+from neobert.export import lora
 from neobert.model import hf
 from neobert.model.encoder import NeoBERTModel, NeoBERTPreTrainedModel
 from neobert.model.heads import HEADS, Head

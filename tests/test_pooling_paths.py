@@ -10,10 +10,10 @@ import torch
 
 from conftest import small_config
 from neobert import NeoBERTModel
+from neobert.demo.offline_suite import mean_pooled
 from neobert.embed import encode
 from neobert.embed_train.train import packed_embedder
-from neobert.eval.offline_suite import mean_pooled
-from neobert.export import export_model
+from neobert.export.folder import export_model
 from neobert.pooling import POOLINGS
 
 TEXTS = ["a short one", "a somewhat longer sentence about the weather in spring", "x", "two words"]

@@ -26,7 +26,7 @@ from neobert.cli import main
 from neobert.config import CODE_FORMAT_VERSION
 from neobert.embed import encode
 from neobert.model.heads import HEADS
-from neobert.remote_code import CONFIG_FILE, MODEL_FILE, RemoteCodeError, generate, package_root
+from neobert.model.remote_code import CONFIG_FILE, MODEL_FILE, RemoteCodeError, generate, package_root
 
 pytest.importorskip("sentence_transformers")
 

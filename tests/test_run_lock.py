@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from neobert.ablate import LadderSettings, run_ladder, select_rows
 from neobert.cli import main
+from neobert.demo.ablate import LadderSettings, run_ladder, select_rows
 from neobert.finetune.trainer import FinetuneSettings, finetune
 from neobert.run_lock import LOCK_FILE, FolderInUse, hold_folder
 from neobert.train.checkpoint import find_latest_good

@@ -73,7 +73,7 @@ def _model_classes():
 # The modules registration imports. While one of them is half-way through its own import, registering
 # would import it again, half-built (a submodule of neobert.model is only imported half-way while the
 # package is, or after the package registered at its end).
-_REGISTRATION_MODULES = ("neobert.config", "neobert.remote_code", "neobert.model")
+_REGISTRATION_MODULES = ("neobert.config", "neobert.model.remote_code", "neobert.model")
 
 
 def _registration_would_reenter() -> bool:

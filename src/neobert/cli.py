@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 LIBRARY_ERRORS: tuple[tuple[str, str, int, str], ...] = (
     ("neobert.train.checkpoint", "DiskFullError", EXIT_DISK_FULL, "{error}"),  # before its base, CheckpointError
     ("neobert.train.trainer", "TrainingDiverged", EXIT_DIVERGED, "{error}"),
-    ("neobert.ablate", "LadderInterrupted", EXIT_INTERRUPTED, "{error}; the same command resumes it"),
+    ("neobert.demo.ablate", "LadderInterrupted", EXIT_INTERRUPTED, "{error}; the same command resumes it"),
     ("neobert.openvino_backend", "OpenVINOMissing", EXIT_BAD_INPUT, "{error}"),
     ("neobert.finetune.model", "ModelFolderError", EXIT_BAD_INPUT, "{error}"),
 )

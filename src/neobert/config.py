@@ -15,7 +15,7 @@ HIDDEN_ACTS = ("swiglu", "gelu")
 # and weights of another shape would then load around it with the rest left random.
 ARCHITECTURE_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
 
-# The layout of the model code that `neobert export` writes into a folder (neobert.remote_code). Raise it
+# The layout of the model code that `neobert export` writes into a folder (neobert.model.remote_code). Raise it
 # when code written before can no longer be read the same way; config.json records it.
 CODE_FORMAT_VERSION = 1
 

@@ -99,7 +99,7 @@ def load_embedder(path: str | Path, backend: str = "torch") -> Embedder:
         session = openvino_session(path, backend)
         return Embedder(None, tokenizer, prompts, config.max_length, session, pooling)
     if backend != "torch":
-        from neobert.onnx_export import onnx_session
+        from neobert.export.onnx_export import onnx_session
 
         session = onnx_session(path, backend=backend)
         return Embedder(None, tokenizer, prompts, config.max_length, session, pooling)

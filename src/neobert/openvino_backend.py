@@ -17,7 +17,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from neobert.onnx_files import onnx_path
+from neobert.export.onnx_files import onnx_path
 
 # Each backend's ONNX graph and the precision OpenVINO is asked to compute in.
 OPENVINO_BACKENDS = {

@@ -2,8 +2,8 @@
 
 `neobert.embed.encode` pools with these, and so do contrastive training, the offline suite's frozen-encoder
 probe and retrieval, `neobert export`'s check of `--pooling` and the benchmarks. (The ONNX graph keeps its
-own traceable form, `neobert.onnx_export.pool_in_graph`.) A module of its own, beside `neobert.embed`,
-so that `neobert.export` can name the poolings without importing the encoder and its backends.
+own traceable form, `neobert.export.onnx_export.pool_in_graph`.) A module of its own, beside `neobert.embed`,
+so that `neobert.export.folder` can name the poolings without importing the encoder and its backends.
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ USER_ERRORS = (ValueError,)  # an unknown row, a bad override (see neobert.cli.e
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from neobert.ablate import EXTRA_ROWS, ROW_NAMES
     from neobert.commands.options import add_restart_option
+    from neobert.demo.ablate import EXTRA_ROWS, ROW_NAMES
 
     extra = ",".join(row.name for row in EXTRA_ROWS)
     parser.add_argument("overrides", nargs="*", metavar="OVERRIDE", help="dotted overrides for every row")
@@ -31,9 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from neobert.ablate import LadderSettings, format_table, run_ladder, select_rows
     from neobert.commands.demo import prepare_demo_corpus
     from neobert.commands.pretrain import split_items
+    from neobert.demo.ablate import LadderSettings, format_table, run_ladder, select_rows
     from neobert.errors import UsageError
 
     paths, overrides = split_items(args.overrides)

@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def data_words() -> dict:
     """The words `--data` takes besides paths, each with the function that reads its pairs."""
-    from neobert.embed_train.demo_pairs import demo_pairs
+    from neobert.demo.pairs import demo_pairs
 
     return {"demo": demo_pairs}
 

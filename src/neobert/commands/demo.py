@@ -135,8 +135,8 @@ def time_train_steps(settings: list[str]) -> float:
 
 def prepare_demo_corpus() -> Path:
     """The demo corpus in the cache, prepared once; later runs find it finished and skip the work."""
-    from neobert.data.demo_corpus import demo_source
     from neobert.data.prepare import PrepareConfig, prepare
+    from neobert.demo.corpus import demo_source
     from neobert.tokenizer import cache_dir, load_tokenizer
 
     folder = cache_dir() / "demo-corpus"
@@ -151,8 +151,8 @@ def probe_against_random_init(config, checkpoint: Path) -> dict:
     from (same seed): whether training helped the representations."""
     from transformers import AutoModel
 
-    from neobert.eval.offline_suite import SuiteBudget, probe_suite
-    from neobert.eval.retrieval_offline import frozen_retrieval
+    from neobert.demo.offline_suite import SuiteBudget, probe_suite
+    from neobert.demo.retrieval_offline import frozen_retrieval
     from neobert.tokenizer import load_tokenizer
     from neobert.train.trainer import initial_model
 

@@ -130,13 +130,13 @@ def run(args: argparse.Namespace) -> int:
     if args.mlm_data:
         report["mlm"] = _mlm(args, folder)
     if args.suite == "retrieval-offline":
-        from neobert.eval.retrieval_offline import run_retrieval_suite
+        from neobert.demo.retrieval_offline import run_retrieval_suite
 
         report["retrieval_offline"] = run_retrieval_suite(
             [str(folder), *args.compare], include_baseline=not args.no_baseline
         )
     elif args.suite == "offline":
-        from neobert.eval.offline_suite import SuiteBudget, run_suite
+        from neobert.demo.offline_suite import SuiteBudget, run_suite
 
         budget = SuiteBudget(steps=args.budget_steps, max_train=args.max_train, max_test=args.max_test)
         report["offline_suite"] = run_suite([folder, *args.compare], out / "offline", budget, not args.no_baseline)

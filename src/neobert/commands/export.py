@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from neobert.errors import UsageError, write_failure
-    from neobert.export import export_model
+    from neobert.export.folder import export_model
 
     if args.int8 and not args.onnx:
         raise UsageError("--int8 quantises the ONNX export: add --onnx")
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
             with_code=not args.without_code,
         )
         if args.onnx:
-            from neobert.onnx_export import export_onnx
+            from neobert.export.onnx_export import export_onnx
 
             export_onnx(out, int8=args.int8)
     except (FileNotFoundError, FileExistsError):
@@ -113,7 +113,7 @@ def _onnx_in_place(args: argparse.Namespace) -> int:
 def write_onnx(model: str, out: str | None, int8: bool) -> int:
     """ONNX of a model folder, into `out` (the folder's files copied there too) or into the folder itself."""
     from neobert.errors import write_failure
-    from neobert.onnx_export import ONNX_INT8_FILE, export_onnx
+    from neobert.export.onnx_export import ONNX_INT8_FILE, export_onnx
 
     try:
         path = export_onnx(model, out, int8=int8)

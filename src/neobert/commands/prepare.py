@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.restart,
     )
     if args.demo:
-        from neobert.data.demo_corpus import demo_source
+        from neobert.demo.corpus import demo_source
 
         sources = [demo_source(progress=not args.no_progress)]
     else:

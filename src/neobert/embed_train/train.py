@@ -118,7 +118,7 @@ def train_contrastive(
     from transformers import AutoModelForMaskedLM
 
     import neobert.model  # noqa: F401  (registers "neobert" with the Auto classes)
-    from neobert.export import export_model
+    from neobert.export.folder import export_model
     from neobert.tokenizer import load_tokenizer
     from neobert.train.distributed import init_distributed, no_sync, teardown
     from neobert.train.optim import LRSchedule

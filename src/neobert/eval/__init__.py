@@ -1,1 +1,1 @@
-"""Evaluation: pseudo-perplexity, the offline suite of GLUE-style tasks on available data, retrieval, MTEB."""
+"""Evaluation: pseudo-perplexity, MTEB, score tables. (The offline suites on the demo corpus are neobert.demo's.)"""

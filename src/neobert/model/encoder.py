@@ -81,7 +81,7 @@ class NeoBERTPreTrainedModel(PreTrainedModel):
     # Transformers backend and any function registered with `AttentionInterface` can run the model).
     _supports_attention_backend = True
     # Writes this model's code into a folder as remote code and points the config at it; installed by
-    # `import neobert` (neobert.remote_code). The generated remote code has none: transformers copies it.
+    # `import neobert` (neobert.model.remote_code). The generated remote code has none: transformers copies it.
     code_writer = None
     # The layers a task head adds on the pre-trained model: they start untrained (initialised as a classifier),
     # and under LoRA they are trained whole and saved beside the adapter (PEFT's `modules_to_save`).

@@ -14,7 +14,7 @@ from transformers import AutoConfig
 from neobert.config import NeoBERTConfig
 from neobert.model.encoder import NeoBERTPreTrainedModel
 from neobert.model.heads import HEADS
-from neobert.remote_code import write_remote_code
+from neobert.model.remote_code import write_remote_code
 
 # The attention input/output and SwiGLU projections of every block (the GELU ablation has no w12 / w3;
 # PEFT then adapts the attention alone): PEFT's default LoRA targets for model type "neobert".

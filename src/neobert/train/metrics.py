@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from neobert.files import write_bytes_atomically
-from neobert.model.flops import non_embedding_parameters  # noqa: F401 (ablate.py reads it from here)
+from neobert.model.flops import non_embedding_parameters  # noqa: F401 (demo/ablate.py reads it from here)
 from neobert.train.distributed import all_reduce_sum
 
 # Dense bf16 peak of accelerators we know, in FLOP/s (no sparsity), matched against the CUDA device name.

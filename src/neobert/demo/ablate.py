@@ -250,7 +250,7 @@ def run_one(row: Row, settings: LadderSettings, seed: int, log: Callable[[str], 
 def _probe(config, checkpoint: Path, settings: LadderSettings) -> dict[str, float]:
     from transformers import AutoModel
 
-    from neobert.eval.offline_suite import SuiteBudget, probe_suite
+    from neobert.demo.offline_suite import SuiteBudget, probe_suite
     from neobert.tokenizer import load_tokenizer
 
     budget = SuiteBudget(max_train=settings.probe_train, max_test=settings.probe_test, max_length=128)
@@ -351,7 +351,7 @@ def code_commit() -> str | None:
     """The commit of the checkout this package is imported from, "+dirty" when it has uncommitted changes;
     None outside a git checkout."""
 
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parent.parent  # the whole package, not only demo/
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=30)
         dirty = subprocess.run(

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
+from neobert.export.onnx_files import ONNX_FILE, ONNX_INT8_FILE, onnx_path
 from neobert.files import publish, write_bytes_atomically
-from neobert.onnx_files import ONNX_FILE, ONNX_INT8_FILE, onnx_path
 from neobert.run_lock import hold_beside, holding
 from neobert.train.checkpoint import MANIFEST, verify_model_folder
 
@@ -157,7 +157,7 @@ def write_serving_files(folder: Path, config, pooling: str) -> None:
     reads `pooling_mode` first), and `max_position_embeddings` in config.json (TEI refuses a config without
     it; NeoBERT's rotary positions have no table, so it is the training length, as sentence_bert_config)."""
     if not (folder / "modules.json").is_file():
-        from neobert.export import write_sentence_transformers_files
+        from neobert.export.folder import write_sentence_transformers_files
 
         write_sentence_transformers_files(folder, config.hidden_size, config.max_length, pooling)
     pooling_file = folder / "1_Pooling" / "config.json"

@@ -47,7 +47,8 @@ class RemoteCodeError(RuntimeError):
 
 
 def package_root() -> Path:
-    return Path(__file__).resolve().parent
+    """The `neobert` package folder, which the source paths above are relative to."""
+    return Path(__file__).resolve().parent.parent
 
 
 def generate(root: str | Path | None = None) -> dict[str, str]:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from transformers import AutoModel
 
-from neobert.data.demo_corpus import evaluation_records
+from neobert.demo.corpus import evaluation_records
 from neobert.files import write_json_atomically
 from neobert.finetune.data import Examples, encode, infer_label_space, pad_batch
 from neobert.finetune.model import load_task_model, model_folder, tokenizer_for

@@ -1,6 +1,6 @@
 """Write a trained model as a folder that transformers, sentence-transformers and the official remote code
 all load: the masked-LM weights in the released layout, the tokenizer, sentence-transformers' modules and,
-by default, the model code itself (neobert.remote_code), so that it loads where neobert is not installed."""
+by default, the model code itself (neobert.model.remote_code), so that it loads where neobert is not installed."""
 
 from __future__ import annotations
 

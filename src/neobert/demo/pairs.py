@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from neobert.data import demo_corpus
-from neobert.data.contamination import ContaminationGuard, normalise
+from neobert.demo import corpus
+from neobert.demo.contamination import ContaminationGuard, normalise
 from neobert.embed_train.data import Pair
 
 DATASET = "news_articles"
@@ -23,13 +23,13 @@ DATASET = "news_articles"
 
 def demo_pairs(archives: Mapping[str, Path] | None = None) -> list[Pair]:
     """(headline, body) pairs from the pre-training half of the demo news articles, in corpus order.
-    `archives` as `demo_corpus.fetch_archives()` returns them (fetched, pinned, when not given)."""
-    archives = archives if archives is not None else demo_corpus.fetch_archives()
+    `archives` as `corpus.fetch_archives()` returns them (fetched, pinned, when not given)."""
+    archives = archives if archives is not None else corpus.fetch_archives()
     candidates, seen_titles, seen_bodies = [], set(), set()
-    for record in demo_corpus.records(DATASET, archives):
+    for record in corpus.records(DATASET, archives):
         title, body = (record.get("title") or "").strip(), (record.get("text") or "").strip()
         # The split key of a news record is its body (its title when the body is empty); pairs need both.
-        if not (title and body) or demo_corpus.is_reserved_for_evaluation(DATASET, body):
+        if not (title and body) or corpus.is_reserved_for_evaluation(DATASET, body):
             continue
         title_key, body_key = title.lower(), normalise(body)
         if title_key in seen_titles or body_key in seen_bodies:
@@ -37,7 +37,7 @@ def demo_pairs(archives: Mapping[str, Path] | None = None) -> list[Pair]:
         seen_titles.add(title_key)
         seen_bodies.add(body_key)
         candidates.append((title, body))
-    guard = ContaminationGuard(demo_corpus.reserved_texts(archives))
+    guard = ContaminationGuard(corpus.reserved_texts(archives))
     title_flags = guard.flags([title for title, _ in candidates])
     body_flags = guard.flags([body for _, body in candidates])
     pairs = [

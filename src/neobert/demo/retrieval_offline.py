@@ -22,7 +22,7 @@ def headline_article_pairs(records: Sequence[dict] | None = None, max_articles: 
     """(headlines, articles): records with both a title and a body, duplicate titles dropped, ordered by a
     hash of the title (a fixed, content-defined sample when `max_articles` cuts the pool)."""
     if records is None:
-        from neobert.data.demo_corpus import evaluation_records
+        from neobert.demo.corpus import evaluation_records
 
         records = evaluation_records("news_articles")
     seen, pairs = set(), []
@@ -115,7 +115,7 @@ def frozen_retrieval(
 ) -> dict[str, dict[str, float]]:
     """The suite's retrieval by cosine of each loaded encoder's frozen mean-pooled final states (no prompts,
     no stored pooling): how `neobert demo` sets a trained model beside its random initialisation."""
-    from neobert.eval.offline_suite import mean_pooled
+    from neobert.demo.offline_suite import mean_pooled
 
     headlines, articles = pairs if pairs is not None else headline_article_pairs(max_articles=1000)
     scores = {}

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from neobert.data import demo_extract as extract
-from neobert.data.contamination import ContaminationGuard, normalise
 from neobert.data.shards import DataError
 from neobert.data.sources import ReaderOptions, Source
+from neobert.demo import extract
+from neobert.demo.contamination import ContaminationGuard, normalise
 from neobert.files import sha256_file
 
 SPLIT_VERSION = 1
