@@ -173,9 +173,9 @@ def local_imports_outside_commands() -> list[str]:
 
 
 # Function-local imports outside commands/ and optional extras: lower this as they go, never raise it.
-LOCAL_IMPORT_CAP = 65
+LOCAL_IMPORT_CAP = 62
 # Circles that only function-local imports keep from failing at import time; none may be added.
-KNOWN_HIDDEN_CYCLES = [["neobert.embed", "neobert.export.onnx_export"]]
+KNOWN_HIDDEN_CYCLES: list[list[str]] = []
 
 
 # The command line sits on top of everything; the demo (neobert.demo) sits on the library and under the

@@ -21,19 +21,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from neobert.export.onnx_files import onnx_session
 from neobert.openvino_backend import openvino_session
-from neobert.pooling import POOLINGS, pool_padded, pooled_packed
+from neobert.pooling import POOLINGS, pool_padded, pooled_packed, stored_pooling
 
 PRECISIONS = ("float32", "int8", "binary")
 BACKENDS = ("torch", "onnx", "onnx-int8", "openvino", "openvino-bf16", "openvino-int8")
 ST_CONFIG = "config_sentence_transformers.json"
-ST_MODULES = "modules.json"
-# Older sentence-transformers write one flag per mode instead of `pooling_mode`.
-_ST_POOLING_FLAGS = {
-    "pooling_mode_cls_token": "cls",
-    "pooling_mode_mean_tokens": "mean",
-    "pooling_mode_max_tokens": "max",
-}
 
 
 @dataclass
@@ -49,29 +43,6 @@ class Embedder:
     max_length: int = 4096
     onnx_session: Any = None
     pooling: str | None = None
-
-
-def stored_pooling(path: str | Path) -> str | None:
-    """The pooling mode of the sentence-transformers Pooling module in a model folder, or None without one.
-
-    Modes `encode` has no implementation of (e.g. "weightedmean", or several flags at once) are returned as
-    they are, so that `encode` can name them."""
-    path = Path(path)
-    if not (path / ST_MODULES).is_file():
-        return None
-    modules = json.loads((path / ST_MODULES).read_text())
-    for module in modules:
-        if str(module.get("type", "")).rsplit(".", 1)[-1] != "Pooling":
-            continue
-        settings_file = path / module.get("path", "") / "config.json"
-        if not settings_file.is_file():
-            raise FileNotFoundError(f"{path / ST_MODULES} names a Pooling module, but {settings_file} is missing")
-        settings = json.loads(settings_file.read_text())
-        if "pooling_mode" in settings:
-            return str(settings["pooling_mode"])
-        flags = [key for key, on in settings.items() if key.startswith("pooling_mode_") and on is True]
-        return "+".join(_ST_POOLING_FLAGS.get(flag, flag.removeprefix("pooling_mode_")) for flag in flags) or None
-    return None
 
 
 def load_embedder(path: str | Path, backend: str = "torch") -> Embedder:
@@ -99,8 +70,6 @@ def load_embedder(path: str | Path, backend: str = "torch") -> Embedder:
         session = openvino_session(path, backend)
         return Embedder(None, tokenizer, prompts, config.max_length, session, pooling)
     if backend != "torch":
-        from neobert.export.onnx_export import onnx_session
-
         session = onnx_session(path, backend=backend)
         return Embedder(None, tokenizer, prompts, config.max_length, session, pooling)
     model = AutoModel.from_pretrained(path).eval()

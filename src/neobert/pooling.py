@@ -8,11 +8,20 @@ so that `neobert.export.folder` can name the poolings without importing the enco
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import torch
 
 POOLINGS = ("mean", "cls", "max")
+ST_MODULES = "modules.json"
+# Older sentence-transformers write one flag per mode instead of `pooling_mode`.
+_ST_POOLING_FLAGS = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_max_tokens": "max",
+}
 
 
 def pool_packed(hidden: torch.Tensor, lengths: torch.Tensor, pooling: str) -> torch.Tensor:
@@ -44,3 +53,26 @@ def pooled_packed(model: Any, rows: list[list[int]], pooling: str, device: torch
     cu_seqlens = torch.nn.functional.pad(torch.cumsum(lengths, 0), (1, 0)).to(torch.int32)
     hidden = model(input_ids=row, cu_seqlens=cu_seqlens, max_seqlen=int(lengths.max())).last_hidden_state
     return pool_packed(hidden[0].float(), lengths, pooling)
+
+
+def stored_pooling(path: str | Path) -> str | None:
+    """The pooling mode of the sentence-transformers Pooling module in a model folder, or None without one.
+
+    Modes `encode` has no implementation of (e.g. "weightedmean", or several flags at once) are returned as
+    they are, so that `encode` can name them."""
+    path = Path(path)
+    if not (path / ST_MODULES).is_file():
+        return None
+    modules = json.loads((path / ST_MODULES).read_text())
+    for module in modules:
+        if str(module.get("type", "")).rsplit(".", 1)[-1] != "Pooling":
+            continue
+        settings_file = path / module.get("path", "") / "config.json"
+        if not settings_file.is_file():
+            raise FileNotFoundError(f"{path / ST_MODULES} names a Pooling module, but {settings_file} is missing")
+        settings = json.loads(settings_file.read_text())
+        if "pooling_mode" in settings:
+            return str(settings["pooling_mode"])
+        flags = [key for key, on in settings.items() if key.startswith("pooling_mode_") and on is True]
+        return "+".join(_ST_POOLING_FLAGS.get(flag, flag.removeprefix("pooling_mode_")) for flag in flags) or None
+    return None

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import torch
 
-from neobert.export.onnx_files import ONNX_FILE, ONNX_INT8_FILE, onnx_path
+from neobert.export.onnx_files import ONNX_FILE, ONNX_INT8_FILE, onnx_path, onnx_session  # noqa: F401 (onnx_session: its former home)
 from neobert.files import publish, write_bytes_atomically
+from neobert.pooling import POOLINGS, stored_pooling
 from neobert.run_lock import hold_beside, holding
 from neobert.train.checkpoint import MANIFEST, verify_model_folder
 
@@ -83,7 +84,6 @@ def export_onnx(model_dir: str | Path, out: str | Path | None = None, int8: bool
     from transformers import AutoModel
 
     import neobert.model  # noqa: F401  (registers "neobert" with the Auto classes)
-    from neobert.embed import POOLINGS, stored_pooling
 
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
@@ -214,17 +214,3 @@ def quantize_onnx(folder: str | Path) -> Path:
         if os.path.exists(tmp.name):
             os.remove(tmp.name)
     return folder / ONNX_INT8_FILE
-
-
-def onnx_session(folder: str | Path, threads: int | None = None, backend: str = "onnx"):
-    """An onnxruntime CPU session over the folder's graph for `backend` (see `onnx_path`)."""
-    import onnxruntime
-
-    path = onnx_path(folder, backend)
-    if not path.is_file():
-        flag = " --int8" if backend == "onnx-int8" else ""
-        raise FileNotFoundError(f"{path} does not exist; write it with `neobert export --model {folder} --onnx{flag}`")
-    options = onnxruntime.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

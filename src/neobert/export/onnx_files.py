@@ -1,6 +1,7 @@
 """Where an exported folder keeps its ONNX graphs: the layout Text Embeddings Inference and
 sentence-transformers read, and the one older exports used. Light on purpose (no torch, no onnx): the
-onnxruntime and OpenVINO routes of `encode` find their graph here without importing the exporter."""
+onnxruntime and OpenVINO routes of `encode` find their graph, and onnxruntime's session over it, here
+without importing the exporter."""
 
 from __future__ import annotations
 
@@ -20,3 +21,17 @@ def onnx_path(folder: str | Path, backend: str = "onnx") -> Path:
         raise ValueError(f"unknown ONNX backend {backend!r}; choose one of {tuple(ONNX_FILES)}")
     current, legacy = Path(folder) / ONNX_FILES[backend], Path(folder) / LEGACY_ONNX_FILES[backend]
     return legacy if legacy.is_file() and not current.is_file() else current
+
+
+def onnx_session(folder: str | Path, threads: int | None = None, backend: str = "onnx"):
+    """An onnxruntime CPU session over the folder's graph for `backend` (see `onnx_path`)."""
+    import onnxruntime
+
+    path = onnx_path(folder, backend)
+    if not path.is_file():
+        flag = " --int8" if backend == "onnx-int8" else ""
+        raise FileNotFoundError(f"{path} does not exist; write it with `neobert export --model {folder} --onnx{flag}`")
+    options = onnxruntime.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
