@@ -1,4 +1,5 @@
-"""Pooling token states into one vector per text: the pooling names and their one implementation.
+"""Pooling token states into one vector per text: the pooling names, their one implementation, and the
+pooling a model folder stores (its sentence-transformers Pooling module).
 
 `neobert.embed.encode` pools with these, and so do contrastive training, the offline suite's frozen-encoder
 probe and retrieval, `neobert export`'s check of `--pooling` and the benchmarks. (The ONNX graph keeps its
