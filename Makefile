@@ -40,7 +40,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/prepare_throughput.py
 
 # Infinity, an existing embedding server, in its own environment (its pins do not fit .venv; see
-# constraints-serve.txt): what tests/test_serve_infinity.py and benchmarks/serve_load.py start.
+# constraints-serve.txt): what tests/integration/test_serve_infinity.py and benchmarks/serve_load.py start.
 SERVE_VENV := .venv-serve
 
 $(SERVE_VENV)/.installed: constraints-serve.txt
@@ -53,4 +53,4 @@ $(SERVE_VENV)/.installed: constraints-serve.txt
 serve-env: $(SERVE_VENV)/.installed
 
 test-serve: $(VENV)/.installed $(SERVE_VENV)/.installed
-	$(BIN)/python -m pytest -m slow tests/test_serve_infinity.py
+	$(BIN)/python -m pytest -m slow tests/integration/test_serve_infinity.py

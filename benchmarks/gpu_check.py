@@ -145,7 +145,7 @@ def stage_peak(ctx: Context) -> dict:
 
 def gpu_test_files() -> list[str]:
     return sorted(
-        str(path.relative_to(ROOT)) for path in (ROOT / "tests").glob("test_*.py") if "mark.gpu" in path.read_text()
+        str(path.relative_to(ROOT)) for path in (ROOT / "tests").rglob("test_*.py") if "mark.gpu" in path.read_text()
     )
 
 

@@ -22,7 +22,7 @@ from neobert.train.checkpoint import list_checkpoints
 from neobert.train.metrics import read_jsonl
 from test_commands import TINY
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 RUN = [*TINY, "system.device=cpu", "budget.steps=6", "train.eval_every=1000"]
 # The command line, with a SIGKILL at the moment a checkpoint's files are written and its manifest is not.
 KILLED_IN_A_CHECKPOINT_WRITE = """

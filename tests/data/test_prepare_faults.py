@@ -24,7 +24,7 @@ from neobert.data.plain_text import DocumentCutter
 from neobert.data.sources import ReaderOptions, TextFileSource, resolve_sources
 from round3_helpers import one_line_error
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(__file__).resolve().parents[2] / "src"
 QUIET = ["--workers", "1", "--no-progress"]
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import run_quick_benchmark
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from bench_common import MIN_CORES  # noqa: E402
 
 try:

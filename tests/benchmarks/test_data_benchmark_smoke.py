@@ -9,7 +9,7 @@ import pytest
 from conftest import run_quick_benchmark
 from neobert import load_tokenizer
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from prepare_throughput import quick_text  # noqa: E402
 
 QUICK_MAX_LENGTH = 256

@@ -26,7 +26,7 @@ from neobert.data.sequences import TokenCorpus  # noqa: E402
 from neobert.data.shards import DataError, load_manifest, verify_corpus  # noqa: E402
 from neobert.data.sources import ReaderOptions, resolve_sources  # noqa: E402
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 SETTINGS = dict(shard_tokens=2500, heldout_fraction=0.1, batch_bytes=2000, max_length=64)
 
 
@@ -376,7 +376,7 @@ def test_slurm_submission_runs_the_tasks_and_then_the_join(inputs, single, tmp_p
 def test_throughput_benchmark_counts_every_token_and_projects_by_core_count(tmp_path):
     from conftest import run_quick_benchmark
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
     from prepare_throughput import quick_text
 
     report, printed = run_quick_benchmark("cluster_prepare_throughput.py", tmp_path / "r.json", "--repeats", "1")

@@ -12,7 +12,7 @@ import neobert
 from conftest import run_quick_benchmark
 from neobert.model.flops import forward_flops, non_embedding_parameters
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 STAGES = ("peak", "tests", "train", "inference")
 # The target pair first, as the script runs them (what a short budget leaves out comes last).
 TRAIN_RUNS = [("neobert", True), ("modernbert", True), ("neobert", False), ("modernbert", False)]
@@ -129,7 +129,7 @@ def test_inference_keeps_the_best_batch_and_compares_it_with_the_paper(dry_run):
 
 def test_the_gpu_tests_run_in_pytest_and_skip_without_cuda(dry_run):
     tests = dry_run[0]["stages"]["tests"]
-    assert "tests/test_backends.py" in tests["files"] and tests["returncode"] == 0
+    assert "tests/model/test_backends.py" in tests["files"] and tests["returncode"] == 0
     equivalence = {c["test"].split("[")[1].rstrip("]") for c in tests["cases"] if "test_bf16_matches_fp32" in c["test"]}
     assert equivalence == {
         f"{b}-{p}" for b in ("sdpa", "flex_attention", "eager") for p in ("autocast", "bf16 weights")

@@ -11,7 +11,7 @@ import pytest
 
 from neobert.cli import COMMANDS, HelpFormatter, build_parser, main
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 HEAVY = ("torch", "transformers", "numpy", "neobert.model")
 
 

@@ -15,7 +15,7 @@ from data_helpers import prepare_files, sample_texts, write_jsonl
 from neobert.train.checkpoint import find_latest_good, read_checkpoint
 from neobert.train.metrics import read_jsonl
 
-SRC = Path(__file__).resolve().parent.parent / "src"
+SRC = Path(__file__).resolve().parents[2] / "src"
 TINY = [
     "model.preset=tiny",
     "system.precision=fp32",  # pinned: `auto` measures the host
