@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import run_quick_benchmark
+from helpers.benchmarks import run_quick_benchmark
 
 
 def test_quick_benchmark_writes_every_figure(tmp_path):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_quick_benchmark
+from helpers.benchmarks import run_quick_benchmark
 from neobert import load_tokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_quick_benchmark
+from helpers.benchmarks import run_quick_benchmark
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from bench_common import MIN_CORES  # noqa: E402

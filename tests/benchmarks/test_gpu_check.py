@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import neobert
-from conftest import run_quick_benchmark
+from helpers.benchmarks import run_quick_benchmark
 from neobert.model.flops import forward_flops, non_embedding_parameters
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"

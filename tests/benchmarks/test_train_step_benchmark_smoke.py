@@ -3,7 +3,7 @@ agree with one another."""
 
 import pytest
 
-from conftest import run_quick_benchmark
+from helpers.benchmarks import run_quick_benchmark
 
 MODELS = ["neobert (packed)", "neobert (padded)", "bert", "modernbert"]
 QUICK_REAL_TOKENS = 286

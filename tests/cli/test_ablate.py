@@ -7,7 +7,7 @@ import statistics
 
 import pytest
 
-from data_helpers import prepare_files, sample_texts, write_jsonl
+from helpers.data import prepare_files, sample_texts, write_jsonl
 from neobert import ablate
 from neobert.cli import main
 from neobert.eval import offline_suite

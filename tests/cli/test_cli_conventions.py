@@ -95,7 +95,7 @@ def test_a_model_given_twice_or_not_at_all_is_a_usage_error(capsys):
 
 @pytest.fixture(scope="module")
 def model_folder(tmp_path_factory):
-    from embed_helpers import exported_model
+    from helpers.embed import exported_model
 
     return exported_model(tmp_path_factory.mktemp("model"))
 

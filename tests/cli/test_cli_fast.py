@@ -140,7 +140,7 @@ def test_help_shows_defaults(capsys):
 
 @pytest.fixture(scope="module")
 def model_folder(tmp_path_factory):
-    from embed_helpers import exported_model
+    from helpers.embed import exported_model
 
     return exported_model(tmp_path_factory.mktemp("model"))
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForMaskedLM, BertTokenizer
 
-from data_helpers import prepare_files, sample_texts, write_jsonl
+from helpers.data import prepare_files, sample_texts, write_jsonl
 from neobert.cli import main
 from neobert.data.loader import LoaderConfig, build_loader
 from neobert.data.prepare import PrepareConfig, prepare

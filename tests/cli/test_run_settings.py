@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from data_helpers import prepare_files, sample_texts, write_jsonl
-from embed_helpers import exported_model
-from finetune_helpers import tiny_model_folder, word_rows, write_table
-from glue_files import write_glue_folder
+from helpers.cli import FAST_FINETUNE, one_line_error
+from helpers.data import prepare_files, sample_texts, write_jsonl
+from helpers.embed import exported_model
+from helpers.finetune import tiny_model_folder, word_rows, write_table
+from helpers.glue_files import write_glue_folder
 from neobert.cli import main
-from round3_helpers import FAST_FINETUNE, one_line_error
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

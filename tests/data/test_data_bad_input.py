@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from data_helpers import files_of, prepare_files, sample_texts, write_jsonl
+from helpers.data import files_of, prepare_files, sample_texts, write_jsonl
 from neobert.data.loader import LoaderConfig, build_loader
 from neobert.data.sequences import TokenCorpus
 from neobert.data.shards import DataError, verify_corpus
@@ -97,7 +97,7 @@ def test_manifest_from_another_tokenizer_is_refused(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     manifest["tokenizer"]["fingerprint"] = "f" * 64
     (out / "manifest.json").write_text(json.dumps(manifest))
-    from data_helpers import tokenizer
+    from helpers.data import tokenizer
 
     with pytest.raises(DataError, match=r"manifest\.json: the corpus was tokenised"):
         build_loader(LoaderConfig(str(out)), tokenizer=tokenizer())

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_helpers import prepare_files, sample_texts, write_jsonl
+from helpers.data import prepare_files, sample_texts, write_jsonl
 from neobert.data import verified
 from neobert.data.loader import LengthBucket, LoaderConfig, PretrainingLoader, build_loader
 from neobert.data.order import BlockOrder, KeyedPermutation

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from data_helpers import files_of, prepare_files, sample_texts, tokenizer, write_jsonl
+from helpers.data import files_of, prepare_files, sample_texts, tokenizer, write_jsonl
 
 pytest.importorskip("datatrove")
 
@@ -374,7 +374,7 @@ def test_slurm_submission_runs_the_tasks_and_then_the_join(inputs, single, tmp_p
 
 @pytest.mark.slow  # about 15 s: the benchmark in its own process
 def test_throughput_benchmark_counts_every_token_and_projects_by_core_count(tmp_path):
-    from conftest import run_quick_benchmark
+    from helpers.benchmarks import run_quick_benchmark
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
     from prepare_throughput import quick_text

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from data_helpers import tokenizer
-from demo_fixtures import LONG_RESERVED_SENTENCE, SHORT_RESERVED_SENTENCE, SHORT_RESERVED_TWEET, make_archives
+from helpers.data import tokenizer
+from helpers.demo_archives import LONG_RESERVED_SENTENCE, SHORT_RESERVED_SENTENCE, SHORT_RESERVED_TWEET, make_archives
 from neobert.data import demo_corpus
 from neobert.data.contamination import ContaminationGuard, normalise
 from neobert.data.prepare import PrepareConfig, prepare

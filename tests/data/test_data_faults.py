@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from data_helpers import files_of, prepare_files, sample_texts, write_jsonl
+from helpers.data import files_of, prepare_files, sample_texts, write_jsonl
 from neobert.cli import main
 from neobert.data.loader import LoaderConfig, PretrainingLoader
 from neobert.data.sequences import TokenCorpus

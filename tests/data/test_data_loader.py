@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 import torch
 
-from data_helpers import prepare_files, sample_texts, write_jsonl
+from helpers.data import prepare_files, sample_texts, write_jsonl
 from neobert.data.loader import (
     PHASE2_LENGTH_MIXTURE,
     LengthBucket,

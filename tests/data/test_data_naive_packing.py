@@ -4,7 +4,7 @@ row where documents attend to each other."""
 import pytest
 import torch
 
-from data_helpers import prepare_files, sample_texts, write_jsonl
+from helpers.data import prepare_files, sample_texts, write_jsonl
 from neobert import NeoBERTConfig, NeoBERTModel
 from neobert.data.loader import LoaderConfig, PretrainingLoader
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from data_helpers import prepare_files, sample_texts, write_jsonl
+from helpers.data import prepare_files, sample_texts, write_jsonl
 from neobert.data.loader import LoaderConfig, PretrainingLoader
 from neobert.data.masking import IGNORE_INDEX
 from neobert.data.sequences import (

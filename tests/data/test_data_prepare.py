@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from data_helpers import content_ids, files_of, prepare_files, sample_texts, tokenizer, write_jsonl
+from helpers.data import content_ids, files_of, prepare_files, sample_texts, tokenizer, write_jsonl
 from neobert.data.prepare import PrepareConfig, prepare
 from neobert.data.sequences import TokenCorpus
 from neobert.data.shards import DataError, load_manifest

@@ -13,7 +13,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from data_helpers import prepare_files, sample_texts, write_jsonl
+from helpers.data import prepare_files, sample_texts, write_jsonl
 from neobert.data.loader import LengthBucket, LoaderConfig, PretrainingLoader, build_loader
 from neobert.data.shards import DataError
 from neobert.data.workers import MultiWorkerLoader

@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_helpers import WORDS, sample_texts, write_jsonl
+from helpers.cli import one_line_error
+from helpers.data import WORDS, sample_texts, write_jsonl
 from neobert.cli import main
 from neobert.data import plain_text, sources
 from neobert.data.plain_text import DocumentCutter
 from neobert.data.sources import ReaderOptions, TextFileSource, resolve_sources
-from round3_helpers import one_line_error
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 QUIET = ["--workers", "1", "--no-progress"]

@@ -9,7 +9,7 @@ import zipfile
 
 import pytest
 
-from demo_fixtures import make_archives
+from helpers.demo_archives import make_archives
 from neobert.cli import main
 from neobert.commands.contrastive import data_words
 from neobert.data import demo_corpus

@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from conftest import small_config
-from embed_helpers import exported_model
+from helpers.embed import exported_model
+from helpers.model import small_config
 from neobert import NeoBERTModel
 from neobert.cli import main
 from neobert.embed import encode

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import small_config
+from helpers.model import small_config
 from neobert import NeoBERTModel
 from neobert.embed import Embedder, encode
 from neobert.pooling import pool_packed, pool_padded

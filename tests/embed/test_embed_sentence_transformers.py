@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import neobert  # noqa: F401  (registers the model type for sentence-transformers' AutoModel)
-from embed_helpers import exported_model
+from helpers.embed import exported_model
 from neobert.cli import main
 from neobert.embed import encode, load_embedder
 

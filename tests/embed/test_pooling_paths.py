@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import small_config
+from helpers.model import small_config
 from neobert import NeoBERTModel
 from neobert.embed import encode
 from neobert.embed_train.train import packed_embedder

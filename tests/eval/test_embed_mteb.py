@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from embed_helpers import exported_model
+from helpers.embed import exported_model
 from neobert.embed import encode
 
 mteb = pytest.importorskip("mteb")

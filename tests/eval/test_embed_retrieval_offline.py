@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from embed_helpers import exported_model
+from helpers.embed import exported_model
 from neobert.eval.retrieval_offline import BASELINE, headline_article_pairs, retrieval_metrics, run_retrieval_suite
 
 

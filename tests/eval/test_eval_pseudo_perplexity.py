@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from conftest import small_config
-from finetune_helpers import tiny_model_folder
+from helpers.finetune import tiny_model_folder
+from helpers.model import small_config
 from neobert import NeoBERTForMaskedLM
 from neobert.cli import main
 from neobert.eval.pseudo_perplexity import (

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModel
 
-from embed_helpers import exported_model
+from helpers.embed import exported_model
 from neobert.cli import main
 from neobert.embed import encode, load_embedder
 

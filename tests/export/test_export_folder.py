@@ -8,7 +8,7 @@ import stat
 import pytest
 from transformers import AutoModelForMaskedLM
 
-from conftest import small_config
+from helpers.model import small_config
 from neobert import NeoBERTForMaskedLM
 from neobert.cli import main
 from neobert.config import CODE_FORMAT_VERSION

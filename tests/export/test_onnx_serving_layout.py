@@ -9,7 +9,7 @@ import stat
 import numpy as np
 import pytest
 
-from embed_helpers import exported_model
+from helpers.embed import exported_model
 from neobert.cli import main
 from neobert.embed import encode
 

@@ -20,8 +20,8 @@ from transformers import (
 )
 
 import neobert
-from conftest import small_config
-from embed_helpers import exported_model
+from helpers.embed import exported_model
+from helpers.model import small_config
 from neobert.cli import main
 from neobert.config import CODE_FORMAT_VERSION
 from neobert.embed import encode

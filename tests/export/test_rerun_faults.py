@@ -7,7 +7,7 @@ retries; now one line, exit 2."""
 import pytest
 from transformers import PreTrainedModel
 
-from embed_helpers import exported_model
+from helpers.embed import exported_model
 from neobert.cli import main
 from neobert.errors import os_error_within
 

@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import pytest
 
-from finetune_helpers import write_table
+from helpers.finetune import write_table
 from neobert.finetune.conll import align_labels, read_conll, tag_space
 from neobert.finetune.data import (
     Columns,

@@ -6,7 +6,7 @@ import json
 import pytest
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from finetune_helpers import tiny_model_folder, word_rows, write_table
+from helpers.finetune import tiny_model_folder, word_rows, write_table
 from neobert.cli import main
 from neobert.finetune import trainer as trainer_module
 

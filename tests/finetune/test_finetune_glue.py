@@ -5,8 +5,8 @@ import json
 import pytest
 from safetensors.torch import load_file
 
-from finetune_helpers import tiny_model_folder
-from glue_files import write_glue_folder
+from helpers.finetune import tiny_model_folder
+from helpers.glue_files import write_glue_folder
 from neobert.cli import main
 from neobert.finetune.glue import GRIDS, format_table
 from neobert.finetune.glue_data import TASKS, read_task, resolve_tasks

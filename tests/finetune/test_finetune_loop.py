@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from finetune_helpers import tiny_model_folder, word_rows, write_table
+from helpers.finetune import tiny_model_folder, word_rows, write_table
 from neobert.cli import main
 from neobert.finetune.data import Columns, examples_from_rows
 from neobert.finetune.model import load_task_model

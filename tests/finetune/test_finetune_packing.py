@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
-from finetune_helpers import tiny_model_folder
+from helpers.finetune import tiny_model_folder
 from neobert.finetune import trainer as trainer_module
 from neobert.finetune.data import Encoded, LabelSpace, collate, real_tokens
 from neobert.finetune.model import load_task_model

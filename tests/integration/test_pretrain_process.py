@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from data_helpers import prepare_files, sample_texts, write_jsonl
+from helpers.data import prepare_files, sample_texts, write_jsonl
 from neobert.train.checkpoint import find_latest_good, read_checkpoint
 from neobert.train.metrics import read_jsonl
 

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
+from helpers.cli import one_line_error
 from neobert.cli import main
 from neobert.run_lock import LOCK_FILE, FolderInUse, hold_beside
-from round3_helpers import one_line_error
 
 HOLDER = """
 import contextlib, sys, time

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from embed_helpers import exported_model
+from helpers.embed import exported_model
 from neobert.embed import encode, load_embedder
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))

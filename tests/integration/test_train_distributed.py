@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from conftest import small_config
+from helpers.model import small_config
 from neobert import NeoBERTForMaskedLM
 from neobert.train.distributed import (
     DistributedContext,

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from data_helpers import prepare_files, sample_texts, write_jsonl
+from helpers.data import prepare_files, sample_texts, write_jsonl
 from neobert.data.loader import LoaderConfig, PretrainingLoader
 from neobert.data.masking import IGNORE_INDEX
 from neobert.train.checkpoint import list_checkpoints

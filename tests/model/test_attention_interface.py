@@ -9,7 +9,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 
 import neobert
-from conftest import random_ids, small_config
+from helpers.model import random_ids, small_config
 from neobert.model.attention import ATTENTION_FUNCTIONS, BACKENDS
 from neobert.train.config import ATTENTION_BACKENDS, ModelSection
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import random_ids, small_config
+from helpers.model import random_ids, small_config
 from neobert import NeoBERTModel
 
 LENGTHS = [9, 3, 14, 6]

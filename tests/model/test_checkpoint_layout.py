@@ -1,5 +1,5 @@
 """Weight compatibility with the released checkpoint, both ways, proven on checkpoints built from
-explicit tensors and an independent re-statement of the released maths (official_reference.py)."""
+explicit tensors and an independent re-statement of the released maths (helpers/official_reference.py)."""
 
 import json
 
@@ -8,9 +8,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification
 
-from conftest import random_ids, small_config
+from helpers.model import random_ids, small_config
+from helpers.official_reference import pack_official, random_semantic_weights, reference_forward, unpack_official
 from neobert import NeoBERTConfig, NeoBERTForMaskedLM, NeoBERTModel
-from official_reference import pack_official, random_semantic_weights, reference_forward, unpack_official
 
 RELEASED_AUTO_MAP = {
     "AutoConfig": "model.NeoBERTConfig",

@@ -6,8 +6,8 @@ import json
 import pytest
 from transformers import AutoModel
 
-from conftest import small_config
-from embed_helpers import exported_model
+from helpers.embed import exported_model
+from helpers.model import small_config
 from neobert import NeoBERTConfig, NeoBERTForMaskedLM
 from neobert.cli import main
 from neobert.config import ARCHITECTURE_FIELDS

@@ -13,7 +13,7 @@ from transformers import AutoModelForQuestionAnswering
 
 import neobert
 import neobert.model
-from conftest import random_ids, small_config
+from helpers.model import random_ids, small_config
 from neobert import lora
 from neobert.model import hf
 from neobert.model.encoder import NeoBERTModel, NeoBERTPreTrainedModel

@@ -3,7 +3,7 @@
 import torch
 import torch.nn.functional as F
 
-from conftest import random_ids, small_config
+from helpers.model import random_ids, small_config
 from neobert import NeoBERTForMaskedLM, NeoBERTForSequenceClassification, NeoBERTForTokenClassification
 
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from conftest import small_config
+from helpers.model import small_config
 from neobert import (
     NeoBERTForMaskedLM,
     NeoBERTForSequenceClassification,

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import random_ids, small_config
+from helpers.model import random_ids, small_config
 from neobert import NeoBERTModel
 
 

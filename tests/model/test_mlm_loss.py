@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import random_ids, small_config
+from helpers.model import random_ids, small_config
 from neobert import NeoBERTForMaskedLM
 from neobert.model.mlm_loss import fused_decoder_cross_entropy
 

@@ -21,6 +21,7 @@ import torch
 from transformers.models.auto import modeling_auto
 
 import neobert  # noqa: F401  (registers the model type)
+from helpers.transformers_suite import ensure_suite
 from neobert.config import NeoBERTConfig
 from neobert.model import (
     NeoBERTForMaskedLM,
@@ -28,7 +29,6 @@ from neobert.model import (
     NeoBERTForTokenClassification,
     NeoBERTModel,
 )
-from transformers_suite import ensure_suite
 
 try:
     sys.path.insert(0, str(ensure_suite()))

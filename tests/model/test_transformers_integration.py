@@ -13,7 +13,7 @@ from transformers import (
 )
 
 import neobert
-from conftest import random_ids, small_config
+from helpers.model import random_ids, small_config
 from neobert import (
     NeoBERTForMaskedLM,
     NeoBERTForSequenceClassification,

@@ -9,9 +9,9 @@ import shutil
 import torch
 import yaml
 
-from data_helpers import prepare_files, sample_texts, write_jsonl
+from helpers.cli import one_line_error, pretrain
+from helpers.data import prepare_files, sample_texts, write_jsonl
 from neobert.files import sha256_file
-from round3_helpers import one_line_error, pretrain
 
 
 def _paused_run(corpus, out):

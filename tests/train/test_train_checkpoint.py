@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForMaskedLM
 
-from conftest import random_ids, small_config
+from helpers.model import random_ids, small_config
 from neobert import NeoBERTForMaskedLM
 from neobert.train import checkpoint as ckpt
 from neobert.train.checkpoint import (

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from data_helpers import prepare_files, sample_texts, write_jsonl
+from helpers.data import prepare_files, sample_texts, write_jsonl
 from neobert.data.loader import build_loader
 from neobert.data.shards import DataError
 from neobert.train.config import load_config

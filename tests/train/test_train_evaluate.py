@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import small_config
+from helpers.model import small_config
 from neobert import NeoBERTForMaskedLM
 from neobert.train.evaluate import evaluate_mlm, model_inputs
 

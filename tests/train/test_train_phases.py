@@ -228,7 +228,7 @@ def test_the_command_line_names_bad_phases_with_their_exit_codes(runs, tmp_path,
 
 def test_a_decay_branch_on_the_command_line_with_a_prepared_corpus(tmp_path, capsys):
     """The real loader: the branch continues the source's data order from the checkpoint's position."""
-    from data_helpers import prepare_files, sample_texts, write_jsonl
+    from helpers.data import prepare_files, sample_texts, write_jsonl
     from test_commands import TINY
 
     source_file = write_jsonl(tmp_path / "docs.jsonl", sample_texts(200, long_every=0))

@@ -11,7 +11,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from data_helpers import prepare_files, sample_texts, write_jsonl
+from helpers.data import prepare_files, sample_texts, write_jsonl
 from neobert.cli import main
 from neobert.data.loader import PretrainingLoader
 from neobert.data.masking import IGNORE_INDEX

@@ -9,7 +9,7 @@ import multiprocessing
 import pytest
 import torch
 
-from data_helpers import prepare_files, sample_texts, write_jsonl
+from helpers.data import prepare_files, sample_texts, write_jsonl
 from neobert.data.workers import MultiWorkerLoader
 from neobert.train.data import make_eval_batches
 from neobert.train.data import make_loader as real_loader

@@ -6,7 +6,7 @@ import csv
 import random
 from pathlib import Path
 
-from conftest import small_config
+from helpers.model import small_config
 from neobert import NeoBERTForMaskedLM
 
 

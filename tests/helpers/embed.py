@@ -4,7 +4,7 @@ from pathlib import Path
 
 import torch
 
-from conftest import small_config
+from helpers.model import small_config
 from neobert import NeoBERTForMaskedLM, load_tokenizer
 from neobert.export import export_model
 

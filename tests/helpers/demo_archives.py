@@ -11,7 +11,7 @@ import tarfile
 import zipfile
 from pathlib import Path
 
-from data_helpers import sample_texts
+from helpers.data import sample_texts
 
 # Planted overlaps: reserved texts that also appear inside pre-training candidates.
 LONG_RESERVED_SENTENCE = (
