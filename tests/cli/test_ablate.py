@@ -7,7 +7,7 @@ import statistics
 
 import pytest
 
-from helpers.data import prepare_files, sample_texts, write_jsonl
+from helpers.data import sample_texts
 from neobert import ablate
 from neobert.cli import main
 from neobert.eval import offline_suite
@@ -18,11 +18,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("ablate-corpus")
-    source = write_jsonl(folder / "docs.jsonl", sample_texts(300, long_every=4, long_words=120))
-    prepare_files([source], folder / "prepared", max_length=128, heldout_fraction=0.1)
-    return folder / "prepared"
+def corpus(prepared_corpus):
+    return prepared_corpus(sample_texts(300, long_every=4, long_words=120), max_length=128, heldout_fraction=0.1)
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from helpers.cli import FAST_FINETUNE, last_error_line, one_line_error, pretrain
-from helpers.data import prepare_files, sample_texts, write_jsonl
 from helpers.embed import exported_model
 from helpers.finetune import tiny_model_folder, word_rows, write_table
 from helpers.glue_files import write_glue_folder
@@ -22,14 +21,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     return tiny_model_folder(tmp_path_factory.mktemp("model"))
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("corpus")
-    source = write_jsonl(folder / "docs.jsonl", sample_texts(300, long_every=0))
-    prepare_files([source], folder / "prepared", max_length=32, heldout_fraction=0.1)
-    return folder / "prepared"
 
 
 # ---- item 6: every reader names the file and line; degenerate input is refused ----------------------------

@@ -10,11 +10,11 @@ from neobert.cli import main
 from neobert.embed import load_embedder
 from neobert.finetune.model import model_folder
 from neobert.train.checkpoint import CheckpointError, find_latest_good
-from test_commands import TINY, corpus, pretrain  # noqa: F401 - corpus is a fixture
+from test_commands import pretrain
 
 
 @pytest.fixture(scope="module")
-def damaged(corpus, tmp_path_factory):  # noqa: F811
+def damaged(corpus, tmp_path_factory):
     """A finished run's checkpoint, and a copy whose model.safetensors has one byte flipped in the middle."""
     out = tmp_path_factory.mktemp("run")
     assert pretrain(corpus, out, "budget.steps=2") == 0
@@ -46,7 +46,7 @@ def test_export_onnx_refuses_a_damaged_checkpoint(damaged, tmp_path, capsys):
     assert MESSAGE in capsys.readouterr().err and not (tmp_path / "onnx").exists()
 
 
-def test_init_from_a_damaged_checkpoint_is_refused_before_training(corpus, damaged, tmp_path, capsys):  # noqa: F811
+def test_init_from_a_damaged_checkpoint_is_refused_before_training(corpus, damaged, tmp_path, capsys):
     good, bad = damaged
     out = tmp_path / "run"
     assert pretrain(corpus, out, "budget.steps=2", f"model.init_from={bad}") == 3

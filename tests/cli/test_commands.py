@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForMaskedLM, BertTokenizer
 
-from helpers.data import prepare_files, sample_texts, write_jsonl
+from helpers.data import sample_texts, write_jsonl
 from neobert.cli import main
 from neobert.data.loader import LoaderConfig, build_loader
 from neobert.data.prepare import PrepareConfig, prepare
@@ -38,14 +38,6 @@ TINY = [
     "system.progress_bar=false",
     "system.log_sinks=[jsonl]",
 ]
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("corpus")
-    source = write_jsonl(folder / "docs.jsonl", sample_texts(300, long_every=0))
-    prepare_files([source], folder / "prepared", max_length=32, heldout_fraction=0.1)
-    return folder / "prepared"
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -146,10 +138,9 @@ def test_corpus_from_another_tokenizer_fails_before_training(tmp_path, capsys):
 
 
 @pytest.fixture(scope="module")
-def cyclic_corpus(tmp_path_factory):
+def cyclic_corpus(prepared_corpus):
     """Runs of a fixed cycle of words from random starting points: every word is equally frequent (the
     unigram baseline guesses right about 1 in 12) while its neighbours give it away (a model learns it)."""
-    folder = tmp_path_factory.mktemp("cyclic")
     words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot"]
     words += ["golf", "hotel", "india", "juliet", "kilo", "lima"]
     rng = random.Random(0)
@@ -157,8 +148,7 @@ def cyclic_corpus(tmp_path_factory):
     for _ in range(300):
         start = rng.randrange(len(words))
         texts.append(" ".join(words[(start + k) % len(words)] for k in range(rng.randint(10, 40))))
-    prepare_files([write_jsonl(folder / "docs.jsonl", texts)], folder / "prepared", max_length=32, heldout_fraction=0.1)
-    return folder / "prepared"
+    return prepared_corpus(texts, max_length=32, heldout_fraction=0.1)
 
 
 def demo(corpus, out, *extra):

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from helpers.cli import FAST_FINETUNE, one_line_error
-from helpers.data import prepare_files, sample_texts, write_jsonl
+from helpers.data import sample_texts
 from helpers.embed import exported_model
 from helpers.finetune import tiny_model_folder, word_rows, write_table
 from helpers.glue_files import write_glue_folder
@@ -78,11 +78,8 @@ def test_a_checkpoint_without_recorded_settings_is_not_resumed(model_dir, tmp_pa
 
 
 @pytest.fixture(scope="module")
-def ladder_corpus(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("ladder-corpus")
-    source = write_jsonl(folder / "docs.jsonl", sample_texts(200, long_every=0))
-    prepare_files([source], folder / "prepared", max_length=128, heldout_fraction=0.1)
-    return folder / "prepared"
+def ladder_corpus(prepared_corpus):
+    return prepared_corpus(sample_texts(200, long_every=0), max_length=128, heldout_fraction=0.1)
 
 
 def test_ablate_into_a_finished_folder_with_other_steps_is_refused_until_restart(ladder_corpus, tmp_path, capsys):

@@ -25,11 +25,13 @@ from loader_scale import write_corpus  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def corpus_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("bounded")
-    write_jsonl(folder / "in.jsonl", sample_texts(240, seed=8, long_every=6, long_words=300))
-    prepare_files([folder / "in.jsonl"], folder / "out", max_length=128, heldout_fraction=0.05, shard_tokens=4000)
-    return folder / "out"
+def corpus_dir(prepared_corpus):
+    return prepared_corpus(
+        sample_texts(240, seed=8, long_every=6, long_words=300),
+        max_length=128,
+        heldout_fraction=0.05,
+        shard_tokens=4000,
+    )
 
 
 PACK = dict(sequence="pack", batch_size=3, block_documents=6, window_blocks=4, seed=5)

@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 import torch
 
-from helpers.data import prepare_files, sample_texts, write_jsonl
+from helpers.data import sample_texts
 from neobert.data.loader import (
     PHASE2_LENGTH_MIXTURE,
     LengthBucket,
@@ -25,11 +25,13 @@ from test_data_packing import sequences_of
 
 
 @pytest.fixture(scope="module")
-def corpus_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("loader")
-    write_jsonl(folder / "in.jsonl", sample_texts(200, seed=3, long_every=5, long_words=400))
-    prepare_files([folder / "in.jsonl"], folder / "out", max_length=128, heldout_fraction=0.05, shard_tokens=6000)
-    return folder / "out"
+def corpus_dir(prepared_corpus):
+    return prepared_corpus(
+        sample_texts(200, seed=3, long_every=5, long_words=400),
+        max_length=128,
+        heldout_fraction=0.05,
+        shard_tokens=6000,
+    )
 
 
 def same_batches(first: list[dict], second: list[dict]) -> bool:

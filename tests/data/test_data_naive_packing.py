@@ -4,17 +4,16 @@ row where documents attend to each other."""
 import pytest
 import torch
 
-from helpers.data import prepare_files, sample_texts, write_jsonl
+from helpers.data import sample_texts
 from neobert import NeoBERTConfig, NeoBERTModel
 from neobert.data.loader import LoaderConfig, PretrainingLoader
 
 
 @pytest.fixture(scope="module")
-def corpus_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("rows")
-    write_jsonl(folder / "in.jsonl", sample_texts(120, seed=9, long_every=6, long_words=150))
-    prepare_files([folder / "in.jsonl"], folder / "out", max_length=64, heldout_fraction=0.05, shard_tokens=6000)
-    return folder / "out"
+def corpus_dir(prepared_corpus):
+    return prepared_corpus(
+        sample_texts(120, seed=9, long_every=6, long_words=150), max_length=64, heldout_fraction=0.05, shard_tokens=6000
+    )
 
 
 def originals(batch) -> torch.Tensor:

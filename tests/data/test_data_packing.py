@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.data import prepare_files, sample_texts, write_jsonl
+from helpers.data import sample_texts
 from neobert.data.loader import LoaderConfig, PretrainingLoader
 from neobert.data.masking import IGNORE_INDEX
 from neobert.data.sequences import (
@@ -25,11 +25,10 @@ CLS, SEP, PAD = 101, 102, 0
 
 
 @pytest.fixture(scope="module")
-def corpus_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("packing")
-    write_jsonl(folder / "in.jsonl", sample_texts(150, seed=11, long_words=700))
-    prepare_files([folder / "in.jsonl"], folder / "out", max_length=128, heldout_fraction=0.0, shard_tokens=5000)
-    return folder / "out"
+def corpus_dir(prepared_corpus):
+    return prepared_corpus(
+        sample_texts(150, seed=11, long_words=700), max_length=128, heldout_fraction=0.0, shard_tokens=5000
+    )
 
 
 def test_units_truncate_keeps_heads_and_pack_keeps_everything():

@@ -13,7 +13,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from helpers.data import prepare_files, sample_texts, write_jsonl
+from helpers.data import sample_texts
 from neobert.data.loader import LengthBucket, LoaderConfig, PretrainingLoader, build_loader
 from neobert.data.shards import DataError
 from neobert.data.workers import MultiWorkerLoader
@@ -41,11 +41,13 @@ RATES = [0.3] * 5 + [0.15] * 7 + [0.25] * 6
 
 
 @pytest.fixture(scope="module")
-def corpus_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("workers")
-    write_jsonl(folder / "in.jsonl", sample_texts(200, seed=3, long_every=5, long_words=400))
-    prepare_files([folder / "in.jsonl"], folder / "out", max_length=128, heldout_fraction=0.05, shard_tokens=6000)
-    return folder / "out"
+def corpus_dir(prepared_corpus):
+    return prepared_corpus(
+        sample_texts(200, seed=3, long_every=5, long_words=400),
+        max_length=128,
+        heldout_fraction=0.05,
+        shard_tokens=6000,
+    )
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,6 @@ import torch
 from torch import nn
 from transformers import AutoModel
 
-from helpers.data import prepare_files, sample_texts, write_jsonl
 from neobert.cli import main
 from neobert.eval import offline_suite, retrieval_offline
 from neobert.finetune.data import Examples
@@ -47,14 +46,6 @@ def test_the_probe_separates_what_the_embeddings_separate():
     )
     assert scores["bag"] == {"words": 1.0, "mean": 1.0}
     assert scores["constant"]["words"] == 0.5  # every vector equal: the majority class of a balanced test set
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("probe-corpus")
-    source = write_jsonl(folder / "docs.jsonl", sample_texts(300, long_every=0))
-    prepare_files([source], folder / "prepared", max_length=32, heldout_fraction=0.1)
-    return folder / "prepared"
 
 
 def headline_pairs(n: int) -> tuple[list[str], list[str]]:

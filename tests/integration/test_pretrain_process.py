@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers.data import prepare_files, sample_texts, write_jsonl
+from helpers.data import sample_texts
 from neobert.train.checkpoint import find_latest_good, read_checkpoint
 from neobert.train.metrics import read_jsonl
 
@@ -33,11 +33,8 @@ TINY = [
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("corpus")
-    source = write_jsonl(folder / "docs.jsonl", sample_texts(200, long_every=0))
-    prepare_files([source], folder / "prepared", max_length=32, heldout_fraction=0.1)
-    return folder / "prepared"
+def corpus(prepared_corpus):
+    return prepared_corpus(sample_texts(200, long_every=0), max_length=32, heldout_fraction=0.1)
 
 
 def start_pretrain(corpus: Path, out: Path, *extra: str, env: dict | None = None) -> subprocess.Popen:

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers.data import prepare_files, sample_texts, write_jsonl
+from helpers.data import sample_texts
 from neobert.data.loader import LoaderConfig, PretrainingLoader
 from neobert.data.masking import IGNORE_INDEX
 from neobert.train.checkpoint import list_checkpoints
@@ -43,11 +43,8 @@ sys.exit(main(sys.argv[1:]))
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("corpus")
-    source = write_jsonl(folder / "docs.jsonl", sample_texts(300, seed=4, long_every=9, long_words=60))
-    prepare_files([source], folder / "prepared", max_length=32, heldout_fraction=0.1)
-    return folder / "prepared"
+def corpus(prepared_corpus):
+    return prepared_corpus(sample_texts(300, seed=4, long_every=9, long_words=60), max_length=32, heldout_fraction=0.1)
 
 
 def environment(**extra) -> dict[str, str]:

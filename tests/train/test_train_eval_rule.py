@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from helpers.data import prepare_files, sample_texts, write_jsonl
+from helpers.data import sample_texts
 from neobert.data.loader import build_loader
 from neobert.data.shards import DataError
 from neobert.train.config import load_config
@@ -28,11 +28,10 @@ FIXED = [
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("eval-rule")
-    write_jsonl(folder / "in.jsonl", sample_texts(160, seed=5, long_every=4, long_words=200))
-    prepare_files([folder / "in.jsonl"], folder / "out", max_length=128, heldout_fraction=0.2, shard_tokens=6000)
-    return folder / "out"
+def corpus(prepared_corpus):
+    return prepared_corpus(
+        sample_texts(160, seed=5, long_every=4, long_words=200), max_length=128, heldout_fraction=0.2, shard_tokens=6000
+    )
 
 
 def batches(corpus, *overrides):

@@ -14,7 +14,7 @@ from neobert.train import checkpoint as ckpt
 from neobert.train.checkpoint import CheckpointError, DiskFullError, apply_retention, list_checkpoints
 from neobert.train.metrics import read_jsonl
 from neobert.train.pretrain import pretrain
-from test_commands import TINY, corpus  # noqa: F401 - the prepared-corpus fixture
+from test_commands import TINY
 from test_train_pretrain import SyntheticLoader, make_loader, tiny_config, weights
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -67,7 +67,7 @@ def test_retention_never_lets_damaged_checkpoints_push_out_good_ones(tmp_path):
     assert steps(root) == [2, 3]
 
 
-def test_resume_with_every_checkpoint_damaged_stops_and_deletes_nothing(corpus, tmp_path, capsys):  # noqa: F811
+def test_resume_with_every_checkpoint_damaged_stops_and_deletes_nothing(corpus, tmp_path, capsys):
     out = tmp_path / "run"
     run = ["pretrain", "demo", *TINY, f"data.path={corpus}", f"system.output_dir={out}", "budget.steps=6"]
     assert main([*run, "--stop-at-step", "4"]) == 0
@@ -95,7 +95,7 @@ def test_a_yaml_syntax_error_is_one_line_naming_the_file(tmp_path, capsys):
     assert f"{broken}: YAML syntax error at line 4" in error
 
 
-def test_a_full_disk_says_so_and_keeps_the_previous_checkpoint(corpus, tmp_path, capsys, monkeypatch):  # noqa: F811
+def test_a_full_disk_says_so_and_keeps_the_previous_checkpoint(corpus, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     real_save = torch.save
 

@@ -11,7 +11,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from helpers.data import prepare_files, sample_texts, write_jsonl
+from helpers.data import sample_texts
 from neobert.cli import main
 from neobert.data.loader import PretrainingLoader
 from neobert.data.masking import IGNORE_INDEX
@@ -48,11 +48,8 @@ RECIPE = [
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("corpus")
-    source = write_jsonl(folder / "docs.jsonl", sample_texts(240, seed=5, long_every=6, long_words=50))
-    prepare_files([source], folder / "prepared", max_length=32, heldout_fraction=0.1)
-    return folder / "prepared"
+def corpus(prepared_corpus):
+    return prepared_corpus(sample_texts(240, seed=5, long_every=6, long_words=50), max_length=32, heldout_fraction=0.1)
 
 
 def recipe_config(corpus, out, *extra):

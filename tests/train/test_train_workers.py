@@ -9,7 +9,7 @@ import multiprocessing
 import pytest
 import torch
 
-from helpers.data import prepare_files, sample_texts, write_jsonl
+from helpers.data import sample_texts
 from neobert.data.workers import MultiWorkerLoader
 from neobert.train.data import make_eval_batches
 from neobert.train.data import make_loader as real_loader
@@ -31,11 +31,8 @@ COMPARED = (
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("corpus")
-    source = write_jsonl(folder / "docs.jsonl", sample_texts(240, seed=5, long_every=6, long_words=50))
-    prepare_files([source], folder / "prepared", max_length=32, heldout_fraction=0.1)
-    return folder / "prepared"
+def corpus(prepared_corpus):
+    return prepared_corpus(sample_texts(240, seed=5, long_every=6, long_words=50), max_length=32, heldout_fraction=0.1)
 
 
 class Watched:
