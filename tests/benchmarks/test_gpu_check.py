@@ -42,121 +42,47 @@ def run(report: dict, model: str, compiled: bool) -> dict:
     return next(r for r in report["stages"]["train"]["runs"] if (r["model"], r["compiled"]) == (model, compiled))
 
 
-def test_every_stage_runs_and_prints_one_table(dry_run):
+def test_gpu_check_dry_run_runs_every_stage_on_the_cpu(dry_run, benchmarks):
+    from gpu_pretrain import synthetic_batch
+
     report, stdout = dry_run
     assert {name: stage["status"] for name, stage in report["stages"].items()} == dict.fromkeys(STAGES, "ok")
-    assert report["setup"]["sizes"]["budget_s"] == UNLIMITED_S
     assert stdout.count("stage ") == 1 and "tokens/s" in stdout
     for t in report["targets"]:
         assert f"{'PASS' if t['passed'] else 'FAIL'} {t['name']}" in stdout
+    assert report["stages"]["peak"]["flops"] > 0
 
-
-def test_the_peak_is_the_timed_matrix_products_rate(dry_run):
-    peak = dry_run[0]["stages"]["peak"]
-    (row,) = peak["sizes"]
-    assert peak["dtype"] == "bfloat16"
-    assert peak["flops"] == pytest.approx(2 * row["size"] ** 3 / row["median_s"], rel=1e-9)
-
-
-def test_training_figures_follow_from_the_timed_steps(dry_run, benchmarks):
-    from gpu_pretrain import synthetic_batch
-
-    report = dry_run[0]
-    sizes, peak = report["setup"]["sizes"], report["stages"]["peak"]["flops"]
-    runs = report["stages"]["train"]["runs"]
+    sizes, runs = report["setup"]["sizes"], report["stages"]["train"]["runs"]
     assert [(r["model"], r["compiled"]) for r in runs] == TRAIN_RUNS
-    config = neobert.NeoBERTConfig.from_preset("tiny")
-    packed, _ = synthetic_batch(sizes["batch"], sizes["length"], config.vocab_size)
-    masked = int((packed["labels"] != -100).sum())
-    assert report["stages"]["train"]["masked_tokens"] == masked
-    tokens = sizes["batch"] * sizes["length"]
-    library_flops = 3 * forward_flops(
-        config, tokens, sizes["batch"] * sizes["length"] ** 2, masked, non_embedding_parameters(config)
-    )
     for r in runs:
         assert r["status"] == "ok", r.get("error")
-        assert r["steps"] == sizes["steps"] and len(r["losses"]) == sizes["warmup"] + sizes["steps"]
-        assert r["real_tokens_per_step"] == tokens
-        assert r["tokens_per_s"] == pytest.approx(tokens * r["steps"] / r["seconds"], rel=1e-9)
-        assert r["mfu"] == pytest.approx(r["flops_per_step"] * r["steps"] / r["seconds"] / peak, rel=1e-9)
+        assert r["steps"] == sizes["steps"] and r["tokens_per_s"] > 0
         # One fixed batch: the loss falls clearly (from ~ln(vocab)), not by noise.
         assert r["finite"] and r["losses"][-1] < r["losses"][0] - 0.3, r["losses"]
         if r["compiled"]:
             assert r["recompiles"] == 0 and r["uncompiled_frames"] == 0 and r["graphs"] > 0
-        else:
-            assert r["recompiles"] is None
     for model in ("neobert", "modernbert", "bert"):
         # dynamo's eager backend runs the same operations: compiled and eager steps agree.
         torch.testing.assert_close(run(report, model, True)["losses"], run(report, model, False)["losses"])
-    assert run(report, "neobert", True)["flops_per_step"] == pytest.approx(library_flops, rel=1e-12)
-    assert run(report, "neobert", True)["layout"] == "packed" and run(report, "bert", True)["layout"] == "padded"
-
-
-def test_the_profile_ranks_where_the_compiled_neobert_steps_spend_time(dry_run):
-    report = dry_run[0]
-    profile = run(report, "neobert", True)["profile"]
-    assert profile["steps"] == report["setup"]["sizes"]["profile_steps"]
-    rows = profile["top"]
-    assert [r["ms"] for r in rows] == sorted((r["ms"] for r in rows), reverse=True)
-    for r in rows:
-        assert r["share"] == pytest.approx(r["ms"] / profile["total_ms"], rel=1e-9) and r["calls"] > 0
-    assert sum(r["share"] for r in rows) <= 1 + 1e-9
-    assert {"aten::mm", "aten::addmm"} & {r["name"] for r in rows}
-    assert all("profile" not in r for r in report["stages"]["train"]["runs"][1:])
-
-
-def test_inference_keeps_the_best_batch_and_compares_it_with_the_paper(dry_run):
-    report = dry_run[0]
-    stage, sizes, peak = report["stages"]["inference"], report["setup"]["sizes"], report["stages"]["peak"]["flops"]
+    # The harness's FLOPs are the library's count for the batch it trained on.
     config = neobert.NeoBERTConfig.from_preset("tiny")
-    for name, entry in stage["models"].items():
-        assert entry["status"] == "ok" and entry["finite"] and entry["length"] == sizes["infer_length"]
-        rows = entry["rows"]
-        assert [r["batch"] for r in rows] == list(sizes["infer_batches"][: len(rows)])
-        for r in rows:
-            assert r["tokens_per_s"] == pytest.approx(r["batch"] * entry["length"] / r["median_s"], rel=1e-9)
-        best = max(rows, key=lambda r: r["tokens_per_s"])
-        assert (entry["batch"], entry["tokens_per_s"]) == (best["batch"], best["tokens_per_s"])
-        assert entry["times_paper_a100"] == pytest.approx(best["tokens_per_s"] / stage["paper_a100_tokens_per_s"][name])
-        if name == "neobert":
-            tokens = best["batch"] * entry["length"]
-            flops = forward_flops(
-                config, tokens, best["batch"] * entry["length"] ** 2, 0, non_embedding_parameters(config)
-            )
-            assert entry["mfu"] == pytest.approx(flops / best["median_s"] / peak, rel=1e-9)
-    assert stage["paper_a100_tokens_per_s"] == {"neobert": 17.2e3, "modernbert": 11.7e3}
+    packed, _ = synthetic_batch(sizes["batch"], sizes["length"], config.vocab_size)
+    masked = int((packed["labels"] != -100).sum())
+    tokens = sizes["batch"] * sizes["length"]
+    library_flops = 3 * forward_flops(
+        config, tokens, tokens * sizes["length"], masked, non_embedding_parameters(config)
+    )
+    assert run(report, "neobert", True)["flops_per_step"] == pytest.approx(library_flops, rel=1e-12)
+    assert {"aten::mm", "aten::addmm"} & {r["name"] for r in run(report, "neobert", True)["profile"]["top"]}
 
+    for name, entry in report["stages"]["inference"]["models"].items():
+        assert entry["status"] == "ok" and entry["finite"] and entry["tokens_per_s"] > 0, name
 
-def test_the_gpu_tests_run_in_pytest_and_skip_without_cuda(dry_run):
-    tests = dry_run[0]["stages"]["tests"]
+    # The gpu-marked tests, found in every test folder, ran in pytest and skipped for want of CUDA.
+    tests = report["stages"]["tests"]
     assert "tests/model/test_backends.py" in tests["files"] and tests["returncode"] == 0
-    equivalence = {c["test"].split("[")[1].rstrip("]") for c in tests["cases"] if "test_bf16_matches_fp32" in c["test"]}
-    assert equivalence == {
-        f"{b}-{p}" for b in ("sdpa", "flex_attention", "eager") for p in ("autocast", "bf16 weights")
-    }
     assert (tests["passed"], tests["failed"], tests["error"]) == (0, 0, 0)
-    assert tests["skipped"] == len(tests["cases"]) and all(c["message"] == "needs CUDA" for c in tests["cases"])
-
-
-def test_targets_judge_the_reported_figures(dry_run):
-    report = dry_run[0]
-    targets = {t["name"]: t for t in report["targets"]}
-    neo, modern = run(report, "neobert", True), run(report, "modernbert", True)
-    values = [t["value"] for t in report["targets"]]
-    assert values == [
-        neo["mfu"],
-        pytest.approx(neo["tokens_per_s"] / modern["tokens_per_s"]),
-        report["stages"]["inference"]["models"]["neobert"]["times_paper_a100"],
-        None,  # no CUDA case ran: not a pass
-        0,
-        0,
-        0,
-    ]
-    for t in targets.values():
-        expected = t["value"] is not None and (t["value"] <= t["target"] if t["at_most"] else t["value"] >= t["target"])
-        assert t["passed"] == expected, t
-    assert targets["NeoBERT training MFU (compiled, of the measured peak)"]["target"] == 0.45
-    assert targets["NeoBERT inference tokens/s over the paper's A100"]["target"] == 30
+    assert tests["skipped"] == len(tests["cases"]) > 0 and all(c["message"] == "needs CUDA" for c in tests["cases"])
 
 
 def test_a_failing_stage_and_a_failing_run_are_recorded_and_the_rest_still_run(tmp_path, benchmarks, monkeypatch):
