@@ -1,10 +1,10 @@
-"""benchmarks/model_forward.py runs end to end at tiny sizes (`--quick`) and writes a complete report."""
+"""benchmarks/peers/model_forward.py runs end to end at tiny sizes (`--quick`) and writes a complete report."""
 
 from helpers.benchmarks import run_quick_benchmark
 
 
 def test_model_forward_quick_run_reports_every_model_shape_and_precision(tmp_path):
-    report, stdout = run_quick_benchmark("model_forward.py", tmp_path / "model_forward.json")
+    report, stdout = run_quick_benchmark("peers/model_forward.py", tmp_path / "model_forward.json")
 
     assert report["setup"]["allocator"] in ("tuned", "default (tuning unavailable)")
     assert report["peak"]["gflops"] > 0 and report["peak_bf16"]["gflops"] > 0

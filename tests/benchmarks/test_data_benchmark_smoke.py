@@ -1,4 +1,4 @@
-"""benchmarks/prepare_throughput.py runs end to end on made-up text (`--quick`) and writes a complete report."""
+"""benchmarks/peers/prepare_throughput.py runs end to end on made-up text (`--quick`) and writes a complete report."""
 
 import json
 import sys
@@ -7,14 +7,14 @@ from pathlib import Path
 from helpers.benchmarks import run_quick_benchmark
 from neobert import load_tokenizer
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks" / "peers"))
 from prepare_throughput import quick_text  # noqa: E402
 
 QUICK_MAX_LENGTH = 256
 
 
 def test_prepare_throughput_quick_run_times_the_work_it_was_given(tmp_path):
-    report, _ = run_quick_benchmark("prepare_throughput.py", tmp_path / "prepare_throughput.json")
+    report, _ = run_quick_benchmark("peers/prepare_throughput.py", tmp_path / "prepare_throughput.json")
     assert report["corpus"]["name"] == "quick (made-up)"
 
     # Each route tokenised the whole seeded corpus: we store every token without specials; the official

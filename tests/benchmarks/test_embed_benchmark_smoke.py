@@ -1,4 +1,4 @@
-"""benchmarks/encode_throughput.py runs end to end at tiny sizes (`--quick`) and writes a complete report."""
+"""benchmarks/peers/encode_throughput.py runs end to end at tiny sizes (`--quick`) and writes a complete report."""
 
 from helpers.benchmarks import run_quick_benchmark
 
@@ -20,7 +20,7 @@ RUNTIME_ROUTES = ["neobert.encode (ONNX int8)", *OPENVINO_ROUTES]
 
 
 def test_encode_throughput_quick_run_reports_every_route_and_how_close_its_vectors_are(tmp_path):
-    report, stdout = run_quick_benchmark("encode_throughput.py", tmp_path / "encode.json")
+    report, stdout = run_quick_benchmark("peers/encode_throughput.py", tmp_path / "encode.json")
 
     assert report["setup"]["texts"] == 24 and report["setup"]["preset"] == "tiny"
     assert list(report["rows"]) == ROUTES

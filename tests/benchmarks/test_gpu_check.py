@@ -1,4 +1,4 @@
-"""benchmarks/gpu_check.py without a GPU (`--device cpu --quick`): every stage runs, each figure follows
+"""benchmarks/gpu/gpu_check.py without a GPU (`--device cpu --quick`): every stage runs, each figure follows
 from what was measured, a failing stage or run is recorded while the rest still run, and compilation in
 the timed steps is caught."""
 
@@ -12,7 +12,7 @@ import neobert
 from helpers.benchmarks import run_quick_benchmark
 from neobert.model.flops import forward_flops, non_embedding_parameters
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+GPU_SCRIPTS = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu"
 STAGES = ("peak", "tests", "train", "inference")
 # The target pair first, as the script runs them (what a short budget leaves out comes last).
 TRAIN_RUNS = [("neobert", True), ("modernbert", True), ("neobert", False), ("modernbert", False)]
@@ -25,14 +25,14 @@ def dry_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu_check") / "gpu_check.json"
     # No time budget: this run checks every stage and figure, and a busy CPU must not shrink it (the budget's
     # own behaviour is tested below with a spent one).
-    report, stdout = run_quick_benchmark("gpu_check.py", out, "--device", "cpu", "--budget-s", str(UNLIMITED_S))
+    report, stdout = run_quick_benchmark("gpu/gpu_check.py", out, "--device", "cpu", "--budget-s", str(UNLIMITED_S))
     return report, stdout
 
 
 @pytest.fixture
 def benchmarks(monkeypatch):
     """The benchmark scripts importable, and dynamo's caches fresh around an in-process run."""
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    monkeypatch.syspath_prepend(str(GPU_SCRIPTS))
     torch._dynamo.reset()
     yield
     torch._dynamo.reset()

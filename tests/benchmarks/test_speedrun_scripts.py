@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+STUDIES = Path(__file__).resolve().parents[2] / "benchmarks" / "studies"
 
 
 def fake_run(folder: Path, tokens_per_step: int, seconds_per_step: float, losses: list[float]) -> Path:
@@ -41,7 +41,7 @@ def test_speedrun_table_and_figure(tmp_path):
     done = subprocess.run(
         [
             sys.executable,
-            str(BENCHMARKS / "speedrun.py"),
+            str(STUDIES / "speedrun.py"),
             str(fast),
             str(slow),
             "--out",
@@ -66,7 +66,7 @@ def test_speedrun_table_and_figure(tmp_path):
 def test_shape_probe_reports_tokens_per_second_from_its_step_time(tmp_path):
     out = tmp_path / "shapes.json"
     done = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "speedrun_shapes.py"), "--shapes", "32x2", "--steps", "1", "--out", str(out)],
+        [sys.executable, str(STUDIES / "speedrun_shapes.py"), "--shapes", "32x2", "--steps", "1", "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=300,

@@ -1,4 +1,4 @@
-"""benchmarks/train_step.py runs end to end at tiny sizes (`--quick`), in fp32 and with bf16 autocast."""
+"""benchmarks/peers/train_step.py runs end to end at tiny sizes (`--quick`), in fp32 and with bf16 autocast."""
 
 from helpers.benchmarks import run_quick_benchmark
 
@@ -6,7 +6,7 @@ MODELS = ["neobert (packed)", "neobert (padded)", "bert", "modernbert"]
 
 
 def test_train_step_quick_run_reports_each_model_in_fp32_and_bf16(tmp_path):
-    report, stdout = run_quick_benchmark("train_step.py", tmp_path / "train_step.json")
+    report, stdout = run_quick_benchmark("peers/train_step.py", tmp_path / "train_step.json")
     assert report["real_tokens"] == 286  # the quick batch's tokens, padding left out
     assert report["peak"]["gflops"] > 0 and report["peak_bf16"]["gflops"] > 0
     assert [(r["model"], r["precision"]) for r in report["steps"]] == [

@@ -20,7 +20,7 @@ from neobert.data.sequences import TokenCorpus
 from neobert.data.shards import DataError
 from test_data_packing import sequences_of
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks" / "studies"))
 from loader_scale import write_corpus  # noqa: E402
 
 

@@ -376,10 +376,12 @@ def test_slurm_submission_runs_the_tasks_and_then_the_join(inputs, single, tmp_p
 def test_throughput_benchmark_counts_every_token_and_projects_by_core_count(tmp_path):
     from helpers.benchmarks import run_quick_benchmark
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks" / "peers"))
     from prepare_throughput import quick_text
 
-    report, printed = run_quick_benchmark("cluster_prepare_throughput.py", tmp_path / "r.json", "--repeats", "1")
+    report, printed = run_quick_benchmark(
+        "studies/cluster_prepare_throughput.py", tmp_path / "r.json", "--repeats", "1"
+    )
     (run,) = report["runs"]
     source, documents, _, _ = quick_text(tmp_path)
     texts = [json.loads(line)["text"] for line in source.read_text().splitlines()]

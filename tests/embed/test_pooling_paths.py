@@ -61,7 +61,7 @@ def test_contrastive_training_pools_as_encode_does(model, tokenizer, pooling):
 
 
 def test_the_diagnostics_benchmark_pools_the_mean_of_each_layer(model, tokenizer):
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "embedding_diagnostics.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "studies" / "embedding_diagnostics.py"
     spec = importlib.util.spec_from_file_location("embedding_diagnostics", path)
     benchmark = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(benchmark)

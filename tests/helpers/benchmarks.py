@@ -9,7 +9,7 @@ BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def run_quick_benchmark(script: str, out, *options: str) -> tuple[dict, str]:
-    """Run `benchmarks/<script> --quick [options]` in its own process (benchmarks tune the process's
+    """Run `benchmarks/<folder>/<script> --quick [options]` in its own process (benchmarks tune the process's
     allocator, which must not leak into the test run); returns its JSON report and its standard output. The
     timeout only stops a hung run: a busy 2-core machine takes minutes for what a quiet one does in one."""
     path = BENCHMARKS / script

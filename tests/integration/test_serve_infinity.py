@@ -15,7 +15,7 @@ import torch
 from helpers.embed import exported_model
 from neobert.embed import encode, load_embedder
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks" / "peers"))
 from infinity_serving import InfinityServer, embeddings_request, request, serve_python, vectors  # noqa: E402
 
 pytestmark = pytest.mark.slow

@@ -1,7 +1,7 @@
 """Pseudo-perplexity batched (masked copies stacked, one forward per batch) against the naive loop (one
 forward per position), on the same sequences, with the largest difference in values; and fine-tuning tokens/s.
 
-    python benchmarks/pseudo_perplexity.py [--model DIR] [--length 128] [--sequences 2] [--out results/x.json]
+    python benchmarks/studies/pseudo_perplexity.py [--model DIR] [--length 128] [--sequences 2] [--out results/x.json]
 
 Without --model it uses a random `tiny` NeoBERT (speed does not depend on the weights).
 """
@@ -11,11 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench_common, one folder up
 
 from bench_common import git
 from neobert import NeoBERTConfig, NeoBERTForMaskedLM, load_tokenizer

@@ -9,7 +9,7 @@ Beside the rows it reports each precision's bound: the texts/s of computing ever
 products at that peak, which no route in that precision can beat. The load average (before and after) is
 recorded: the figures are only comparable between runs on an equally quiet machine.
 
-    python benchmarks/encode_throughput.py [--texts 256] [--repeats 3] [--precision fp32|bf16|both]
+    python benchmarks/peers/encode_throughput.py [--texts 256] [--repeats 3] [--precision fp32|bf16|both]
         [--out results/bench/encode.json] [--quick]
 """
 
@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench_common, one folder up
 
 from bench_common import (
     ROOT,

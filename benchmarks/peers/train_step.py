@@ -13,14 +13,15 @@ computes, plus the MLM head over the positions it decodes: all of them for the p
 NeoBERT), as a share of that precision's matrix-product peak measured in the same run (`peak` is fp32,
 `peak_bf16` bf16), and bf16's real tokens/s over fp32's. The targets are set for fp32.
 
-    python benchmarks/train_step.py            # several minutes
-    python benchmarks/train_step.py --quick    # tiny sizes, seconds
-    python benchmarks/train_step.py --precision fp32   # one precision (bf16 is ~10x slower on AVX2 CPUs)
+    python benchmarks/peers/train_step.py            # several minutes
+    python benchmarks/peers/train_step.py --quick    # tiny sizes, seconds
+    python benchmarks/peers/train_step.py --precision fp32   # one precision (bf16 is ~10x slower on AVX2 CPUs)
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,8 @@ from pathlib import Path
 import torch
 from torch import nn
 from transformers import BertConfig, BertForMaskedLM, ModernBertConfig, ModernBertForMaskedLM
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench_common, one folder up
 
 import neobert
 from bench_common import (

@@ -2,16 +2,20 @@
 demo's (32 packed-length rows of 128 tokens, 20% masked): which model learns the most per CPU second starts
 with how many tokens a second each shape trains here.
 
-    python benchmarks/speedrun_shapes.py [--shapes 128x4,256x4,...] [--steps 4] [--out results/speedrun_shapes.json]
+    python benchmarks/studies/speedrun_shapes.py [--shapes 128x4,256x4,...] [--steps 4]
+        [--out results/speedrun_shapes.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench_common, one folder up
 
 import neobert
 from bench_common import setup_info, write_json

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# benchmarks/gpu_check.py on a lent GPU machine, from the carried working tree.
+# benchmarks/gpu/gpu_check.py on a lent GPU machine, from the carried working tree.
 #
 # The package runs from src/ on PYTHONPATH rather than being installed: that machine has no network, and
 # `pip install -e .` would try to fetch setuptools for its isolated build. torch and transformers are the
@@ -7,9 +7,9 @@
 # Exit status: non-zero only when the script itself crashes (or overruns its hard limit); a missed target
 # is a result, in the JSON and the table.
 #
-#     bash benchmarks/gpu_check.sh                 # extra arguments go to gpu_check.py
+#     bash benchmarks/gpu/gpu_check.sh                 # extra arguments go to gpu_check.py
 set -u
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 out="${OUT:-results}"
 mkdir -p "$out"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
@@ -21,6 +21,6 @@ command -v "$python" >/dev/null 2>&1 || python=python3
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit --format=csv 2>/dev/null | tee "$out/nvidia-smi.txt"
 # The script keeps itself within its budget (about 400 s); this bound only stops a hang, and SIGINT lets
 # it leave the JSON of the stages it finished.
-timeout --signal=INT --kill-after=20 460 "$python" benchmarks/gpu_check.py --out "$out/gpu_check.json" "$@" 2>&1 |
+timeout --signal=INT --kill-after=20 460 "$python" benchmarks/gpu/gpu_check.py --out "$out/gpu_check.json" "$@" 2>&1 |
   tee "$out/gpu_check.log"
 exit "${PIPESTATUS[0]}"

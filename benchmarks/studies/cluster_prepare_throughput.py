@@ -7,7 +7,8 @@ core means over the CPU time the run used (this process and its task processes, 
 accounting), so a machine shared with other jobs does not lower it; wall-clock figures are reported beside
 it. Tokenising is per document and tasks share nothing, so the projection divides by the core count.
 
-    python benchmarks/cluster_prepare_throughput.py [--tasks 2] [--repeats 3] [--parquet] [--quick] [--out x.json]
+    python benchmarks/studies/cluster_prepare_throughput.py [--tasks 2] [--repeats 3] [--parquet] [--quick]
+        [--out x.json]
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "peers"))
 from prepare_throughput import demo_text, quick_text  # noqa: E402
 
 REFINEDWEB_TOKENS = 600e9

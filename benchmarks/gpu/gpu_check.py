@@ -16,8 +16,8 @@ ones first; training takes the time left, its runs in order of importance, skipp
 Targets (in the JSON and the table): training MFU >= 45% and more real tokens/s than ModernBERT; inference
 >= 30x the paper's A100 figure; bf16 within tolerance of fp32; no NaN; no compilation in timed steps.
 
-    bash benchmarks/gpu_check.sh                               # on the GPU machine
-    python benchmarks/gpu_check.py --device cpu --quick        # tiny sizes: a dry run of the script
+    bash benchmarks/gpu/gpu_check.sh                               # on the GPU machine
+    python benchmarks/gpu/gpu_check.py --device cpu --quick        # tiny sizes: a dry run of the script
 """
 
 from __future__ import annotations
@@ -35,6 +35,9 @@ from pathlib import Path
 
 import torch
 from transformers import BertConfig, BertForMaskedLM, ModernBertConfig, ModernBertForMaskedLM, ModernBertModel
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench_common, one folder up
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "peers"))  # train_step
 
 import neobert
 from bench_common import ROOT, measure_device_peak, setup_info, time_calls, write_json

@@ -7,14 +7,15 @@ throughput on a batch of varied lengths, padded versus packed. Prints a table an
 with the setup, to a JSON file: `peak` and `packed_vs_padded` are fp32, `peak_bf16` and
 `packed_vs_padded_bf16` bf16; each forward row names its precision. The targets are set for fp32.
 
-    python benchmarks/model_forward.py            # the full run: several minutes
-    python benchmarks/model_forward.py --quick    # tiny sizes, seconds; what the test runs
-    python benchmarks/model_forward.py --precision fp32   # one precision (bf16 is ~10x slower on AVX2 CPUs)
+    python benchmarks/peers/model_forward.py            # the full run: several minutes
+    python benchmarks/peers/model_forward.py --quick    # tiny sizes, seconds; what the test runs
+    python benchmarks/peers/model_forward.py --precision fp32   # one precision (bf16 is ~10x slower on AVX2 CPUs)
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,8 @@ from pathlib import Path
 import torch
 from torch import nn
 from transformers import BertConfig, BertModel, ModernBertConfig, ModernBertModel
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench_common, one folder up
 
 import neobert
 from bench_common import (

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench_common, one folder up
+
 from bench_common import table, target
 
 MFU_TARGET = 0.45

@@ -8,18 +8,21 @@ well under the thread count, the machine was busy and the figures are pessimisti
 of the code on a shared machine, run them alternately (`PYTHONPATH=old/src`, `PYTHONPATH=src`) several
 times and compare the fastest steps.
 
-    python benchmarks/demo_step.py [--steps 12] [--warmup 3] [--corpus FOLDER] [--out results/demo_step.json]
+    python benchmarks/studies/demo_step.py [--steps 12] [--warmup 3] [--corpus FOLDER] [--out results/demo_step.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench_common, one folder up
 
 from bench_common import ROOT, setup_info, write_json
 from neobert.model.flops import training_flops

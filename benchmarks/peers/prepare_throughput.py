@@ -9,7 +9,7 @@
 2. Loader batch rate against the `tiny` model's training step rate (forward + backward + AdamW step) on
    the loader's own batches, for the packed scheme and the official truncate-and-pad scheme.
 
-    python benchmarks/prepare_throughput.py [--repeats 3] [--out results/prepare_throughput.json] [--quick]
+    python benchmarks/peers/prepare_throughput.py [--repeats 3] [--out results/prepare_throughput.json] [--quick]
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # ---- child side: one route, timed from inside ------------------------------------------------------------

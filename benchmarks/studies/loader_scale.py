@@ -14,7 +14,7 @@ the kernel filling the page cache from the sparse files, which depends on the ac
 around each document read) more than on the loader. `--src` points the child at another checkout's
 `src` to measure another version of the loader on the same corpora.
 
-    python benchmarks/loader_scale.py --documents 1e5,1e6,1e7 --json loader_scale.json
+    python benchmarks/studies/loader_scale.py --documents 1e5,1e6,1e7 --json loader_scale.json
 """
 
 from __future__ import annotations
@@ -162,7 +162,7 @@ def plot(reports: dict[str, Path], out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    here = Path(__file__).resolve().parents[1] / "src"
+    here = Path(__file__).resolve().parents[2] / "src"
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--documents", default="1e5,1e6,1e7,1e8", help="comma-separated corpus sizes")
     parser.add_argument("--ranks", default="1,8", help="rank counts to measure rank 0 of")

@@ -6,7 +6,7 @@ AVX2-only CPUs (and AVX-512 without VNNI) adjacent products are summed in a satu
 hosts are emulated with `qemu-x86_64 -cpu MODEL` (Debian's qemu-user; rows are skipped without it), which
 reports that CPU's features to onnxruntime: the figures are real outputs of those kernels, not timings.
 
-    python benchmarks/int8_hosts.py --preset tiny --texts 64 --out int8_hosts.json
+    python benchmarks/studies/int8_hosts.py --preset tiny --texts 64 --out int8_hosts.json
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def child(folder: Path, texts: list[str]) -> dict:
 def build(root: Path, preset: str) -> Path:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "peers"))
     from encode_throughput import neobert_folder
     from neobert.onnx_export import export_onnx
 
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--texts", type=int, default=64, help="reserved tweets and headlines (default 64)")
     parser.add_argument("--out", type=Path, default=None, help="write the JSON report here")
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "peers"))
     import torch
 
     from encode_throughput import short_texts

@@ -3,7 +3,7 @@
 requests sent by a fixed number of concurrent clients (one keep-alive connection each), so it stops by
 itself. Reports requests/s and p50/p99 latency for both, the server's cores used and the machine's load.
 
-    python benchmarks/serve_load.py [--requests 200] [--concurrency 4] [--texts-per-request 1]
+    python benchmarks/peers/serve_load.py [--requests 200] [--concurrency 4] [--texts-per-request 1]
         [--preset tiny] [--threads 1] [--out results/bench/serve_load.json] [--quick]
 
 In-process, each request's texts are one `encode` call, made one after another (no concurrency: the same
@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench_common, one folder up
 
 from bench_common import ROOT, setup_info, table, write_json
 from encode_throughput import neobert_folder, short_texts

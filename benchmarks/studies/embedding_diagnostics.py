@@ -3,7 +3,7 @@ embeddings, the middle layer and the final layer, mean-pooled, the offline retri
 nDCG@10 (raw and centred), the mean cosine between documents (anisotropy), the share of the three largest
 dimensions, and the offline suite's linear probe.
 
-    python benchmarks/embedding_diagnostics.py CHECKPOINT [--random-init [--seed 0]] --out diag.json
+    python benchmarks/studies/embedding_diagnostics.py CHECKPOINT [--random-init [--seed 0]] --out diag.json
 
 `--random-init` scores the initialisation a run with that seed starts from, built from the checkpoint's
 config (the MLM model is built as the trainer builds it, and its encoder is taken).

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SERVE_PYTHON_VARIABLE = "NEOBERT_SERVE_PYTHON"
 DEFAULT_SERVE_PYTHON = ROOT / ".venv-serve" / "bin" / "python"
 SERVER_FLAGS = ("--engine", "torch", "--device", "cpu", "--trust-remote-code", "--no-vector-disk-cache")

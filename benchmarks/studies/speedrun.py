@@ -1,6 +1,6 @@
 """The speedrun study's table and figure: held-out MLM loss against wall-clock time for `neobert demo` runs.
 
-    python benchmarks/speedrun.py runs/demo-a runs/demo-b ... --out docs/speedrun.png [--quiet-rates rates.json]
+    python benchmarks/studies/speedrun.py runs/demo-a runs/demo-b ... --out docs/speedrun.png [--quiet-rates rates.json]
 
 Each argument is a run folder written by `neobert demo` (its metrics.jsonl and report.json). The figure has
 held-out loss against minutes (the run's own elapsed time) and against tokens seen. Runs screened on a
