@@ -34,13 +34,8 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
-bench: $(VENV)/.installed
-	$(BIN)/python benchmarks/model_forward.py
-	$(BIN)/python benchmarks/train_step.py
-	$(BIN)/python benchmarks/prepare_throughput.py
-
 # Infinity, an existing embedding server, in its own environment (its pins do not fit .venv; see
-# constraints-serve.txt): what tests/test_serve_infinity.py and benchmarks/serve_load.py start.
+# constraints-serve.txt): what tests/integration/test_serve_infinity.py and benchmarks/peers/serve_load.py start.
 SERVE_VENV := .venv-serve
 
 $(SERVE_VENV)/.installed: constraints-serve.txt
@@ -53,4 +48,14 @@ $(SERVE_VENV)/.installed: constraints-serve.txt
 serve-env: $(SERVE_VENV)/.installed
 
 test-serve: $(VENV)/.installed $(SERVE_VENV)/.installed
-	$(BIN)/python -m pytest -m slow tests/test_serve_infinity.py
+	$(BIN)/python -m pytest -m slow tests/integration/test_serve_infinity.py
+
+# Every speed comparison against a peer (benchmarks/peers/): BERT and ModernBERT, the official data route,
+# SentenceTransformer, Infinity (hence the serving environment). The GPU check (benchmarks/gpu/) and the
+# studies behind the docs' figures (benchmarks/studies/) are run by hand, as their docs say.
+bench: $(VENV)/.installed $(SERVE_VENV)/.installed
+	$(BIN)/python benchmarks/peers/model_forward.py
+	$(BIN)/python benchmarks/peers/train_step.py
+	$(BIN)/python benchmarks/peers/prepare_throughput.py
+	$(BIN)/python benchmarks/peers/encode_throughput.py
+	$(BIN)/python benchmarks/peers/serve_load.py

@@ -1,22 +1,11 @@
+from pathlib import Path
+
 import pytest
 import torch
 
+from helpers.data import prepare_files, sample_texts, write_jsonl
+from helpers.model import small_config
 from neobert import NeoBERTConfig, load_tokenizer
-
-
-def small_config(**overrides) -> NeoBERTConfig:
-    """Big enough to exercise every code path (several heads, two layers), small enough to be instant."""
-    fields = dict(
-        vocab_size=30522,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=96,
-        max_length=256,
-        classifier_dropout=0.0,
-    )
-    fields.update(overrides)
-    return NeoBERTConfig(**fields)
 
 
 @pytest.fixture
@@ -44,25 +33,21 @@ def _seed():
     torch.manual_seed(0)
 
 
-def random_ids(batch: int, length: int, low: int = 1000, high: int = 30000) -> torch.Tensor:
-    return torch.randint(low, high, (batch, length))
+@pytest.fixture(scope="session")
+def prepared_corpus(tmp_path_factory):
+    """A factory: `prepared_corpus(texts, **settings)` writes the texts as JSON lines into a fresh folder,
+    prepares them there with the settings (`helpers.data.prepare_files`) and returns the prepared folder. Each
+    call prepares its own copy, so a test that damages its corpus cannot reach another module's."""
+
+    def prepare(texts: list[str], **settings) -> Path:
+        folder = tmp_path_factory.mktemp("corpus")
+        prepare_files([write_jsonl(folder / "docs.jsonl", texts)], folder / "prepared", **settings)
+        return folder / "prepared"
+
+    return prepare
 
 
-def run_quick_benchmark(script: str, out, *options: str) -> tuple[dict, str]:
-    """Run `benchmarks/<script> --quick [options]` in its own process (benchmarks tune the process's
-    allocator, which must not leak into the test run); returns its JSON report and its standard output. The
-    timeout only stops a hung run: a busy 2-core machine takes minutes for what a quiet one does in one."""
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / script
-    done = subprocess.run(
-        [sys.executable, str(path), "--quick", "--out", str(out), *options],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    return json.loads(Path(out).read_text()), done.stdout
+@pytest.fixture(scope="module")
+def corpus(prepared_corpus):
+    """The corpus most command tests train on: 300 short documents, sequences of 32 tokens, 10% held out."""
+    return prepared_corpus(sample_texts(300, long_every=0), max_length=32, heldout_fraction=0.1)

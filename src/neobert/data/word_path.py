@@ -11,7 +11,7 @@ non-ASCII character are learned by running the real normaliser and pre-tokeniser
 whose treatment could depend on their neighbours are refused (capital sigma, whose lower case does in
 Python; combining marks that NFD reordering could move and that are not stripped). A document holding a
 refused character, an ASCII control character or an added token ([CLS], [MASK], ... are matched in raw
-text) takes the full tokenizer instead. `tests/test_data_prepare.py` compares both on random Unicode text.
+text) takes the full tokenizer instead. `tests/data/test_data_prepare.py` compares both on random Unicode text.
 """
 
 from __future__ import annotations
