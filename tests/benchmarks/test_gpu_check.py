@@ -159,12 +159,13 @@ def test_compiling_in_every_timed_step_is_counted(benchmarks, monkeypatch):
     assert result["recompiles"] >= 3
 
 
-def test_a_frame_past_the_recompile_limit_is_reported(benchmarks, monkeypatch):
+def test_a_frame_past_the_recompile_limit_is_reported(benchmarks):
     from gpu_pretrain import train_run
 
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
     model, batch = tiny_training()
     # The first block fills the layout's per-forward cache, which the others then see: a second variant.
-    result = train_run(model, batch, torch.device("cpu"), steps=2, warmup=1, lr=3e-4, compile_backend="eager")
+    # Dynamo's own patch, not monkeypatch: undoing a setattr on its config module hides the key for later tests.
+    with torch._dynamo.config.patch(recompile_limit=1):
+        result = train_run(model, batch, torch.device("cpu"), steps=2, warmup=1, lr=3e-4, compile_backend="eager")
     assert result["uncompiled_frames"] >= 1 and result["recompiles"] == 0
     assert "Dynamo recompile limit exceeded" in result["dynamo_unsupported"]
