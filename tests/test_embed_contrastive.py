@@ -111,7 +111,7 @@ def test_pairs_files(tmp_path):
         '{"query": 3, "positive": "p"}': "'query' must be a string",
         '{"query": "q", "positive": "p", "negatives": [1]}': "negatives must be",
         "[1, 2]": "expected an object",
-        "{not json": "not JSON",
+        "{not json": r"bad.jsonl:1:2: not valid JSON",
     }
     for line, message in cases.items():
         bad = tmp_path / "bad.jsonl"
