@@ -24,25 +24,27 @@ class TextEncodingError(ValueError):
     """A text file that is not UTF-8: a user error (exit 2)."""
 
 
-def check_utf8(path: str | os.PathLike, data: bytes) -> str:
-    """`data` (the bytes of `path`) as text, or TextEncodingError naming the file, the encoding it seems to
-    be in, or the line and column of the first byte that is not UTF-8."""
-    for mark, name in BYTE_ORDER_MARKS:
+def check_utf8(path: str | os.PathLike, data: bytes, first_line: int = 1) -> str:
+    """`data` (the bytes of `path` from the start of line `first_line`: the whole file, or one line of it) as
+    text, or TextEncodingError naming the file, the encoding it seems to be in, or the line and column of the
+    first byte that is not UTF-8 (`path:LINE:COLUMN:`)."""
+    at_start = first_line == 1
+    for mark, name in BYTE_ORDER_MARKS if at_start else ():
         if data.startswith(mark):
             raise TextEncodingError(f"{path}: the file is {name} (it starts with a byte-order mark); save it as UTF-8")
     if b"\x00" in data:
-        line = data.count(b"\n", 0, data.index(b"\x00")) + 1
+        line = data.count(b"\n", 0, data.index(b"\x00")) + first_line
         raise TextEncodingError(
-            f"{path}: line {line} holds NUL bytes, as UTF-16 text without a byte-order mark does; save it as UTF-8"
+            f"{path}:{line}: the line holds NUL bytes, as UTF-16 text without a byte-order mark does; save it as UTF-8"
         )
     try:
-        return data.decode("utf-8-sig")
+        return data.decode("utf-8-sig" if at_start else "utf-8")
     except UnicodeDecodeError as error:
-        start = error.start + (3 if data.startswith(codecs.BOM_UTF8) else 0)
-        line = data.count(b"\n", 0, start) + 1
+        start = error.start + (3 if at_start and data.startswith(codecs.BOM_UTF8) else 0)
+        line = data.count(b"\n", 0, start) + first_line
         column = start - (data.rfind(b"\n", 0, start) + 1) + 1
         raise TextEncodingError(
-            f"{path}: line {line}, column {column}: byte 0x{data[start]:02x} is not UTF-8; save the file as UTF-8"
+            f"{path}:{line}:{column}: byte 0x{data[start]:02x} is not UTF-8; save the file as UTF-8"
         ) from None
 
 

@@ -67,7 +67,7 @@ def test_utf16_files_are_named_by_every_reader(model_dir, tmp_path, capsys):
     no_mark = tmp_path / "no-mark.txt"
     no_mark.write_bytes("one\ntwo\n".encode("utf-16-le"))
     assert main(["encode", "--model", str(model), "--input", str(no_mark), "--out", str(tmp_path / "v.npy")]) == 2
-    assert f"{no_mark}: line 1 holds NUL bytes" in one_line_error(capsys)
+    assert f"{no_mark}:1: the line holds NUL bytes" in one_line_error(capsys)
 
     glue = write_glue_folder(tmp_path / "glue")
     tsv = utf16(glue / "SST-2" / "dev.tsv", "sentence\tlabel\na good film\t1\n")
@@ -87,7 +87,7 @@ def test_a_broken_json_lines_table_names_its_line(model_dir, tmp_path, capsys):
     train.write_text('{"text": "good", "label": "pos"}\n{"text": "bad", "label": \n{"text": "ok", "label": "neg"}\n')
     command = ["finetune", "--model", str(model_dir), "--train", str(train), "--validation", str(train)]
     assert main([*command, "--out", str(tmp_path / "run")]) == 2
-    assert f"{train}:2: not a readable JSONL file" in one_line_error(capsys)
+    assert f"{train}:2:26: not valid JSON (Expecting value)" in one_line_error(capsys)
 
 
 def test_a_utf8_byte_order_mark_is_read_past(model_dir, tmp_path):

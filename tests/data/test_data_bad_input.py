@@ -26,7 +26,7 @@ def test_empty_file_is_named(tmp_path):
 def test_missing_text_field_is_named_before_any_work(tmp_path):
     write_jsonl(tmp_path / "good.jsonl", sample_texts(5))
     write_jsonl(tmp_path / "bad.jsonl", sample_texts(5), field="body")
-    with pytest.raises(DataError, match=r"bad\.jsonl, line 1: no field 'text' \(fields: body, id\)"):
+    with pytest.raises(DataError, match=r"bad\.jsonl:1: no field 'text' \(fields: body, id\)"):
         prepare_files([tmp_path / "good.jsonl", tmp_path / "bad.jsonl"], tmp_path / "out")
     assert not (tmp_path / "out").exists()
     with open(tmp_path / "bad.csv", "w", newline="", encoding="utf-8") as handle:
@@ -38,7 +38,7 @@ def test_missing_text_field_is_named_before_any_work(tmp_path):
 def test_a_later_record_without_the_field_is_named_with_its_line(tmp_path):
     path = tmp_path / "mixed.jsonl"
     path.write_text(json.dumps({"text": "fine"}) + "\n" + json.dumps({"other": 1}) + "\n", encoding="utf-8")
-    with pytest.raises(DataError, match=r"mixed\.jsonl, line 2: no field 'text'"):
+    with pytest.raises(DataError, match=r"mixed\.jsonl:2: no field 'text'"):
         prepare_files([path], tmp_path / "out")
 
 
@@ -118,7 +118,7 @@ def test_error_mid_stream_keeps_finished_shards(tmp_path):
     write_jsonl(tmp_path / "a.jsonl", sample_texts(80))
     broken = tmp_path / "b.jsonl"
     broken.write_text(json.dumps({"text": "ok"}) + "\n{broken json\n", encoding="utf-8")
-    with pytest.raises(DataError, match=r"b\.jsonl, line 2: not valid JSON"):
+    with pytest.raises(DataError, match=r"b\.jsonl:2:2: not valid JSON"):
         prepare_files([tmp_path / "a.jsonl", broken], tmp_path / "out", shard_tokens=3000, batch_bytes=2000)
     finished = sorted((tmp_path / "out" / "progress").glob("*.json"))
     assert len(finished) >= 2

@@ -124,7 +124,7 @@ def test_a_failed_task_reruns_alone(inputs, single, tmp_path):
     plan, _ = cluster(copy, out)
     damaged.write_bytes(b"\n".join(lines))
     os.utime(damaged, ns=(times.st_atime_ns, times.st_mtime_ns))
-    with pytest.raises(DataError, match=r"a task failed \(.*part_4.jsonl, line 30: not valid JSON.*\); 1 of 2 task"):
+    with pytest.raises(DataError, match=r"a task failed \(.*part_4.jsonl:30:2: not valid JSON.*\); 1 of 2 task"):
         run_local(out, plan, parallel=1)
     logs = out / "logs"
     assert (logs / "completions" / "00000").is_file() and not (logs / "completions" / "00001").exists()

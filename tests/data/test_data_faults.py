@@ -96,9 +96,9 @@ def test_an_empty_finetuning_table_is_named(tmp_path):
 def test_bytes_that_are_not_utf8_are_named_with_their_line(tmp_path):
     latin1 = tmp_path / "train.csv"
     latin1.write_bytes("text,label\ngood row,1\nun caf\xe9 noir,0\n".encode("latin-1"))
-    with pytest.raises(FinetuneDataError, match=f"{latin1}: line 3, column 7: byte 0xe9 is not UTF-8"):
+    with pytest.raises(FinetuneDataError, match=f"{latin1}:3:7: byte 0xe9 is not UTF-8"):
         read_rows(latin1)
     jsonl = tmp_path / "train.jsonl"
     jsonl.write_bytes(b'{"text": "ok", "label": 1}\n{"text": "\xff", "label": 0}\n')
-    with pytest.raises(FinetuneDataError, match=f"{jsonl}: line 2, column 11: byte 0xff"):
+    with pytest.raises(FinetuneDataError, match=f"{jsonl}:2:11: byte 0xff is not UTF-8"):
         read_rows(jsonl)

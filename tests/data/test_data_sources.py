@@ -120,3 +120,76 @@ def test_missing_path_and_empty_glob(tmp_path):
         resolve_sources([str(tmp_path / "nope.txt")], ReaderOptions())
     with pytest.raises(DataError, match="matches no file"):
         resolve_sources([str(tmp_path / "*.jsonl")], ReaderOptions())
+
+
+def records(path, **options):
+    (source,) = resolve_sources([str(path)], ReaderOptions(**options))
+    return list(source.records())
+
+
+def test_strict_reading_names_a_line_that_lenient_reading_skips_and_counts(tmp_path):
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(b'{"text": "one"}\n{"text": "t\xffo"}\n{"text": "three"}\n')
+    (lenient,) = resolve_sources([str(path)], ReaderOptions())
+    assert list(lenient.documents()) == ["one", "three"]
+    assert lenient.counts.undecodable_lines == 1
+    (strict,) = resolve_sources([str(path)], ReaderOptions(strict=True))
+    with pytest.raises(DataError, match=rf"^{path}:2:12: byte 0xff is not UTF-8; save the file as UTF-8$"):
+        list(strict.documents())
+    with pytest.raises(DataError, match=rf"^{path}:2:12: byte 0xff is not UTF-8"):
+        records(path, strict=True)
+    utf16 = tmp_path / "b.csv"
+    utf16.write_bytes("text\none\n".encode("utf-16"))
+    with pytest.raises(DataError, match=rf"^{utf16}: the file is UTF-16 \(it starts with a byte-order mark\)"):
+        records(utf16, strict=True)
+
+
+def test_a_line_after_a_skipped_one_keeps_its_number(tmp_path):
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(b'{"text": "one"}\n\xff\n{"text": \n')
+    with pytest.raises(DataError, match=rf"^{path}:3:10: not valid JSON \(Expecting value\)$"):
+        read([path])
+
+
+def test_records_of_every_table_format_with_where_they_are(tmp_path):
+    rows = [{"text": "a", "label": "x"}, {"text": "b", "label": "y"}]
+    jsonl = tmp_path / "r.jsonl"
+    jsonl.write_text(json.dumps(rows[0]) + "\n\n" + json.dumps(rows[1]) + "\n", encoding="utf-8")
+    assert records(jsonl, strict=True) == [(f"{jsonl}:1", rows[0]), (f"{jsonl}:3", rows[1])]
+    array = tmp_path / "r.json"
+    array.write_text(json.dumps(rows), encoding="utf-8")
+    assert records(array, strict=True) == [(f"{array}[0]", rows[0]), (f"{array}[1]", rows[1])]
+    table = tmp_path / "r.tsv"
+    table.write_text("text\tlabel\n\na\tx\nb\ty\n", encoding="utf-8")
+    assert records(table, strict=True) == [(f"{table}:3", rows[0]), (f"{table}:4", rows[1])]
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+
+    parquet = tmp_path / "r.parquet"
+    pq.write_table(pa.Table.from_pylist([{**row, "tags": [row["label"]]} for row in rows]), parquet)
+    expected = [(f"{parquet}[{i}]", {**row, "tags": [row["label"]]}) for i, row in enumerate(rows)]
+    assert records(parquet, strict=True) == expected
+
+
+def test_csv_records_read_missing_cells_as_none_and_refuse_extra_ones(tmp_path):
+    short = tmp_path / "short.csv"
+    short.write_text("text,label\na,x\nb\n", encoding="utf-8")
+    assert [record for _, record in records(short, strict=True)] == [
+        {"text": "a", "label": "x"},
+        {"text": "b", "label": None},
+    ]
+    long = tmp_path / "long.csv"
+    long.write_text("text,label\na,x\nb,y,z\n", encoding="utf-8")
+    with pytest.raises(DataError, match=rf"^{long}:3: 3 cells, but the header names 2 columns$"):
+        records(long, strict=True)
+    blank = tmp_path / "blank.csv"
+    blank.write_text("\n\n", encoding="utf-8")
+    with pytest.raises(DataError, match=rf"^{blank}: the file is empty"):
+        records(blank, strict=True)
+
+
+def test_a_json_lines_record_must_be_an_object(tmp_path):
+    path = tmp_path / "a.jsonl"
+    path.write_text('{"text": "one"}\n[1, 2]\n', encoding="utf-8")
+    with pytest.raises(DataError, match=rf"^{path}:2: expected an object \(one record\), got list$"):
+        records(path, strict=True)

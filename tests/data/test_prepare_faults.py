@@ -20,7 +20,7 @@ import pytest
 from helpers.cli import one_line_error
 from helpers.data import WORDS, sample_texts, write_jsonl
 from neobert.cli import main
-from neobert.data import plain_text, sources
+from neobert.data import plain_text, source_base, sources
 from neobert.data.plain_text import DocumentCutter
 from neobert.data.sources import ReaderOptions, TextFileSource, resolve_sources
 
@@ -42,7 +42,7 @@ def test_an_unreadable_input_file_is_named_before_any_work(tmp_path, capsys, mon
             raise PermissionError(errno.EACCES, "Permission denied", str(path))
         return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr(sources, "open", refusing_open, raising=False)
+    monkeypatch.setattr(source_base, "open", refusing_open, raising=False)
     out = tmp_path / "corpus"
     assert main(["prepare", str(good), str(locked), "--out", str(out), *QUIET]) == 2
     assert f"{locked}: cannot be read (Permission denied)" in one_line_error(capsys)

@@ -111,7 +111,7 @@ def test_pairs_files(tmp_path):
         '{"query": 3, "positive": "p"}': "'query' must be a string",
         '{"query": "q", "positive": "p", "negatives": [1]}': "negatives must be",
         "[1, 2]": "expected an object",
-        "{not json": "not JSON",
+        "{not json": r"bad.jsonl:1:2: not valid JSON",
     }
     for line, message in cases.items():
         bad = tmp_path / "bad.jsonl"
@@ -120,6 +120,16 @@ def test_pairs_files(tmp_path):
             read_pairs(bad)
     with pytest.raises(FileNotFoundError):
         read_pairs(tmp_path / "absent.jsonl")
+
+
+def test_pairs_from_a_table_and_bytes_that_are_not_utf8_named_with_their_line(tmp_path):
+    table = tmp_path / "pairs.csv"
+    table.write_text("query,positive,negative\nq,p,n\nq2,p2,n2\n", encoding="utf-8")
+    assert read_pairs(table) == [Pair("q", "p", ("n",)), Pair("q2", "p2", ("n2",))]
+    latin1 = tmp_path / "pairs.jsonl"
+    latin1.write_bytes(b'{"query": "q", "positive": "p"}\n{"query": "caf\xe9", "positive": "p"}\n')
+    with pytest.raises(ValueError, match=rf"^{latin1}:2:15: byte 0xe9 is not UTF-8; save the file as UTF-8$"):
+        read_pairs(latin1)
 
 
 def test_pairs_from_a_saved_datasets_folder(tmp_path):

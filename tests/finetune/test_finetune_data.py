@@ -97,3 +97,32 @@ def test_conll_labels_go_on_the_first_word_piece(tmp_path, tokenizer):
     (tmp_path / "dev.conll").write_text("Paris B-MISC\n")
     with pytest.raises(FinetuneDataError, match="'B-MISC' never occurs"):
         align_labels(read_conll(tmp_path / "dev.conll"), space, tokenizer, 64)
+
+
+def test_a_missing_cell_is_named_with_its_row(tmp_path):
+    short = tmp_path / "short.csv"
+    short.write_text("text,label\nfirst,a\nsecond\n", encoding="utf-8")  # a ragged row: its label cell is absent
+    with pytest.raises(FinetuneDataError, match=rf"^{short}: row 2 has no label in column 'label'$"):
+        read_examples(short, Columns())
+    empty = tmp_path / "empty.csv"
+    empty.write_text("text,label\nfirst,a\n,b\n", encoding="utf-8")
+    with pytest.raises(FinetuneDataError, match=rf"^{empty}: row 2 has no text in column 'text'$"):
+        read_examples(empty, Columns())
+    keys = tmp_path / "keys.jsonl"
+    keys.write_text('{"text": "first", "label": "a"}\n{"label": "b"}\n', encoding="utf-8")
+    with pytest.raises(FinetuneDataError, match=rf"^{keys}: row 2 has no text in column 'text'$"):
+        read_examples(keys, Columns())
+
+
+def test_a_row_with_more_cells_than_the_header_is_named_with_its_line(tmp_path):
+    long = tmp_path / "long.csv"
+    long.write_text("text,label\nfirst,a\nsecond,b,c\n", encoding="utf-8")
+    with pytest.raises(FinetuneDataError, match=rf"^{long}:3: 3 cells, but the header names 2 columns$"):
+        read_examples(long, Columns())
+
+
+def test_a_file_of_another_format_is_refused_with_the_formats_read(tmp_path):
+    notes = tmp_path / "train.txt"
+    notes.write_text("text\n", encoding="utf-8")
+    with pytest.raises(FinetuneDataError, match=r"unknown format '\.txt'; use one of \.csv, \.tsv, \.jsonl"):
+        read_examples(notes, Columns())

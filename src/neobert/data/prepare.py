@@ -18,7 +18,7 @@ import signal
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +72,7 @@ class PrepareConfig:
             "heldout_fraction": self.heldout_fraction,
             "shard_tokens": self.shard_tokens,
             "max_document_chars": self.max_document_chars,
-            **asdict(self.reader),
+            **self.reader.plan_settings(),
         }
 
 

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from neobert.data.sources import ReaderOptions, parse_spec
-from neobert.text_files import utf8_lines
+from neobert.data.sources import JsonLinesSource, ReaderOptions, Source, file_source, parse_spec
 
 
 @dataclass(frozen=True)
@@ -43,31 +42,30 @@ def pair_from_record(record: object, where: str) -> Pair:
     return Pair(record["query"], record["positive"], tuple(negatives))
 
 
-DATA_FORMS = ".jsonl files, folders saved with datasets, hf:NAME[:CONFIG] or demo"
+DATA_FORMS = (
+    "files of records (.jsonl, .json, .csv, .tsv, .parquet), folders saved with datasets, hf:NAME[:CONFIG] or demo"
+)
 
 
 def read_pairs(source: str | Path) -> list[Pair]:
-    """A .jsonl file, a folder saved with `datasets.Dataset.save_to_disk` or `hf:NAME[:CONFIG]` (train): the spec
-    as `neobert.data.sources.parse_spec` reads it, a dataset's records as its `DatasetSource` gives them. The
+    """The pairs of a file, a folder saved with `datasets.Dataset.save_to_disk` or `hf:NAME[:CONFIG]` (train):
+    the records `neobert.data.sources` reads from the spec, read strictly (bytes that are not UTF-8 or a line
+    that is not JSON are errors naming the line). A file without a table suffix is read as JSON Lines. The
     word "demo" is resolved by the command (`neobert.commands.contrastive.data_words`)."""
     text = str(source)
+    options = ReaderOptions(hf_split="train", strict=True)
     spec = parse_spec(text)
     if spec.kind in ("hub", "saved", "folder"):
-        records = spec.dataset(ReaderOptions(hf_split="train"), split_flag=None).records()
-        return [pair_from_record(row, f"{text}[{i}]") for i, row in enumerate(records)]
-    path = spec.path if spec.kind == "file" else Path(text)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist (pairs come from {DATA_FORMS})")
-    pairs = []
-    for number, line in enumerate(utf8_lines(path), 1):
-        if line.strip():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: not JSON ({error.msg})") from None
-            pairs.append(pair_from_record(record, f"{path}:{number}"))
+        records: Source = spec.dataset(options, split_flag=None)
+    elif spec.kind == "file":
+        records = file_source(spec.path, options)
+        if records.kind == "text":
+            records = JsonLinesSource(spec.path, options)
+    else:
+        raise FileNotFoundError(f"{spec.path} does not exist (pairs come from {DATA_FORMS})")
+    pairs = [pair_from_record(record, where) for where, record in records.records()]
     if not pairs:
-        raise ValueError(f"{path} holds no pairs")
+        raise ValueError(f"{text} holds no pairs")
     return pairs
 
 

@@ -6,23 +6,19 @@ validation label that training never saw is a `FinetuneDataError` naming the fil
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from neobert.data.shards import DataError
-from neobert.data.sources import ReaderOptions, parse_spec
-from neobert.text_files import TextEncodingError, check_utf8
+from neobert.data.sources import ReaderOptions, Source, file_source, parse_spec
 
 PROBLEMS = ("auto", "single", "multi", "regression")
-TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t", ".jsonl": None, ".json": None, ".parquet": None}
 
 
 class FinetuneDataError(ValueError):
@@ -53,65 +49,29 @@ def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value)) or (isinstance(value, str) and not value)
 
 
+TABLE_KINDS = ("csv", "jsonl", "json", "parquet")  # the `neobert.data.sources` readers of a table file
+
+
 def read_rows(source: str | os.PathLike, split: str = "train") -> list[dict[str, Any]]:
-    """Rows of a CSV/TSV/JSON Lines/Parquet file, a saved `datasets` folder, or `hf:NAME[:CONFIG]` (its `split`):
-    the spec as `neobert.data.sources.parse_spec` reads it, a dataset's records as its `DatasetSource` gives them."""
+    """Rows of a CSV/TSV/JSON Lines/JSON/Parquet file (possibly compressed), a saved `datasets` folder, or
+    `hf:NAME[:CONFIG]` (its `split`): the records `neobert.data.sources` reads from the spec, read strictly
+    (bytes that are not UTF-8, a line that is not JSON or a row with too many cells are errors naming the line)."""
+    options = ReaderOptions(hf_split=split, strict=True)
     try:
         spec = parse_spec(str(source))
         if spec.kind in ("hub", "saved", "folder"):
-            return list(spec.dataset(ReaderOptions(hf_split=split), split_flag=None).records())
-    except DataError as error:
-        raise FinetuneDataError(str(error)) from None
-    path = spec.path if spec.kind == "file" else Path(source)
-    if not path.is_file():
-        raise FinetuneDataError(f"{path}: no such file")
-    suffix = path.suffix.lower()
-    if suffix not in TABLE_SUFFIXES:
-        raise FinetuneDataError(f"{path}: unknown format {suffix!r}; use one of {', '.join(TABLE_SUFFIXES)}")
-    import pandas as pd
-
-    if suffix != ".parquet":
-        _check_text(path)
-    try:
-        if suffix in (".csv", ".tsv"):
-            frame = pd.read_csv(
-                path, sep=TABLE_SUFFIXES[suffix], dtype=str, keep_default_na=False, encoding="utf-8-sig"
-            )
-        elif suffix == ".parquet":
-            frame = pd.read_parquet(path)
+            table: Source = spec.dataset(options, split_flag=None)
+        elif spec.kind != "file":
+            raise FinetuneDataError(f"{spec.path}: no such file")
         else:
-            frame = pd.read_json(path, lines=suffix == ".jsonl", dtype=False)
-    except pd.errors.ParserError as error:
-        raise FinetuneDataError(f"{path}: not a readable {suffix[1:].upper()} file ({error})") from None
-    except ValueError as error:  # pandas' JSON errors, and Arrow's for a damaged Parquet file
-        where = _first_bad_json_line(path) if suffix == ".jsonl" else ""
-        raise FinetuneDataError(f"{path}{where}: not a readable {suffix[1:].upper()} file ({error})") from None
-    return frame.to_dict(orient="records")
-
-
-def _first_bad_json_line(path: Path) -> str:
-    """`:N` for the first line of a JSON Lines file that is not a JSON object (pandas does not say which)."""
-    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            return f":{number}"
-        if not isinstance(record, dict):
-            return f":{number}"
-    return ""
-
-
-def _check_text(path: Path) -> None:
-    """An empty file, or bytes that are not UTF-8 (a UTF-16 file, say), named with the line, before pandas
-    reports them without."""
-    data = path.read_bytes()
-    if not data.strip():
-        raise FinetuneDataError(f"{path}: the file is empty (expected a header row, then one example a line)")
-    try:
-        check_utf8(path, data)
-    except TextEncodingError as error:
+            table = file_source(spec.path, options)
+            if table.kind not in TABLE_KINDS:
+                suffix = table.format_suffix or spec.path.suffix
+                raise FinetuneDataError(
+                    f"{spec.path}: unknown format {suffix!r}; use one of .csv, .tsv, .jsonl, .json, .parquet"
+                )
+        return [record for _, record in table.records()]
+    except DataError as error:
         raise FinetuneDataError(str(error)) from None
 
 
@@ -127,12 +87,12 @@ def examples_from_rows(rows: list[dict[str, Any]], columns: Columns, source: str
         )
     texts, pairs, labels = [], [], []
     for number, row in enumerate(rows, start=1):
-        text = row[columns.text]
+        text = row.get(columns.text)
         if _missing(text):
             raise FinetuneDataError(f"{source}: row {number} has no text in column {columns.text!r}")
         texts.append(str(text))
         if columns.text_pair:
-            pair = row[columns.text_pair]
+            pair = row.get(columns.text_pair)
             if _missing(pair):
                 raise FinetuneDataError(
                     f"{source}: row {number} is a text pair with its second side ({columns.text_pair!r}) missing"
