@@ -35,8 +35,8 @@ from neobert.data.prepare import (
     PrepareSummary,
     prepare,
     replace_other_preparation,
-    sequence_forecast,
 )
+from neobert.data.sequences import sequence_forecast
 from neobert.data.shards import (
     FORMAT,
     FORMAT_VERSION,

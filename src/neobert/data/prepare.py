@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from neobert.data.sequences import sequence_forecast
 from neobert.data.shards import (
     FORMAT,
     FORMAT_VERSION,
@@ -362,23 +363,6 @@ def _progress_bar(enabled: bool):
         mininterval=0.5,
         dynamic_ncols=True,
     )
-
-
-def sequence_forecast(root: Path, records: list[dict[str, Any]], max_length: int) -> dict[str, float]:
-    """How the two sequence schemes would use the training documents at `max_length`, on every k-th
-    document (at most about 200,000), so the forecast stays quick and small on large corpora."""
-    from neobert.data.sequences import packing_efficiency
-
-    total = sum(record["train"]["documents"] for record in records)
-    stride = max(1, total // 200_000)
-    lengths = np.concatenate(
-        [np.diff(np.load(root / r["train"]["offsets_file"], mmap_mode="r"))[::stride] for r in records]
-    )
-    if not lengths.any():
-        return {}
-    forecast = packing_efficiency(lengths, max_length)
-    forecast.pop("packs")
-    return {key: round(value, 4) for key, value in forecast.items()}
 
 
 def _manifest(
