@@ -11,8 +11,6 @@ import sys
 from neobert.commands.options import CONVENTION, CommandParser
 from neobert.errors import (
     EXIT_BAD_INPUT,
-    EXIT_DISK_FULL,
-    EXIT_DIVERGED,
     EXIT_INTERRUPTED,
     WRITE_FAULTS,
     UserError,
@@ -82,26 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Errors of library modules that predate `UserError`, with their exit codes (README, "Pre-training") and the
-# form of their line. Found through sys.modules: a module never loaded raised nothing, and looking needs no import.
-LIBRARY_ERRORS: tuple[tuple[str, str, int, str], ...] = (
-    ("neobert.train.checkpoint", "DiskFullError", EXIT_DISK_FULL, "{error}"),  # before its base, CheckpointError
-    ("neobert.train.trainer", "TrainingDiverged", EXIT_DIVERGED, "{error}"),
-    ("neobert.demo.ablate", "LadderInterrupted", EXIT_INTERRUPTED, "{error}; the same command resumes it"),
-    ("neobert.openvino_backend", "OpenVINOMissing", EXIT_BAD_INPUT, "{error}"),
-    ("neobert.finetune.model", "ModelFolderError", EXIT_BAD_INPUT, "{error}"),
-)
-
-
 def exit_code_of(error: BaseException, module) -> tuple[int, str] | None:
     """The exit code and message of an error the user can act on; None for a bug (it stays a traceback).
-    One place for every command: library errors above, then `UserError` and its kinds, then the built-in
+    One place for every command: `UserError` and its kinds (the library's own errors among them), then the built-in
     exceptions the command names in `USER_ERRORS` (e.g. ValueError for a bad value read from a file), then
     I/O faults a user can fix (a full disk: 4; no permission: 2)."""
-    for module_name, class_name, code, form in LIBRARY_ERRORS:
-        known = getattr(sys.modules.get(module_name), class_name, None)
-        if known is not None and isinstance(error, known):
-            return code, form.format(error=error)
     if isinstance(error, UserError):
         return error.exit_code, str(error)
     if isinstance(error, getattr(module, "USER_ERRORS", ())):

@@ -17,6 +17,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+from neobert.errors import UserError
 from neobert.export.onnx_files import onnx_path
 
 # Each backend's ONNX graph and the precision OpenVINO is asked to compute in.
@@ -29,7 +30,7 @@ _CACHE_SIZE = 4
 _compiled: OrderedDict[tuple, Any] = OrderedDict()
 
 
-class OpenVINOMissing(ImportError):
+class OpenVINOMissing(UserError, ImportError):
     """An openvino backend was asked for where the `openvino` package is not installed."""
 
 

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from neobert.errors import Interrupted
 from neobert.files import write_json_atomically
 from neobert.run_lock import hold_folder
 from neobert.run_settings import SETTINGS_FILE, check_same_run, folder_digest, record_run
@@ -212,7 +213,7 @@ def batch_warmup_overrides(config, share: float) -> list[str]:
     ]
 
 
-class LadderInterrupted(RuntimeError):
+class LadderInterrupted(Interrupted, RuntimeError):
     """A run was stopped by a signal; it has saved its checkpoint, and rerunning the ladder resumes it."""
 
 
@@ -231,7 +232,9 @@ def run_one(row: Row, settings: LadderSettings, seed: int, log: Callable[[str], 
         log(f"{row.name} seed {seed}: diverged ({error})")
         return {**record, "status": "diverged", "last_good_loss": losses[-1] if losses else None}
     if result.status == "interrupted":
-        raise LadderInterrupted(f"{row.name} seed {seed} was interrupted at step {result.step}")
+        raise LadderInterrupted(
+            f"{row.name} seed {seed} was interrupted at step {result.step}; the same command resumes it"
+        )
     last = result.last_metrics
     record.update(
         status=result.status,

@@ -9,6 +9,7 @@ from pathlib import Path
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification
 
 import neobert.model  # noqa: F401  (registers "neobert" with the Auto classes)
+from neobert.errors import UserError
 from neobert.finetune.data import LabelSpace
 from neobert.tokenizer import load_tokenizer
 from neobert.train.checkpoint import CheckpointError, resolve_checkpoint, verify_model_folder
@@ -22,7 +23,7 @@ _PROBLEM_TYPES = {
 }
 
 
-class ModelFolderError(FileNotFoundError):
+class ModelFolderError(UserError, FileNotFoundError):
     """A path that holds no loadable model."""
 
 

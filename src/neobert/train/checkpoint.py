@@ -38,7 +38,7 @@ import yaml
 from safetensors.torch import load_file
 from torch import nn
 
-from neobert.errors import CheckpointError
+from neobert.errors import EXIT_DISK_FULL, CheckpointError
 from neobert.files import sha256_file
 from neobert.train.checkpoint_verify import (
     LATEST,
@@ -65,6 +65,8 @@ CONFIG_FILE = "config.yaml"
 
 class DiskFullError(CheckpointError):
     """Writing a checkpoint ran out of space; the previous checkpoint is untouched."""
+
+    exit_code = EXIT_DISK_FULL
 
 
 # Below this much free space, a failed write is put down to a full disk (torch.save then reports only

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import torch
 from safetensors.torch import load_file
 
+from neobert.errors import EXIT_DIVERGED, UserError
 from neobert.model.flops import model_shapes, non_embedding_parameters, training_flops
 from neobert.model.heads import NeoBERTForMaskedLM
 from neobert.train import distributed as dist_utils
@@ -61,8 +62,10 @@ LoaderFactory = Callable[[PretrainConfig, int, DistributedContext], Loader]
 EvalFactory = Callable[[PretrainConfig, int, DistributedContext], Iterable[dict[str, Any]]]
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(UserError, RuntimeError):
     """The loss or gradient norm became NaN or infinite."""
+
+    exit_code = EXIT_DIVERGED
 
 
 def build_model(config: PretrainConfig) -> NeoBERTForMaskedLM:
