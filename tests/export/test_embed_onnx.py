@@ -16,7 +16,7 @@ def test_onnx_matches_pytorch_and_backs_encode(tmp_path):
     folder = exported_model(tmp_path)
     out = tmp_path / "onnx"
     assert main(["export-onnx", "--model", str(folder), "--out", str(out)]) == 0
-    from neobert.export.onnx_export import onnx_session
+    from neobert.export.onnx_files import onnx_session
 
     session = onnx_session(out)
     model = AutoModel.from_pretrained(folder).eval()

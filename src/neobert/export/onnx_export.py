@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from neobert.export.onnx_files import ONNX_FILE, ONNX_INT8_FILE, onnx_path, onnx_session  # noqa: F401 (onnx_session: its former home)
+from neobert.export.onnx_files import ONNX_FILE, ONNX_INT8_FILE
 from neobert.files import publish, write_bytes_atomically
 from neobert.pooling import POOLINGS, stored_pooling
 from neobert.run_lock import hold_beside, holding
