@@ -97,6 +97,9 @@ def test_conll_labels_go_on_the_first_word_piece(tmp_path, tokenizer):
     (tmp_path / "dev.conll").write_text("Paris B-MISC\n")
     with pytest.raises(FinetuneDataError, match="'B-MISC' never occurs"):
         align_labels(read_conll(tmp_path / "dev.conll"), space, tokenizer, 64)
+    (tmp_path / "bad.conll").write_text("Paris B-LOC\n\nlonely\n")
+    with pytest.raises(FinetuneDataError, match=r"bad\.conll:3: a word but no tag: 'lonely'$"):
+        read_conll(tmp_path / "bad.conll")
 
 
 def test_a_missing_cell_is_named_with_its_row(tmp_path):

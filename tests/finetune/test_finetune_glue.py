@@ -8,6 +8,7 @@ from safetensors.torch import load_file
 from helpers.finetune import tiny_model_folder
 from helpers.glue_files import write_glue_folder
 from neobert.cli import main
+from neobert.finetune.data import FinetuneDataError
 from neobert.finetune.glue import GRIDS, format_table
 from neobert.finetune.glue_data import TASKS, read_task, resolve_tasks
 
@@ -38,6 +39,18 @@ def test_each_task_reads_its_real_file_format(glue_dir):
     assert [t.name for t in resolve_tasks("RTE,sts-b,SST-2")] == ["rte", "stsb", "sst2"]
     with pytest.raises(ValueError, match="unknown GLUE task 'squad'"):
         resolve_tasks("rte,squad")
+
+
+def test_a_short_or_empty_glue_file_is_named_with_its_line(tmp_path):
+    folder = write_glue_folder(tmp_path / "glue")
+    train = folder / TASKS["rte"].folder / "train.tsv"
+    lines = train.read_text().splitlines()
+    train.write_text("\n".join([*lines[:3], "7\tonly a premise", *lines[3:]]) + "\n")
+    with pytest.raises(FinetuneDataError, match=rf"^{train}:4: 2 columns, fewer than rte needs$"):
+        read_task(folder, TASKS["rte"])
+    train.write_text("")
+    with pytest.raises(FinetuneDataError, match=rf"^{train}: empty"):
+        read_task(folder, TASKS["rte"])
 
 
 def test_the_paper_grid_and_table_layout():

@@ -11,7 +11,6 @@ from dataclasses import replace
 import pytest
 import torch
 
-from helpers.data import sample_texts
 from neobert.cli import main
 from neobert.data.loader import PretrainingLoader
 from neobert.data.masking import IGNORE_INDEX
@@ -48,8 +47,8 @@ RECIPE = [
 
 
 @pytest.fixture(scope="module")
-def corpus(prepared_corpus):
-    return prepared_corpus(sample_texts(240, seed=5, long_every=6, long_words=50), max_length=32, heldout_fraction=0.1)
+def corpus(mixed_corpus):
+    return mixed_corpus
 
 
 def recipe_config(corpus, out, *extra):

@@ -9,7 +9,6 @@ import multiprocessing
 import pytest
 import torch
 
-from helpers.data import sample_texts
 from neobert.data.workers import MultiWorkerLoader
 from neobert.train.data import make_eval_batches
 from neobert.train.data import make_loader as real_loader
@@ -31,8 +30,8 @@ COMPARED = (
 
 
 @pytest.fixture(scope="module")
-def corpus(prepared_corpus):
-    return prepared_corpus(sample_texts(240, seed=5, long_every=6, long_words=50), max_length=32, heldout_fraction=0.1)
+def corpus(mixed_corpus):
+    return mixed_corpus
 
 
 class Watched:

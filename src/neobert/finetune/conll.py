@@ -53,7 +53,7 @@ def read_conll(path: str | os.PathLike) -> TaggedSentences:
             continue
         parts = line.split()
         if len(parts) < 2:
-            raise FinetuneDataError(f"{path}: line {number} has a word but no tag: {line!r}")
+            raise FinetuneDataError(f"{path}:{number}: a word but no tag: {line!r}")
         sentence_words.append(parts[0])
         sentence_tags.append(parts[-1])
     close_sentence()

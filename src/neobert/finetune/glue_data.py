@@ -90,6 +90,8 @@ def _read_tsv(path: Path, task: GlueTask) -> Examples:
     except TextEncodingError as error:
         raise FinetuneDataError(str(error)) from None
     rows = list(csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE))
+    if not rows:
+        raise FinetuneDataError(f"{path}: empty (the original GLUE layout has a row per example)")
     if task.header:
         header = [name.strip() for name in rows[0]]
         wanted = [c for c in (task.text, task.pair, task.label) if c is not None]
@@ -103,7 +105,7 @@ def _read_tsv(path: Path, task: GlueTask) -> Examples:
     texts, pairs, labels = [], [], []
     for number, row in enumerate(rows, start=2 if task.header else 1):
         if len(row) <= max(where.values()):
-            raise FinetuneDataError(f"{path}: line {number} has {len(row)} columns, fewer than {task.name} needs")
+            raise FinetuneDataError(f"{path}:{number}: {len(row)} columns, fewer than {task.name} needs")
         texts.append(row[where[task.text]])
         if task.pair is not None:
             pairs.append(row[where[task.pair]])
