@@ -98,3 +98,20 @@ def test_cpu_flags_reads_the_flags_line(tmp_path):
     info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512_vnni\nbugs\t\t: none\n")
     assert onnx_files.cpu_flags(info) == {"fpu", "sse2", "avx2", "avx512_vnni"}
     assert onnx_files.cpu_flags(tmp_path / "absent") == frozenset()  # no /proc/cpuinfo (macOS, Windows): no VNNI
+
+
+def test_row_split_session_equals_one_run_over_the_whole_batch(int8_folder):
+    from neobert.export.onnx_files import ONNX_FILE, onnx_session
+
+    whole = onnxruntime.InferenceSession(str(int8_folder / ONNX_FILE), providers=["CPUExecutionProvider"])
+    lengths = [37, 30, 30, 12, 9, 5, 2]
+    ids = torch.randint(1000, 30000, (len(lengths), max(lengths))).numpy()
+    mask = (np.arange(max(lengths))[None, :] < np.array(lengths)[:, None]).astype(np.int64)
+    feed = {"input_ids": ids, "attention_mask": mask}
+    names = ["last_hidden_state", "sentence_embedding"]
+    expected = whole.run(names, feed)
+    for workers in (1, 2, 3, 16):
+        hidden, pooled = onnx_session(int8_folder, threads=workers).run(names, feed)
+        assert hidden.shape == expected[0].shape and pooled.shape == expected[1].shape
+        assert np.abs(hidden - expected[0])[mask.astype(bool)].max() < 1e-5
+        np.testing.assert_allclose(pooled, expected[1], atol=1e-5)
