@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from neobert.export.onnx_files import ONNX_FILE, ONNX_INT8_FILE, ONNX_INT8_VNNI_FILE
+from neobert.export.onnx_fused import fuse_for_onnxruntime
 from neobert.files import publish, write_bytes_atomically
 from neobert.pooling import POOLINGS, stored_pooling
 from neobert.run_lock import hold_beside, holding
@@ -191,8 +192,6 @@ def quantize_onnx(folder: str | Path) -> Path:
     smallest cosine 0.9995 where 7 bits gave 0.9990) and runs the graph `fuse_for_onnxruntime` rewrites, for
     CPUs with VNNI only; `encode(..., backend="onnx-int8")` chooses between the two by the CPU it runs on."""
     import onnx
-
-    from neobert.export.onnx_fused import fuse_for_onnxruntime
 
     folder = Path(folder)
     source = folder / ONNX_FILE

@@ -1,5 +1,5 @@
 """Where an exported folder keeps its ONNX graphs: the layout Text Embeddings Inference and
-sentence-transformers read, and the one older exports used. Light on purpose (no torch, no onnx): the
+sentence-transformers read, and the one older exports used. Light on purpose (numpy, no torch, no onnx): the
 onnxruntime and OpenVINO routes of `encode` find their graph, and onnxruntime's session over it, here
 without importing the exporter.
 
@@ -13,7 +13,10 @@ else the first (see `onnx_int8_file`)."""
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import numpy as np
 
 ONNX_FILE = "onnx/model.onnx"
 ONNX_INT8_FILE = "onnx/model_qint8.onnx"
@@ -102,15 +105,11 @@ class RowSplitSession:
         self._pool = None
 
     def run(self, output_names: list[str], feed: dict):
-        import numpy as np
-
         ids, mask = feed["input_ids"], feed["attention_mask"]
         runs = min(self.workers, len(ids))
         if runs == 1:
             return self.session.run(output_names, feed)
         if self._pool is None:
-            from concurrent.futures import ThreadPoolExecutor
-
             self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="onnx-rows")
         bounds = [len(ids) * part // runs for part in range(runs + 1)]
 
@@ -127,8 +126,6 @@ class RowSplitSession:
 
 def _join(parts: list, length: int):
     """The runs' outputs as one batch: per-token outputs padded back (with zeros) to the batch's length."""
-    import numpy as np  # light module: numpy only when a session runs
-
     if parts[0].ndim < 3:
         return np.concatenate(parts)
     joined = np.zeros((sum(len(part) for part in parts), length, *parts[0].shape[2:]), dtype=parts[0].dtype)
