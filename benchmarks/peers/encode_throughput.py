@@ -1,6 +1,8 @@
 """Embedding throughput (texts/s) on real short texts of varied length, in one run:
-`neobert.embed.encode` (length-sorted, packed; padded; ONNX int8 through onnxruntime; the exported ONNX
-graphs compiled by OpenVINO when it is installed: fp32, bf16 where the CPU has bf16 units, and int8) against
+`neobert.embed.encode` (length-sorted, packed; padded; ONNX int8 through onnxruntime, with the graph
+`backend="onnx-int8"` chooses for this CPU (the VNNI one where it has VNNI) and with the portable 7-bit one;
+the exported ONNX graphs compiled by OpenVINO when it is installed: fp32, bf16 where the CPU has bf16 units,
+and int8) against
 `SentenceTransformer.encode` with our model and with transformers' ModernBertModel (base config), all
 randomly initialised, on the CPU. The PyTorch routes run in fp32 (`rows`, with the ONNX and OpenVINO routes) and
 under bf16 autocast (`rows_bf16`, with each one's speed over its fp32 row); each reports the share of that
@@ -19,6 +21,7 @@ import argparse
 import os
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -45,15 +48,17 @@ from bench_common import (
 
 REFERENCE = "SentenceTransformer(NeoBERT)"
 ONNX_ROUTE = "neobert.encode (ONNX int8)"  # int8 through onnxruntime: timed with the fp32 rows, not in bf16
+ONNX_7BIT_ROUTE = "neobert.encode (ONNX int8, 7-bit)"  # the portable graph, whatever the CPU
 OPENVINO_ROUTE = "neobert.encode (OpenVINO fp32)"
 OPENVINO_BF16_ROUTE = "neobert.encode (OpenVINO bf16)"
 OPENVINO_INT8_ROUTE = "neobert.encode (OpenVINO int8)"
-INT8_ROUTES = (ONNX_ROUTE, OPENVINO_INT8_ROUTE)
+INT8_ROUTES = (ONNX_ROUTE, ONNX_7BIT_ROUTE, OPENVINO_INT8_ROUTE)
 # Routes outside PyTorch: bf16 autocast does not reach them, so they are timed with the fp32 rows only.
-RUNTIME_ROUTES = (ONNX_ROUTE, OPENVINO_ROUTE, OPENVINO_BF16_ROUTE, OPENVINO_INT8_ROUTE)
+RUNTIME_ROUTES = (ONNX_ROUTE, ONNX_7BIT_ROUTE, OPENVINO_ROUTE, OPENVINO_BF16_ROUTE, OPENVINO_INT8_ROUTE)
 # Each route's key in `cosine_to_float32`.
 COSINE_KEYS = {
     ONNX_ROUTE: "onnx_int8",
+    ONNX_7BIT_ROUTE: "onnx_int8_7bit",
     OPENVINO_ROUTE: "openvino",
     OPENVINO_BF16_ROUTE: "openvino_bf16",
     OPENVINO_INT8_ROUTE: "openvino_int8",
@@ -232,6 +237,7 @@ def render(report: dict) -> str:
             *table(header, lines),
             f"{setup['texts']} texts, mean {setup['mean_tokens']:.1f} tokens, batch {setup['batch_size']}, "
             f"preset {setup['preset']}; {peaks_line(report)}; {load} (1 min; {setup['logical_cpus']} logical CPUs)",
+            f"ONNX int8 ran {setup['onnx_int8_graph']} (CPU with VNNI: {'yes' if setup['cpu_vnni'] else 'no'})",
             "x ST(NeoBERT): over SentenceTransformer(NeoBERT) in the same precision (int8: over fp32's); "
             "% peak: the real tokens' matrix products, attention left out",
             f"cosine to float32 (min over texts): {cosines}",
@@ -265,6 +271,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from neobert.embed import encode, load_embedder
     from neobert.export.onnx_export import export_onnx
+    from neobert.export.onnx_files import cpu_has_vnni, onnx_int8_file, onnx_session
 
     try:
         import openvino  # noqa: F401
@@ -294,6 +301,9 @@ def main(argv: list[str] | None = None) -> dict:
         folder = neobert_folder(Path(scratch), args.preset)
         export_onnx(folder, int8=True)
         embedder, int8 = load_embedder(folder), load_embedder(folder, backend="onnx-int8")
+        int8_7bit = replace(int8, onnx_session=onnx_session(folder, backend="onnx-int8", vnni=False))
+        report["setup"]["cpu_vnni"] = cpu_has_vnni()
+        report["setup"]["onnx_int8_graph"] = onnx_int8_file(folder).relative_to(folder).as_posix()
         openvino_fp32 = openvino_bf16 = openvino_int8 = None
         if openvino is not None:
             openvino_fp32 = load_embedder(folder, backend="openvino")
@@ -305,6 +315,7 @@ def main(argv: list[str] | None = None) -> dict:
             "neobert.encode (packed)": lambda: encode(embedder, texts, **common),
             "neobert.encode (padded)": lambda: encode(embedder, texts, packed=False, **common),
             ONNX_ROUTE: lambda: encode(int8, texts, **common),
+            ONNX_7BIT_ROUTE: lambda: encode(int8_7bit, texts, **common),
             **(
                 {
                     OPENVINO_ROUTE: lambda: encode(openvino_fp32, texts, **common),
@@ -333,6 +344,7 @@ def main(argv: list[str] | None = None) -> dict:
             others = {}
             if "fp32" in chosen:
                 others["onnx_int8"] = lambda: encode(int8, texts, **common)
+                others["onnx_int8_7bit"] = lambda: encode(int8_7bit, texts, **common)
                 if openvino is not None:
                     others["openvino"] = lambda: encode(openvino_fp32, texts, **common)
                     others["openvino_bf16"] = lambda: encode(openvino_bf16, texts, **common)

@@ -208,7 +208,9 @@ def encode(
     `normalize`. `precision`: float32, int8 or binary (see `quantize`). `packed=False` pads instead; the
     vectors agree to float rounding either way and whatever `batch_size`. `backend`: "torch", or "onnx" /
     "onnx-int8" for a folder holding onnx/model.onnx / onnx/model_qint8.onnx (`neobert export --onnx [--int8]`; an
-    older export's model.onnx / model_int8.onnx is read too), or "openvino" / "openvino-bf16" / "openvino-int8"
+    older export's model.onnx / model_int8.onnx is read too; on CPUs with VNNI "onnx-int8" runs
+    onnx/model_qint8_avx512_vnni.onnx where the export wrote it, closer to float32 and faster, see
+    `neobert.export.onnx_files`), or "openvino" / "openvino-bf16" / "openvino-int8"
     for the same graphs compiled by OpenVINO (`pip install 'neobert[openvino]'`, see `neobert.openvino_backend`); the
     ONNX and OpenVINO backends pad their length-sorted batches.
     """

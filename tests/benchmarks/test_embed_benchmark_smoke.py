@@ -16,11 +16,12 @@ ROUTES = [
     "neobert.encode (packed)",
     "neobert.encode (padded)",
     "neobert.encode (ONNX int8)",
+    "neobert.encode (ONNX int8, 7-bit)",
     *OPENVINO_ROUTES,
     "SentenceTransformer(NeoBERT)",
     "SentenceTransformer(ModernBertModel)",
 ]
-RUNTIME_ROUTES = ["neobert.encode (ONNX int8)", *OPENVINO_ROUTES]
+RUNTIME_ROUTES = ["neobert.encode (ONNX int8)", "neobert.encode (ONNX int8, 7-bit)", *OPENVINO_ROUTES]
 
 
 def test_encode_throughput_quick_run_reports_every_route_and_how_close_its_vectors_are(tmp_path):
@@ -34,6 +35,11 @@ def test_encode_throughput_quick_run_reports_every_route_and_how_close_its_vecto
     cosine = report["cosine_to_float32"]
     assert cosine["sentence_transformers_max_abs_diff"] < 1e-5  # the same model through sentence-transformers
     assert 0.99 < cosine["onnx_int8_min"] < 1.0 + 1e-6
+    assert 0.99 < cosine["onnx_int8_7bit_min"] < 1.0 + 1e-6
+    # Where the CPU has VNNI the route runs the full-range graph, closer to float32 than the 7-bit one.
+    vnni = report["setup"]["cpu_vnni"]
+    assert report["setup"]["onnx_int8_graph"] == f"onnx/model_qint8{'_avx512_vnni' if vnni else ''}.onnx"
+    assert (cosine["onnx_int8_min"] > cosine["onnx_int8_7bit_min"]) == vnni
     assert 0.999 < cosine["bf16_packed_min"] < 1 - 1e-6  # bf16 autocast really ran, and kept them close
     if OPENVINO_ROUTES:
         assert cosine["openvino_min"] > 1 - 1e-6  # fp32: the same vectors

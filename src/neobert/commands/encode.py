@@ -35,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--backend",
         default="torch",
         help="torch, onnx, onnx-int8, openvino, openvino-bf16 or openvino-int8 (all but torch need onnx/model.onnx / "
-        "onnx/model_qint8.onnx in --model, see export --onnx; openvino needs pip install 'neobert[openvino]')",
+        "onnx/model_qint8.onnx in --model, see export --onnx; onnx-int8 runs onnx/model_qint8_avx512_vnni.onnx instead "
+        "on CPUs with VNNI; openvino needs pip install 'neobert[openvino]')",
     )
 
 

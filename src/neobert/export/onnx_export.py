@@ -5,9 +5,10 @@ The layout is sentence-transformers' and Text Embeddings Inference's: `onnx/mode
 folder's config, tokenizer and sentence-transformers files (modules.json, sentence_bert_config.json,
 1_Pooling/config.json); graph inputs exactly `input_ids` and `attention_mask` (padded, dynamic batch and
 length), outputs `last_hidden_state` and `sentence_embedding` (the folder's pooling, not normalised). The
-int8 variant is `onnx/model_qint8.onnx` (sentence-transformers names its quantised files
-`model_q<weights>_<target>.onnx`; this one has no target: its 7-bit weights suit every x86 CPU). Folders
-written before this layout (`model.onnx` / `model_int8.onnx` at the top) are still read."""
+int8 variants are `onnx/model_qint8.onnx` (sentence-transformers names its quantised files
+`model_q<weights>_<target>.onnx`; this one has no target: its 7-bit weights suit every x86 CPU) and
+`onnx/model_qint8_avx512_vnni.onnx` (full-range weights for VNNI CPUs, onnxruntime only). Folders written
+before this layout (`model.onnx` / `model_int8.onnx` at the top) are still read."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from neobert.export.onnx_files import ONNX_FILE, ONNX_INT8_FILE
+from neobert.export.onnx_files import ONNX_FILE, ONNX_INT8_FILE, ONNX_INT8_VNNI_FILE
+from neobert.export.onnx_fused import fuse_for_onnxruntime
 from neobert.files import publish, write_bytes_atomically
 from neobert.pooling import POOLINGS, stored_pooling
 from neobert.run_lock import hold_beside, holding
@@ -77,10 +79,10 @@ def _explicit_rms_norm(self, x: torch.Tensor) -> torch.Tensor:
 @holding(hold_beside, lambda arguments: arguments["out"] or arguments["model_dir"])  # one writer at a time
 def export_onnx(model_dir: str | Path, out: str | Path | None = None, int8: bool = False) -> Path:
     """Write `onnx/model.onnx` into `out` (default: the model folder itself), any length accepted (as the
-    PyTorch model, rotary positions have no limit), and with `int8` also `onnx/model_qint8.onnx` (see
-    `quantize_onnx`). When `out` is another folder, the model folder's other files are copied there too, so
-    that it serves alone (`encode(out, texts, backend="onnx")`, Text Embeddings Inference). Returns the path
-    of onnx/model.onnx."""
+    PyTorch model, rotary positions have no limit), and with `int8` also `onnx/model_qint8.onnx` and
+    `onnx/model_qint8_avx512_vnni.onnx` (see `quantize_onnx`). When `out` is another folder, the model folder's
+    other files are copied there too, so that it serves alone (`encode(out, texts, backend="onnx")`, Text
+    Embeddings Inference). Returns the path of onnx/model.onnx."""
     from transformers import AutoModel
 
     import neobert.model  # noqa: F401  (registers "neobert" with the Auto classes)
@@ -175,25 +177,44 @@ def write_serving_files(folder: Path, config, pooling: str) -> None:
 
 
 def quantize_onnx(folder: str | Path) -> Path:
-    """`onnx/model_qint8.onnx` from the folder's `onnx/model.onnx`: every matrix product with int8 weights (one scale
-    per output channel) and activations quantised on the fly; the vectors move slightly (measure cosine
-    against float32 on your data).
+    """The folder's int8 graphs from its `onnx/model.onnx`; returns the path of the portable one,
+    `onnx/model_qint8.onnx`. Every matrix product gets int8 weights (one scale per output channel) and
+    activations quantised on the fly; the vectors move slightly (measure cosine against float32 on your data).
 
-    The weights use 7 bits (-64..64). onnxruntime multiplies uint8 activations by int8 weights; on x86 CPUs
-    without VNNI (AVX2-only, or AVX-512 without VNNI) that instruction adds adjacent products into a
-    saturating int16, and with full-range weights 255 * 127 * 2 overflows it: vectors there fell to cosine
-    0.90 against float32 while VNNI hosts gave 0.99998. With 7 bits the pair sum stays within 32,767, so
-    one file keeps its accuracy on every x86 CPU (0.9999 on both kinds), at int8 speed everywhere; uint8
-    weights would also avoid the overflow, but run no faster than float32 on VNNI hosts."""
-    import logging
+    onnxruntime multiplies uint8 activations by int8 weights. On x86 CPUs without VNNI (AVX2-only, or AVX-512
+    without VNNI) that instruction adds adjacent products into a saturating int16, and with full-range
+    weights 255 * 127 * 2 overflows it: vectors there fell to cosine 0.90 against float32 while VNNI hosts
+    gave 0.99998. So the portable file has 7-bit weights (-64..64), whose pair sums stay within 32,767: one
+    file for every x86 CPU (and OpenVINO), at int8 speed everywhere (uint8 weights would also avoid the
+    overflow, but run no faster than float32 on VNNI hosts).
 
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    Beside it, `onnx/model_qint8_avx512_vnni.onnx` keeps the eighth bit (neobert-250m, 256 short texts:
+    smallest cosine 0.9995 where 7 bits gave 0.9990) and runs the graph `fuse_for_onnxruntime` rewrites, for
+    CPUs with VNNI only; `encode(..., backend="onnx-int8")` chooses between the two by the CPU it runs on."""
+    import onnx
 
     folder = Path(folder)
     source = folder / ONNX_FILE
     if not source.is_file():
         raise FileNotFoundError(f"{source} does not exist; write it with `neobert export --model {folder} --onnx`")
-    with tempfile.NamedTemporaryFile(dir=source.parent, prefix=".model_qint8.", suffix=".onnx", delete=False) as tmp:
+    _quantize(source, folder / ONNX_INT8_FILE, reduce_range=True)
+    heads = json.loads((folder / "config.json").read_text())["num_attention_heads"]
+    fused = fuse_for_onnxruntime(onnx.load(str(source)), heads)
+    with tempfile.TemporaryDirectory(dir=source.parent, prefix=".fused.") as scratch:
+        fused_path = Path(scratch) / "model.onnx"
+        onnx.save(fused, str(fused_path))
+        del fused
+        _quantize(fused_path, folder / ONNX_INT8_VNNI_FILE, reduce_range=False)
+    return folder / ONNX_INT8_FILE
+
+
+def _quantize(source: Path, target: Path, reduce_range: bool) -> None:
+    import logging
+
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.stem}.", suffix=".onnx", delete=False) as tmp:
         pass
     root = logging.getLogger()
     level = root.level
@@ -205,12 +226,13 @@ def quantize_onnx(folder: str | Path) -> Path:
             tmp.name,
             weight_type=QuantType.QInt8,
             per_channel=True,
-            reduce_range=True,
+            reduce_range=reduce_range,
             op_types_to_quantize=["MatMul"],
+            # Shape inference gives the fused operators' outputs no type; every activation here is float32.
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
         )
-        publish(tmp.name, folder / ONNX_INT8_FILE)
+        publish(tmp.name, target)
     finally:
         root.setLevel(level)
         if os.path.exists(tmp.name):
             os.remove(tmp.name)
-    return folder / ONNX_INT8_FILE
