@@ -115,3 +115,27 @@ def test_row_split_session_equals_one_run_over_the_whole_batch(int8_folder):
         assert hidden.shape == expected[0].shape and pooled.shape == expected[1].shape
         assert np.abs(hidden - expected[0])[mask.astype(bool)].max() < 1e-5
         np.testing.assert_allclose(pooled, expected[1], atol=1e-5)
+
+
+def test_a_batch_smaller_than_the_workers_runs_whole_on_every_thread(int8_folder, monkeypatch):
+    from neobert.export import onnx_files
+
+    opened = []
+    real = onnxruntime.InferenceSession
+
+    def recording(path, options=None, **kwargs):
+        opened.append(options.intra_op_num_threads)
+        return real(path, options, **kwargs)
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", recording)
+    session = onnx_files.onnx_session(int8_folder, threads=4)
+    assert opened == [1]  # the row workers' session; the threaded one waits for a small batch
+    whole = real(str(int8_folder / onnx_files.ONNX_FILE), providers=["CPUExecutionProvider"])
+    names = ["last_hidden_state", "sentence_embedding"]
+    for rows in (1, 3, 1):
+        ids = torch.randint(1000, 30000, (rows, 11)).numpy()
+        feed = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+        hidden, pooled = session.run(names, feed)
+        expected = whole.run(names, feed)
+        assert np.abs(hidden - expected[0]).max() < 1e-5 and np.abs(pooled - expected[1]).max() < 1e-5
+    assert opened == [1, 4]  # opened once, on the first small batch, with all four threads
