@@ -36,7 +36,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also write the encoder as onnx/model.onnx (onnxruntime, Text Embeddings Inference)",
     )
     parser.add_argument(
-        "--int8", action="store_true", help="with --onnx: also write onnx/model_qint8.onnx (int8 weights)"
+        "--int8",
+        action="store_true",
+        help="with --onnx: also write the int8 graphs onnx/model_qint8.onnx (7-bit weights, every x86 CPU) "
+        "and onnx/model_qint8_avx512_vnni.onnx (full-range weights, read on CPUs with VNNI)",
     )
     add_prompt_option(
         parser, 'a prompt stored for sentence-transformers and `neobert encode`, e.g. --prompt "query=query: "'
@@ -113,7 +116,7 @@ def _onnx_in_place(args: argparse.Namespace) -> int:
 def write_onnx(model: str, out: str | None, int8: bool) -> int:
     """ONNX of a model folder, into `out` (the folder's files copied there too) or into the folder itself."""
     from neobert.errors import write_failure
-    from neobert.export.onnx_export import ONNX_INT8_FILE, export_onnx
+    from neobert.export.onnx_export import ONNX_INT8_FILE, ONNX_INT8_VNNI_FILE, export_onnx
 
     try:
         path = export_onnx(model, out, int8=int8)
@@ -121,5 +124,8 @@ def write_onnx(model: str, out: str | None, int8: bool) -> int:
         raise  # a bad input or an occupied --out: exit 2
     except OSError as error:
         raise write_failure(error, f"--out {out or model}") from error
-    print(f"wrote {path}" + (f" and {path.parent.parent / ONNX_INT8_FILE}" if int8 else ""))
+    if int8:
+        print(f"wrote {path}, {path.parent.parent / ONNX_INT8_FILE} and {path.parent.parent / ONNX_INT8_VNNI_FILE}")
+    else:
+        print(f"wrote {path}")
     return 0
