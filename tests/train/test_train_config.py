@@ -107,15 +107,15 @@ def test_a_budget_on_the_command_line_replaces_the_files():
         ("train.wsd_decay_fraction=1.5", "train.wsd_decay_fraction must lie in [0, 1]"),
         ("train.wsd_decay_fraction=-0.1", "train.wsd_decay_fraction must lie in [0, 1]"),
         ("train.decay_shape=cosine", "train.decay_shape must be one of ['linear', '1-sqrt']"),
-        ("train.final_lr=3e-3", "the floor cannot be above the peak"),
+        ("train.final_lr=4e-3", "the floor cannot be above the peak"),
         ("train.final_lr_fraction=1.5", "a floor above the peak"),
-        ("train.decay_start_step=500", "train.decay_start_step needs train.schedule=wsd"),
+        (("train.schedule=cosine", "train.decay_start_step=500"), "train.decay_start_step needs train.schedule=wsd"),
         ("phase.carry=optimizer", "phase.carry must be one of ['state', 'weights']"),
     ],
 )
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[")):
-        load_config(CONFIGS / "demo.yaml", [override])
+        load_config(CONFIGS / "demo.yaml", [override] if isinstance(override, str) else list(override))
 
 
 @pytest.mark.parametrize(
@@ -135,7 +135,7 @@ def test_bad_wsd_and_phase_configurations_are_named_before_training(overrides, m
 def test_wsd_keys_resolve_and_round_trip(tmp_path):
     config = load_config(
         CONFIGS / "demo.yaml",
-        ["train.schedule=wsd", "train.decay_shape=1-sqrt", "train.wsd_decay_fraction=0.25", "train.final_lr=2e-4"],
+        ["train.schedule=wsd", "train.decay_shape=1-sqrt", "train.wsd_decay_fraction=0.25", "train.final_lr=3e-4"],
     )
     assert (config.train.schedule, config.train.decay_shape, config.train.wsd_decay_fraction) == ("wsd", "1-sqrt", 0.25)
     assert config.train.floor_fraction == pytest.approx(0.1)

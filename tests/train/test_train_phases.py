@@ -252,4 +252,4 @@ def test_a_decay_branch_on_the_command_line_with_a_prepared_corpus(tmp_path, cap
     for name, tensor in configured.model_state.items():
         assert torch.equal(branch.model_state[name], tensor), name
     assert losses(out["branch"]) == {s: losses(out["configured"])[s] for s in range(3, 7)}
-    assert learning_rates(out["branch"])[3] < learning_rates(out["source"])[3] == 2e-3  # the decay is the branch's
+    assert learning_rates(out["branch"])[3] < learning_rates(out["source"])[3] == 3e-3  # the decay is the branch's
