@@ -1,6 +1,8 @@
 """The int8 graph for VNNI CPUs: full-range weights on the graph rewritten with onnxruntime's fused attention
 and rotary operators, chosen by `backend="onnx-int8"` only where the CPU has VNNI and the folder holds it."""
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -139,3 +141,24 @@ def test_a_batch_smaller_than_the_workers_runs_whole_on_every_thread(int8_folder
         expected = whole.run(names, feed)
         assert np.abs(hidden - expected[0]).max() < 1e-5 and np.abs(pooled - expected[1]).max() < 1e-5
     assert opened == [1, 4]  # opened once, on the first small batch, with all four threads
+
+
+def test_a_graph_the_rewrite_cannot_fuse_still_gets_its_portable_int8_file(int8_folder, tmp_path, monkeypatch):
+    from neobert.export import onnx_export
+    from neobert.export.onnx_fused import UnfusableGraph
+
+    folder = tmp_path / "copy"
+    shutil.copytree(int8_folder, folder)
+    before = (folder / ONNX_INT8_VNNI_FILE).read_bytes()  # a previous export's VNNI graph: stale after this one
+
+    def unfusable(model, heads):
+        raise UnfusableGraph("layer 0: no output projection or no constant qkv weight")
+
+    monkeypatch.setattr(onnx_export, "fuse_for_onnxruntime", unfusable)
+    (folder / ONNX_INT8_FILE).unlink()
+    with pytest.warns(UserWarning, match=r"model_qint8_avx512_vnni.onnx not written: .*layer 0: no output projection"):
+        assert onnx_export.quantize_onnx(folder) == folder / ONNX_INT8_FILE
+    assert before and not (folder / ONNX_INT8_VNNI_FILE).exists()
+    assert (folder / ONNX_INT8_FILE).read_bytes() == (int8_folder / ONNX_INT8_FILE).read_bytes()
+    with_flags(monkeypatch, "avx512_vnni")
+    assert onnx_int8_file(folder) == folder / ONNX_INT8_FILE

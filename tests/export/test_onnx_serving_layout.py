@@ -82,9 +82,12 @@ def test_export_onnx_folder_serves_as_text_embeddings_inference_reads_it(tmp_pat
     assert stored_pooling(out) == pooling
 
 
-def test_a_folder_of_the_older_layout_still_backs_encode(tmp_path):
+def test_a_folder_of_the_older_layout_still_backs_encode(tmp_path, capsys):
     folder = exported_model(tmp_path)
+    capsys.readouterr()
     assert main(["export", "--model", str(folder), "--onnx", "--int8"]) == 0
+    graphs = [folder / "onnx" / name for name in ("model.onnx", "model_qint8.onnx", "model_qint8_avx512_vnni.onnx")]
+    assert capsys.readouterr().out == f"wrote {', '.join(map(str, graphs))}\n"  # what was written, and only that
     reference = encode(folder, TEXTS, backend="onnx", show_progress=False)
     int8 = encode(folder, TEXTS, backend="onnx-int8", show_progress=False)
     # An export made before the serving layout: the graphs at the top of the folder.

@@ -124,8 +124,6 @@ def write_onnx(model: str, out: str | None, int8: bool) -> int:
         raise  # a bad input or an occupied --out: exit 2
     except OSError as error:
         raise write_failure(error, f"--out {out or model}") from error
-    if int8:
-        print(f"wrote {path}, {path.parent.parent / ONNX_INT8_FILE} and {path.parent.parent / ONNX_INT8_VNNI_FILE}")
-    else:
-        print(f"wrote {path}")
+    int8_files = [path.parent.parent / name for name in (ONNX_INT8_FILE, ONNX_INT8_VNNI_FILE)] if int8 else []
+    print(f"wrote {', '.join(str(p) for p in [path, *int8_files] if p.is_file())}")
     return 0

@@ -16,12 +16,13 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
 
 from neobert.export.onnx_files import ONNX_FILE, ONNX_INT8_FILE, ONNX_INT8_VNNI_FILE
-from neobert.export.onnx_fused import fuse_for_onnxruntime
+from neobert.export.onnx_fused import UnfusableGraph, fuse_for_onnxruntime
 from neobert.files import publish, write_bytes_atomically
 from neobert.pooling import POOLINGS, stored_pooling
 from neobert.run_lock import hold_beside, holding
@@ -199,7 +200,19 @@ def quantize_onnx(folder: str | Path) -> Path:
         raise FileNotFoundError(f"{source} does not exist; write it with `neobert export --model {folder} --onnx`")
     _quantize(source, folder / ONNX_INT8_FILE, reduce_range=True)
     heads = json.loads((folder / "config.json").read_text())["num_attention_heads"]
-    fused = fuse_for_onnxruntime(onnx.load(str(source)), heads)
+    try:
+        fused = fuse_for_onnxruntime(onnx.load(str(source)), heads)
+    except UnfusableGraph as error:
+        # Another exporter may trace other node patterns. The portable file serves every CPU; an older VNNI
+        # file beside it would hold the previous export's weights, so it goes.
+        stale = folder / ONNX_INT8_VNNI_FILE
+        stale.unlink(missing_ok=True)
+        warnings.warn(
+            f"{ONNX_INT8_VNNI_FILE} not written: this graph cannot be rewritten for onnxruntime's fused operators "
+            f"({error}); backend='onnx-int8' runs {ONNX_INT8_FILE} on every CPU",
+            stacklevel=2,
+        )
+        return folder / ONNX_INT8_FILE
     with tempfile.TemporaryDirectory(dir=source.parent, prefix=".fused.") as scratch:
         fused_path = Path(scratch) / "model.onnx"
         onnx.save(fused, str(fused_path))
