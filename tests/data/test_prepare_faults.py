@@ -99,12 +99,16 @@ import os, sys, time
 import neobert.data.prepare as prepare
 real_encode = prepare.encode_in_worker
 
-def encode_slowly(texts):
+def encode_when_released(texts):
     open(os.path.join(sys.argv[2], f"worker-{os.getpid()}"), "w").close()
-    time.sleep(3)  # still working when its parent is stopped; then it sends its result
+    # Still working when its parent is stopped: the test releases it only after the signal was sent, and a
+    # worker that outlived its parent would then send its result into the closed pipe.
+    deadline = time.monotonic() + 120  # a hang guard only
+    while not os.path.exists(os.path.join(sys.argv[2], "release")) and time.monotonic() < deadline:
+        time.sleep(0.05)
     return real_encode(texts)
 
-prepare.encode_in_worker = encode_slowly
+prepare.encode_in_worker = encode_when_released
 from neobert.cli import main
 sys.exit(main(["prepare", sys.argv[1], "--out", os.path.join(sys.argv[2], "corpus"), "--workers", "2",
                "--no-progress"]))
@@ -135,6 +139,7 @@ def test_a_stopped_prepare_leaves_no_worker_to_print_a_traceback(tmp_path, stop)
         process.send_signal(signal.SIGTERM)
     else:
         os.killpg(process.pid, signal.SIGINT)
+    (markers / "release").touch()  # after the signal, whatever the machine's load: the run cannot end first
     # The pipes close once every process holding them, the workers included, has ended: an orphaned worker
     # would keep them open (and print its traceback into them).
     out, err = process.communicate(timeout=300)

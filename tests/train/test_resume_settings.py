@@ -26,7 +26,7 @@ def test_a_resume_with_other_data_model_or_seed_settings_is_refused_and_changes_
     before = _paused_run(corpus, out)
     capsys.readouterr()
     for change, named in [
-        ("data.mlm_probability=0.3", "data.mlm_probability: 0.2 -> 0.3"),  # before: only reported, then trained
+        ("data.mlm_probability=0.25", "data.mlm_probability: 0.3 -> 0.25"),  # before: only reported, then trained
         ("train.seed=5", "train.seed: 0 -> 5"),
         ("model.overrides.rope_theta=5000", "model.overrides.rope_theta"),  # not a shape: the weights fit
     ]:
@@ -41,12 +41,12 @@ def test_a_resume_with_other_data_model_or_seed_settings_is_refused_and_changes_
     assert pretrain("prepared", out, "budget.steps=5", "train.lr=5e-4", "--resume") == 0
     assert "completed at step 5" in capsys.readouterr().out
     # --restart: the earlier run is deleted, and the folder holds this run's alone.
-    assert pretrain(corpus, out, "budget.steps=3", "data.mlm_probability=0.3", "--resume", "--restart") == 2
+    assert pretrain(corpus, out, "budget.steps=3", "data.mlm_probability=0.25", "--resume", "--restart") == 2
     assert "give one of them" in one_line_error(capsys)
-    assert pretrain(corpus, out, "budget.steps=3", "data.mlm_probability=0.3", "--restart") == 0
+    assert pretrain(corpus, out, "budget.steps=3", "data.mlm_probability=0.25", "--restart") == 0
     assert "completed at step 3" in capsys.readouterr().out
     assert max(p.name for p in (out / "checkpoints").iterdir() if p.name != "latest") == "step-00000003"  # not 5
-    assert "mlm_probability: 0.3" in (out / "config.yaml").read_text()
+    assert "mlm_probability: 0.25" in (out / "config.yaml").read_text()
     assert max(json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()) == 3
 
 
@@ -57,13 +57,13 @@ def test_a_phase_taking_a_checkpoints_weights_may_change_the_masking(tmp_path, c
     _paused_run(corpus, source)
     branch = tmp_path / "branch"
     start = f"phase.from_checkpoint={source / 'checkpoints' / 'step-00000002'}", "phase.carry=weights"
-    assert pretrain(corpus, branch, "budget.steps=4", *start, "data.mlm_probability=0.3") == 0
+    assert pretrain(corpus, branch, "budget.steps=4", *start, "data.mlm_probability=0.25") == 0
     assert "completed at step 4" in capsys.readouterr().out
     # Its own resume holds it to its own settings.
-    assert pretrain(corpus, branch, "budget.steps=5", *start, "data.mlm_probability=0.3", "--resume") == 0
+    assert pretrain(corpus, branch, "budget.steps=5", *start, "data.mlm_probability=0.25", "--resume") == 0
     capsys.readouterr()
     assert pretrain(corpus, branch, "budget.steps=6", *start, "--resume") == 2
-    assert "data.mlm_probability: 0.3 -> 0.2" in one_line_error(capsys)
+    assert "data.mlm_probability: 0.25 -> 0.3" in one_line_error(capsys)
 
 
 def _in_old_words(checkpoint):
