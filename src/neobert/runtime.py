@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import os
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -30,3 +31,11 @@ def tune_cpu_allocator(threshold_bytes: int = 1 << 30) -> bool:
         )
     except (OSError, AttributeError):
         return False
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (a container's CPU set), else the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1

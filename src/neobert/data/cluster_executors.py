@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from neobert.data.cluster_prepare import LOGS, ClusterPlan, JoinTask, PrepareTask, join, unfinished_tasks
-from neobert.data.prepare import PrepareSummary, die_with_parent, usable_cores
+from neobert.data.prepare import PrepareSummary, die_with_parent
 from neobert.data.shards import DataError
+from neobert.runtime import usable_cores
 
 EXECUTORS = ("local", "slurm")
 

@@ -49,6 +49,7 @@ from neobert.data.tokenization import (
     token_dtype,
 )
 from neobert.files import write_json_atomically
+from neobert.runtime import usable_cores
 
 DOCUMENT_FORMAT = "content token ids only; [CLS] and [SEP] are added when sequences are formed"
 
@@ -246,14 +247,6 @@ def _finished_blocks(root: Path, dtype: np.dtype) -> list[dict[str, Any]]:
         if int(stale.stem.split("_")[1]) >= len(records):
             stale.unlink()
     return records
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (a container's CPU set), else the machine's count."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def _ordered_results(

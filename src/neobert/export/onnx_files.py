@@ -12,11 +12,12 @@ else the first (see `onnx_int8_file`)."""
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+
+from neobert.runtime import usable_cores
 
 ONNX_FILE = "onnx/model.onnx"
 ONNX_INT8_FILE = "onnx/model_qint8.onnx"
@@ -74,7 +75,7 @@ def onnx_session(folder: str | Path, threads: int | None = None, backend: str = 
     if not path.is_file():
         flag = " --int8" if backend == "onnx-int8" else ""
         raise FileNotFoundError(f"{path} does not exist; write it with `neobert export --model {folder} --onnx{flag}`")
-    workers = threads or usable_cpus()
+    workers = threads or usable_cores()
 
     def open_session(intra_op_threads: int):
         options = onnxruntime.SessionOptions()
@@ -83,13 +84,6 @@ def onnx_session(folder: str | Path, threads: int | None = None, backend: str = 
 
     # The workers are the parallelism (see RowSplitSession); a batch of one text gets all the threads.
     return RowSplitSession(open_session(1), workers, open_threaded=lambda: open_session(workers))
-
-
-def usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 class RowSplitSession:
