@@ -95,7 +95,10 @@ def test_a_full_disk_names_the_file_exits_4_and_leaves_no_temporary(tmp_path, ca
 
 
 WORKER_SCRIPT = """
-import os, sys, time
+import os, signal, sys, time
+# Ctrl-C as at a terminal: a suite started in the background by a non-interactive shell runs with SIGINT
+# ignored, which its subprocesses inherit (and Python then keeps ignoring it).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import neobert.data.prepare as prepare
 real_encode = prepare.encode_in_worker
 
