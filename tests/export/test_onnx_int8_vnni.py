@@ -162,3 +162,20 @@ def test_a_graph_the_rewrite_cannot_fuse_still_gets_its_portable_int8_file(int8_
     assert (folder / ONNX_INT8_FILE).read_bytes() == (int8_folder / ONNX_INT8_FILE).read_bytes()
     with_flags(monkeypatch, "avx512_vnni")
     assert onnx_int8_file(folder) == folder / ONNX_INT8_FILE
+
+
+def test_a_float_reexport_removes_the_earlier_int8_graphs(int8_folder, tmp_path):
+    folder = tmp_path / "copy"
+    shutil.copytree(int8_folder, folder)
+    legacy = folder / "model_int8.onnx"  # an export of the older layout, read when onnx/ has no int8 graph
+    legacy.write_bytes((folder / ONNX_INT8_FILE).read_bytes())
+    with pytest.warns(UserWarning, match=r"removed onnx/model_qint8.onnx, onnx/model_qint8_avx512_vnni.onnx, "):
+        export_onnx(folder)
+    assert not (folder / ONNX_INT8_FILE).exists()
+    assert not (folder / ONNX_INT8_VNNI_FILE).exists()
+    assert not legacy.exists()
+    with pytest.raises(FileNotFoundError, match="--int8"):
+        encode(folder, TEXTS, backend="onnx-int8")
+    # The float graph is the new one and serves as before.
+    reference = encode(int8_folder, TEXTS, backend="onnx")
+    np.testing.assert_allclose(encode(folder, TEXTS, backend="onnx"), reference, atol=1e-6)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from neobert.export.onnx_files import ONNX_FILE, ONNX_INT8_FILE, ONNX_INT8_VNNI_FILE
+from neobert.export.onnx_files import LEGACY_ONNX_FILES, ONNX_FILE, ONNX_INT8_FILE, ONNX_INT8_VNNI_FILE
 from neobert.export.onnx_fused import UnfusableGraph, fuse_for_onnxruntime
 from neobert.files import publish, write_bytes_atomically
 from neobert.pooling import POOLINGS, stored_pooling
@@ -83,7 +83,8 @@ def export_onnx(model_dir: str | Path, out: str | Path | None = None, int8: bool
     PyTorch model, rotary positions have no limit), and with `int8` also `onnx/model_qint8.onnx` and
     `onnx/model_qint8_avx512_vnni.onnx` (see `quantize_onnx`). When `out` is another folder, the model folder's
     other files are copied there too, so that it serves alone (`encode(out, texts, backend="onnx")`, Text
-    Embeddings Inference). Returns the path of onnx/model.onnx."""
+    Embeddings Inference). Without `int8`, int8 graphs of an earlier export in `out` are removed, with a
+    warning: they belong to another graph. Returns the path of onnx/model.onnx."""
     from transformers import AutoModel
 
     import neobert.model  # noqa: F401  (registers "neobert" with the Auto classes)
@@ -151,7 +152,25 @@ def _export_into(wrapper: torch.nn.Module, model_dir: Path, out: Path, int8: boo
             os.remove(tmp.name)
     if int8:
         quantize_onnx(out)
+    else:
+        _drop_stale_int8(out)
     return target
+
+
+def _drop_stale_int8(folder: Path) -> None:
+    # An earlier `--int8` export's graphs hold the previous graph's weights; backend="onnx-int8" would serve
+    # them beside the new float graph, so they go (the same export with --int8 writes them again).
+    stale = [folder / name for name in (ONNX_INT8_FILE, ONNX_INT8_VNNI_FILE, LEGACY_ONNX_FILES["onnx-int8"])]
+    stale = [path for path in stale if path.is_file()]
+    for path in stale:
+        path.unlink()
+    if stale:
+        names = ", ".join(str(path.relative_to(folder)) for path in stale)
+        warnings.warn(
+            f"removed {names} from {folder}: an earlier int8 export of another graph; add --int8 to write it "
+            "again from this one",
+            stacklevel=3,
+        )
 
 
 def write_serving_files(folder: Path, config, pooling: str) -> None:
