@@ -13,22 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from int8_hosts import build  # a random-weight model folder with the float and int8 graphs
+
 LENGTHS = (16, 64, 256)
-
-
-def build(root: Path, preset: str, int8: bool) -> Path:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "peers"))
-    from encode_throughput import neobert_folder
-    from neobert.export.onnx_export import export_onnx
-
-    folder = neobert_folder(root, preset)
-    export_onnx(folder, int8=int8)
-    return folder
 
 
 def median_ms(session, feed: dict, repeats: int) -> float:
@@ -53,11 +44,9 @@ def measure(folder: Path, backend: str, repeats: int) -> dict:
         ids = np.full((1, length), 2023, dtype=np.int64)
         ids[0, 0], ids[0, -1] = 101, 102
         feed = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
-        for _ in range(3):
-            routed.run(["sentence_embedding"], feed)
-            single.run(["sentence_embedding"], feed)
-        (routed_vector,) = routed.run(["sentence_embedding"], feed)
-        (single_vector,) = single.run(["sentence_embedding"], feed)
+        for _ in range(3):  # warm-up; the last run's vectors are compared
+            (routed_vector,) = routed.run(["sentence_embedding"], feed)
+            (single_vector,) = single.run(["sentence_embedding"], feed)
         threaded_ms, single_ms = [], []
         for _ in range(2):  # alternate, so a change of load touches both
             threaded_ms.append(median_ms(routed, feed, repeats))
@@ -76,15 +65,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="neobert-250m")
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--no-int8", action="store_true", help="measure the float graph only")
     parser.add_argument("--quick", action="store_true", help="the tiny preset, 3 repeats (the smoke test)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.quick:
         args.preset, args.repeats = "tiny", 3
     with tempfile.TemporaryDirectory() as root:
-        folder = build(Path(root), args.preset, int8=not args.no_int8)
-        backends = ["onnx"] if args.no_int8 else ["onnx", "onnx-int8"]
+        folder = build(Path(root), args.preset)
+        backends = ["onnx", "onnx-int8"]
         result = {"preset": args.preset, **{backend: measure(folder, backend, args.repeats) for backend in backends}}
     for backend in backends:
         for length, row in result[backend]["lengths"].items():

@@ -179,3 +179,12 @@ def test_a_float_reexport_removes_the_earlier_int8_graphs(int8_folder, tmp_path)
     # The float graph is the new one and serves as before.
     reference = encode(int8_folder, TEXTS, backend="onnx")
     np.testing.assert_allclose(encode(folder, TEXTS, backend="onnx"), reference, atol=1e-6)
+
+
+def test_an_export_into_another_folder_does_not_carry_the_sources_graphs(int8_folder, tmp_path, recwarn):
+    out = tmp_path / "served"
+    export_onnx(int8_folder, out)
+    assert (out / "onnx" / "model.onnx").is_file()
+    assert not (out / ONNX_INT8_FILE).exists() and not (out / ONNX_INT8_VNNI_FILE).exists()
+    assert not [w for w in recwarn if "an earlier int8 export" in str(w.message)]  # nothing copied to remove
+    assert (int8_folder / ONNX_INT8_FILE).is_file()  # the source folder keeps its own

@@ -117,7 +117,8 @@ def _export_into(wrapper: torch.nn.Module, model_dir: Path, out: Path, int8: boo
     if out != model_dir:
         if out.exists() and any(out.iterdir()):
             raise FileExistsError(f"{out} exists and is not empty")
-        shutil.copytree(model_dir, out, dirs_exist_ok=True)
+        # The source's own graphs are not copied: this export writes the folder's graphs anew.
+        shutil.copytree(model_dir, out, dirs_exist_ok=True, ignore=_source_graphs(model_dir))
     example = torch.tensor([[101, 2023, 2003, 102], [101, 2178, 102, 0]])
     mask = (example != 0).long()
     target = out / ONNX_FILE
@@ -155,6 +156,16 @@ def _export_into(wrapper: torch.nn.Module, model_dir: Path, out: Path, int8: boo
     else:
         _drop_stale_int8(out)
     return target
+
+
+def _source_graphs(model_dir: Path):
+    """`copytree`'s ignore: the model folder's onnx/ and the older layout's top-level graphs."""
+    top_level = {Path(ONNX_FILE).parent.name, *LEGACY_ONNX_FILES.values()}
+
+    def ignore(directory: str, names: list[str]) -> set[str]:
+        return top_level & set(names) if Path(directory) == model_dir else set()
+
+    return ignore
 
 
 def _drop_stale_int8(folder: Path) -> None:
